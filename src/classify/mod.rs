@@ -1,0 +1,1 @@
+//! Upstream answer classification. (Being written: see the helper's task.)

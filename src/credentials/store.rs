@@ -1,0 +1,1 @@
+//! OpenClaw-compatible state files. (Being written: see the helper's task.)

@@ -1,0 +1,1 @@
+//! Model extraction and `@profile` pinning. (Being written: see the helper's task.)

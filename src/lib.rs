@@ -21,7 +21,9 @@
 //! ```
 
 pub mod classify;
+pub mod config;
 pub mod credentials;
+pub mod inbound;
 pub mod pin;
 pub mod provider;
 pub mod secret;

@@ -1,0 +1,318 @@
+//! keygate's validated configuration (SPEC §2).
+//!
+//! Owns the typed [`Config`] and [`Config::load`]: file → [`raw`] serde structs → checked
+//! values ([`validate`]), with every problem reported as a [`ConfigError`] that names the
+//! key, line and column. Secrets are never literals here: `*_env` / `*_file` are resolved
+//! during validation from an injected variable lookup, so tests never touch the process
+//! environment. It does not own credentials (see `credentials`) nor the CLI flags that
+//! override a few values (see `cli`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::Uri;
+use ipnet::IpNet;
+
+use crate::provider::{AuthStyle, ModelFrom};
+use crate::secret::Secret;
+
+mod raw;
+mod validate;
+
+pub use validate::{parse_duration, parse_size, valid_agent_id};
+
+/// Default listen address (SPEC §1).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// The validated configuration. `Debug` never shows secrets (they are [`Secret`]s).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the file came from, when there was one.
+    pub path: Option<PathBuf>,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[gateway.auth]`.
+    pub gateway: GatewayAuth,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[log]`.
+    pub log: LogFormat,
+    /// `[rotation]`.
+    pub rotation: RotationConfig,
+    /// Effective providers: the built-ins with `[providers.*]` entries laid over them,
+    /// plus custom providers. Keyed by provider id.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// `[secrets.providers.*]`.
+    pub secret_providers: BTreeMap<String, SecretProviderConfig>,
+}
+
+/// `[server]` with defaults applied.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Listen address from the file, if any (flag and env take precedence in `serve`).
+    pub listen: Option<SocketAddr>,
+    /// Largest request body accepted (default 32 MiB); 413 past it.
+    pub max_request_body: usize,
+    /// How much of an upstream error body is read to classify it (default 64 KiB).
+    pub max_error_body: usize,
+    /// Whole upstream exchange, streaming included (default 600 s).
+    pub request_timeout: Duration,
+    /// TCP (+TLS) connect budget (default 10 s).
+    pub connect_timeout: Duration,
+    /// Budget for the upstream's response headers (default 120 s).
+    pub first_byte_timeout: Duration,
+    /// How long SIGTERM waits for in-flight streams (default 30 s).
+    pub shutdown_grace: Duration,
+}
+
+/// Inbound authentication mode (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Gateway tokens, each mapped to an agent.
+    Token,
+    /// One shared password for agent `main`.
+    Password,
+    /// Identity asserted by a trusted front proxy.
+    TrustedProxy,
+    /// No authentication (loopback only).
+    None,
+}
+
+/// A gateway token and the agent it maps to.
+#[derive(Clone, Debug)]
+pub struct GatewayToken {
+    /// The token value.
+    pub secret: Secret,
+    /// Agent id it selects.
+    pub agent: String,
+    /// Whether `x-keygate-agent` may pick another agent.
+    pub any_agent: bool,
+}
+
+/// `[gateway.auth]` resolved.
+#[derive(Clone, Debug)]
+pub struct GatewayAuth {
+    /// The configured mode; `None` means "decide at startup" (SPEC §4).
+    pub mode: Option<AuthMode>,
+    /// Tokens (mode `token`), resolved from their variables/files.
+    pub tokens: Vec<GatewayToken>,
+    /// Password (mode `password`).
+    pub password: Option<Secret>,
+    /// Trusted-proxy source networks.
+    pub trusted_cidrs: Vec<IpNet>,
+    /// Trusted-proxy identity header.
+    pub identity_header: HeaderName,
+    /// Trusted-proxy allow-list of agents, when set.
+    pub allow_agents: Option<Vec<String>>,
+}
+
+/// `[admin]` resolved.
+#[derive(Clone, Debug, Default)]
+pub struct AdminConfig {
+    /// Admin token protecting `/_keygate/status`; `None`: that path is a 404.
+    pub token: Option<Secret>,
+    /// Own listener for the reserved paths.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Candidate ordering strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// SPEC §5 order (pin, explicit order, profiles by kind then LRU, env).
+    Ordered,
+    /// Every candidate least recently used first.
+    RoundRobin,
+}
+
+/// What to do when every candidate is cooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnAllCooling {
+    /// 429 with `retry-after`.
+    Fail,
+    /// Wait for the soonest candidate up to `max_wait`.
+    Wait,
+}
+
+/// `[rotation]` resolved.
+#[derive(Clone, Debug)]
+pub struct RotationConfig {
+    /// Ordering strategy (default ordered).
+    pub strategy: Strategy,
+    /// 0 = as many as there are candidates.
+    pub max_attempts: u32,
+    /// Hold a 2xx SSE answer until its first content-bearing event (default true).
+    pub peek_stream: bool,
+    /// Reasons that retry with the next candidate (default rate_limit, billing).
+    pub rotate_on: Vec<String>,
+    /// Default fail.
+    pub on_all_cooling: OnAllCooling,
+    /// Default 0 s.
+    pub max_wait: Duration,
+    /// Cooldown ladder without a provider hint (default 30 s, 1 min, 5 min).
+    pub backoff: Vec<Duration>,
+    /// Billing ladder (default 5 h, 10 h, 20 h, 24 h).
+    pub billing_backoff: Vec<Duration>,
+}
+
+/// One effective provider.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// Provider id (first path segment).
+    pub id: String,
+    /// Upstream base URL (`None`: Azure without a configured one — requests get 502).
+    pub base_url: Option<Uri>,
+    /// How an API key goes on the wire.
+    pub auth: AuthStyle,
+    /// Environment prefix (`<P>`).
+    pub env_prefix: String,
+    /// Where the model is read from.
+    pub model_from: ModelFrom,
+    /// Headers added when the client did not send them.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Optional local per-credential requests per minute.
+    pub rpm: Option<u32>,
+    /// Explicit order from config (`auth-state.json` takes precedence).
+    pub order: Option<Vec<String>>,
+    /// Model used by `models status --probe`.
+    pub probe_model: Option<String>,
+    /// OAuth refresh endpoint.
+    pub oauth: Option<OAuthConfig>,
+    /// Whether the config file has a `[providers.<id>]` entry (readiness looks only at these).
+    pub configured: bool,
+}
+
+/// `[providers.P.oauth]`.
+#[derive(Clone, Debug)]
+pub struct OAuthConfig {
+    /// Token endpoint.
+    pub token_url: Uri,
+    /// OAuth client id.
+    pub client_id: Option<String>,
+    /// Send the refresh form-encoded instead of JSON.
+    pub form: bool,
+}
+
+/// `[secrets.providers.ALIAS]`.
+#[derive(Clone, Debug)]
+pub enum SecretProviderConfig {
+    /// Secrets read from a file.
+    File {
+        /// Absolute path.
+        path: PathBuf,
+        /// `true`: the whole file is the value; `false`: ids are JSON pointers.
+        single_value: bool,
+    },
+    /// Secrets printed by a command (protocol v1).
+    Exec {
+        /// Absolute command path.
+        command: PathBuf,
+        /// Arguments.
+        args: Vec<String>,
+        /// Variables passed through.
+        pass_env: Vec<String>,
+        /// Time limit (default 5 s).
+        timeout: Duration,
+    },
+}
+
+/// Why a configuration could not be loaded. Messages name the file, key, line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape (unknown key, wrong type): the message carries line and column.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value that parsed but is not acceptable.
+    #[error("invalid config {path}: `{key}`{at}: {reason}", at = fmt_at(*line, *column))]
+    Invalid {
+        /// The file (`<defaults>` when there is none).
+        path: PathBuf,
+        /// Dotted key path, e.g. `server.request_timeout`.
+        key: String,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// 1-based column, when known.
+        column: Option<usize>,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+fn fmt_at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+        (Some(l), None) => format!(" at line {l}"),
+        _ => String::new(),
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Loads and validates `path` (or the built-in defaults when `None`), resolving
+    /// `*_env` names through `env` and `*_file` paths from disk.
+    pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::from_toml("", None, env),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                Self::from_toml(&text, Some(p), env)
+            }
+        }
+    }
+
+    /// Parses and validates configuration text.
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let display = path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<defaults>"));
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: display.clone(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        validate::validate(raw, text, display, path.map(Path::to_owned), env)
+    }
+
+    /// Built-in defaults only (no file, no environment).
+    pub fn defaults() -> Self {
+        Self::from_toml("", None, &|_| None).expect("the built-in defaults are valid")
+    }
+
+    /// The provider with this id.
+    pub fn provider(&self, id: &str) -> Option<&ProviderConfig> {
+        self.providers.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,660 @@
+//! `RawConfig` → `Config`: defaults, durations, sizes, URLs, secrets and cross-field rules.
+//!
+//! Owns every check that serde cannot do, each reported with the key's path and, when the
+//! value came from the file, its line and column. It does not read the process environment
+//! directly: `*_env` names go through the injected lookup.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Uri;
+use toml::Spanned;
+
+use super::raw::{self, RawAuthStyle, SStr};
+use super::*;
+use crate::provider::{self, AuthStyle, ModelFrom};
+
+/// Validation context: the source text (for line/column) and the file name.
+struct Ctx<'a> {
+    text: &'a str,
+    path: PathBuf,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+pub(super) fn validate(
+    raw: raw::RawConfig,
+    text: &str,
+    display: PathBuf,
+    path: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let cx = Ctx {
+        text,
+        path: display,
+        env,
+    };
+    let s = &raw.server;
+    let server = ServerConfig {
+        listen: s.listen.as_ref().map(|v| cx.addr("server.listen", v)).transpose()?,
+        max_request_body: cx.size("server.max_request_body", &s.max_request_body, "32MiB")?,
+        max_error_body: cx.size("server.max_error_body", &s.max_error_body, "64KiB")?,
+        request_timeout: cx.duration("server.request_timeout", &s.request_timeout, "600s")?,
+        connect_timeout: cx.duration("server.connect_timeout", &s.connect_timeout, "10s")?,
+        first_byte_timeout: cx.duration("server.first_byte_timeout", &s.first_byte_timeout, "120s")?,
+        shutdown_grace: cx.duration("server.shutdown_grace", &s.shutdown_grace, "30s")?,
+    };
+    for (key, v) in [
+        ("server.request_timeout", server.request_timeout),
+        ("server.connect_timeout", server.connect_timeout),
+        ("server.first_byte_timeout", server.first_byte_timeout),
+    ] {
+        if v.is_zero() {
+            return Err(cx.invalid(key, None, "must be greater than 0s".into()));
+        }
+    }
+    if server.max_error_body == 0 || server.max_request_body == 0 {
+        return Err(cx.invalid("server.max_request_body", None, "sizes must be greater than 0".into()));
+    }
+
+    let gateway = cx.gateway(&raw.gateway.auth)?;
+    let admin = AdminConfig {
+        token: cx.secret_from(
+            "admin.token_env",
+            raw.admin.token_env.as_ref(),
+            raw.admin.token_file.as_ref(),
+            Some("KEYGATE_ADMIN_TOKEN"),
+        )?,
+        listen: raw.admin.listen.as_ref().map(|v| cx.addr("admin.listen", v)).transpose()?,
+    };
+    let log = match raw.log.format.as_ref() {
+        None => LogFormat::Text,
+        Some(v) => match v.get_ref().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(cx.bad("log.format", v, "expected \"text\" or \"json\"")),
+        },
+    };
+    let rotation = cx.rotation(&raw.rotation)?;
+    let providers = cx.providers(raw.providers)?;
+    let secret_providers = cx.secret_providers(raw.secrets.providers)?;
+
+    Ok(Config {
+        path,
+        server,
+        gateway,
+        admin,
+        log,
+        rotation,
+        providers,
+        secret_providers,
+    })
+}
+
+// === impl Ctx ===
+
+impl Ctx<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        (line, col)
+    }
+
+    fn invalid(&self, key: &str, span: Option<std::ops::Range<usize>>, reason: String) -> ConfigError {
+        let (line, column) = match span {
+            Some(r) => {
+                let (l, c) = self.line_col(r.start);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: key.to_owned(),
+            line,
+            column,
+            reason,
+        }
+    }
+
+    fn bad<T>(&self, key: &str, v: &Spanned<T>, reason: &str) -> ConfigError {
+        self.invalid(key, Some(v.span()), reason.to_owned())
+    }
+
+    fn addr(&self, key: &str, v: &SStr) -> Result<SocketAddr, ConfigError> {
+        v.get_ref()
+            .parse()
+            .map_err(|_| self.bad(key, v, "expected an address like \"127.0.0.1:8787\""))
+    }
+
+    fn duration(&self, key: &str, v: &Option<SStr>, default: &str) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(humantime::parse_duration(default).expect("default durations are valid")),
+            Some(v) => self.duration_of(key, v),
+        }
+    }
+
+    fn duration_of(&self, key: &str, v: &SStr) -> Result<Duration, ConfigError> {
+        parse_duration(v.get_ref())
+            .ok_or_else(|| self.bad(key, v, "expected a duration like \"30s\", \"5m\", \"24h\""))
+    }
+
+    fn durations(&self, key: &str, v: &Option<Vec<SStr>>, default: &[&str]) -> Result<Vec<Duration>, ConfigError> {
+        let list = match v {
+            None => default
+                .iter()
+                .map(|d| humantime::parse_duration(d).expect("default durations are valid"))
+                .collect(),
+            Some(items) => items
+                .iter()
+                .map(|d| self.duration_of(key, d))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if list.is_empty() {
+            return Err(self.invalid(key, None, "must list at least one duration".into()));
+        }
+        Ok(list)
+    }
+
+    fn size(&self, key: &str, v: &Option<SStr>, default: &str) -> Result<usize, ConfigError> {
+        let (text, span) = match v {
+            None => (default, None),
+            Some(v) => (v.get_ref().as_str(), Some(v.span())),
+        };
+        parse_size(text).ok_or_else(|| {
+            self.invalid(key, span, "expected a size like \"32MiB\", \"64KiB\" or a byte count".into())
+        })
+    }
+
+    /// Resolves a secret given as `*_env` (variable name) or `*_file` (path). `default_env`
+    /// is tried when neither is configured. An explicitly named variable that is unset is
+    /// an error; a missing default variable is not.
+    fn secret_from(
+        &self,
+        key: &str,
+        env_name: Option<&SStr>,
+        file: Option<&SStr>,
+        default_env: Option<&str>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        if let Some(f) = file {
+            let file_key = key.replace("_env", "_file");
+            let text = std::fs::read_to_string(f.get_ref()).map_err(|e| {
+                self.bad(&file_key, f, &format!("cannot read {}: {e}", f.get_ref()))
+            })?;
+            let value = text.trim();
+            if value.is_empty() {
+                return Err(self.bad(&file_key, f, "the file is empty"));
+            }
+            return Ok(Some(Secret::new(value)));
+        }
+        if let Some(name) = env_name {
+            return match (self.env)(name.get_ref()).map(|v| v.trim().to_owned()) {
+                Some(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
+                _ => Err(self.bad(
+                    key,
+                    name,
+                    &format!("environment variable {} is not set (export it, or remove the key)", name.get_ref()),
+                )),
+            };
+        }
+        Ok(default_env
+            .and_then(|n| (self.env)(n))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .map(Secret::new))
+    }
+
+    fn gateway(&self, a: &raw::RawGatewayAuth) -> Result<GatewayAuth, ConfigError> {
+        let mode = match a.mode.as_ref() {
+            None => None,
+            Some(v) => Some(match v.get_ref().as_str() {
+                "token" => AuthMode::Token,
+                "password" => AuthMode::Password,
+                "trusted-proxy" => AuthMode::TrustedProxy,
+                "none" => AuthMode::None,
+                _ => {
+                    return Err(self.bad(
+                        "gateway.auth.mode",
+                        v,
+                        "expected \"token\", \"password\", \"trusted-proxy\" or \"none\"",
+                    ))
+                }
+            }),
+        };
+        let mut tokens = Vec::new();
+        match &a.tokens {
+            Some(list) => {
+                for t in list {
+                    let span = t.span();
+                    let t = t.get_ref();
+                    let secret = self.secret_from(
+                        "gateway.auth.tokens.token_env",
+                        t.token_env.as_ref(),
+                        t.token_file.as_ref(),
+                        None,
+                    )?;
+                    let Some(secret) = secret else {
+                        return Err(self.invalid(
+                            "gateway.auth.tokens",
+                            Some(span),
+                            "each token needs token_env or token_file".into(),
+                        ));
+                    };
+                    let agent = match &t.agent {
+                        None => "main".to_owned(),
+                        Some(a) if valid_agent_id(a.get_ref()) => a.get_ref().clone(),
+                        Some(a) => {
+                            return Err(self.bad(
+                                "gateway.auth.tokens.agent",
+                                a,
+                                "agent ids use letters, digits, '.', '_' and '-' (at most 64)",
+                            ))
+                        }
+                    };
+                    tokens.push(GatewayToken {
+                        secret,
+                        agent,
+                        any_agent: t.any_agent,
+                    });
+                }
+            }
+            None => {
+                if let Some(v) = (self.env)("KEYGATE_TOKEN").map(|v| v.trim().to_owned()) {
+                    if !v.is_empty() {
+                        tokens.push(GatewayToken {
+                            secret: Secret::new(v),
+                            agent: "main".into(),
+                            any_agent: false,
+                        });
+                    }
+                }
+            }
+        }
+        let password = self.secret_from(
+            "gateway.auth.password_env",
+            a.password_env.as_ref(),
+            a.password_file.as_ref(),
+            None,
+        )?;
+        let trusted_cidrs = a
+            .trusted_cidrs
+            .iter()
+            .flatten()
+            .map(|c| {
+                let t = c.get_ref();
+                t.parse::<IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| self.bad("gateway.auth.trusted_cidrs", c, "expected a CIDR like \"10.0.0.0/8\""))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let identity_header = match &a.identity_header {
+            None => HeaderName::from_static("x-forwarded-user"),
+            Some(h) => HeaderName::from_bytes(h.get_ref().as_bytes())
+                .map_err(|_| self.bad("gateway.auth.identity_header", h, "not a valid header name"))?,
+        };
+        match mode {
+            Some(AuthMode::Token) if tokens.is_empty() => {
+                return Err(self.invalid(
+                    "gateway.auth.tokens",
+                    a.mode.as_ref().map(Spanned::span),
+                    "mode \"token\" needs at least one token: set gateway.auth.tokens or KEYGATE_TOKEN".into(),
+                ))
+            }
+            Some(AuthMode::Password) if password.is_none() => {
+                return Err(self.invalid(
+                    "gateway.auth.password_env",
+                    a.mode.as_ref().map(Spanned::span),
+                    "mode \"password\" needs password_env or password_file".into(),
+                ))
+            }
+            Some(AuthMode::TrustedProxy) if trusted_cidrs.is_empty() => {
+                return Err(self.invalid(
+                    "gateway.auth.trusted_cidrs",
+                    a.mode.as_ref().map(Spanned::span),
+                    "mode \"trusted-proxy\" needs trusted_cidrs".into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(GatewayAuth {
+            mode,
+            tokens,
+            password,
+            trusted_cidrs,
+            identity_header,
+            allow_agents: a.allow_agents.clone(),
+        })
+    }
+
+    fn rotation(&self, r: &raw::RawRotation) -> Result<RotationConfig, ConfigError> {
+        let strategy = match r.strategy.as_ref() {
+            None => Strategy::Ordered,
+            Some(v) => match v.get_ref().as_str() {
+                "ordered" => Strategy::Ordered,
+                "round_robin" => Strategy::RoundRobin,
+                _ => return Err(self.bad("rotation.strategy", v, "expected \"ordered\" or \"round_robin\"")),
+            },
+        };
+        let on_all_cooling = match r.on_all_cooling.as_ref() {
+            None => OnAllCooling::Fail,
+            Some(v) => match v.get_ref().as_str() {
+                "fail" => OnAllCooling::Fail,
+                "wait" => OnAllCooling::Wait,
+                _ => return Err(self.bad("rotation.on_all_cooling", v, "expected \"fail\" or \"wait\"")),
+            },
+        };
+        const REASONS: [&str; 9] = [
+            "rate_limit",
+            "billing",
+            "auth_permanent",
+            "auth",
+            "overloaded",
+            "model_not_found",
+            "timeout",
+            "format",
+            "unknown",
+        ];
+        let rotate_on = match &r.rotate_on {
+            None => vec!["rate_limit".to_owned(), "billing".to_owned()],
+            Some(list) => list
+                .iter()
+                .map(|v| {
+                    if REASONS.contains(&v.get_ref().as_str()) {
+                        Ok(v.get_ref().clone())
+                    } else {
+                        Err(self.bad("rotation.rotate_on", v, &format!("unknown reason; expected one of {}", REASONS.join(", "))))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(RotationConfig {
+            strategy,
+            max_attempts: r.max_attempts.unwrap_or(0),
+            peek_stream: r.peek_stream.unwrap_or(true),
+            rotate_on,
+            on_all_cooling,
+            max_wait: self.duration("rotation.max_wait", &r.max_wait, "0s")?,
+            backoff: self.durations("rotation.backoff", &r.backoff, &["30s", "1m", "5m"])?,
+            billing_backoff: self.durations("rotation.billing_backoff", &r.billing_backoff, &["5h", "10h", "20h", "24h"])?,
+        })
+    }
+
+    fn providers(
+        &self,
+        entries: BTreeMap<String, Spanned<raw::RawProvider>>,
+    ) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
+        let mut out: BTreeMap<String, ProviderConfig> = provider::builtins()
+            .into_iter()
+            .map(|b| {
+                let cfg = ProviderConfig {
+                    id: b.id.to_owned(),
+                    base_url: b.base_url.map(|u| u.parse().expect("built-in URLs are valid")),
+                    auth: b.auth,
+                    env_prefix: b.env_prefix.to_owned(),
+                    model_from: b.model_from,
+                    headers: b
+                        .headers
+                        .iter()
+                        .filter_map(|(n, v)| provider::header_pair(n, v))
+                        .collect(),
+                    rpm: None,
+                    order: None,
+                    probe_model: default_probe_model(b.id).map(str::to_owned),
+                    oauth: None,
+                    configured: false,
+                };
+                (b.id.to_owned(), cfg)
+            })
+            .collect();
+        for (id, entry) in entries {
+            let span = entry.span();
+            let p = entry.into_inner();
+            let key = |k: &str| format!("providers.{id}.{k}");
+            if !valid_provider_id(&id) {
+                return Err(self.invalid(
+                    &format!("providers.{id}"),
+                    Some(span),
+                    "provider ids use lowercase letters, digits, '_' and '-'".into(),
+                ));
+            }
+            let builtin = out.remove(&id);
+            let is_custom = builtin.is_none();
+            let base_url = match &p.base_url {
+                Some(u) => Some(self.base_url(&key("base_url"), u)?),
+                None => builtin.as_ref().and_then(|b| b.base_url.clone()),
+            };
+            if is_custom && base_url.is_none() {
+                return Err(self.invalid(
+                    &key("base_url"),
+                    Some(span.clone()),
+                    "a custom provider needs base_url and auth".into(),
+                ));
+            }
+            let auth = match &p.auth {
+                Some(a) => self.auth_style(&key("auth"), a)?,
+                None => match &builtin {
+                    Some(b) => b.auth.clone(),
+                    None => {
+                        return Err(self.invalid(
+                            &key("auth"),
+                            Some(span),
+                            "a custom provider needs base_url and auth".into(),
+                        ))
+                    }
+                },
+            };
+            let env_prefix = match &p.env_prefix {
+                Some(e) => e.get_ref().clone(),
+                None => builtin
+                    .as_ref()
+                    .map(|b| b.env_prefix.clone())
+                    .unwrap_or_else(|| provider::default_env_prefix(&id)),
+            };
+            let model_from = match &p.model_from {
+                None => builtin.as_ref().map_or(ModelFrom::Body, |b| b.model_from),
+                Some(v) => match v.get_ref().as_str() {
+                    "body" => ModelFrom::Body,
+                    "path" => ModelFrom::Path,
+                    _ => return Err(self.bad(&key("model_from"), v, "expected \"body\" or \"path\"")),
+                },
+            };
+            let mut headers = builtin.as_ref().map(|b| b.headers.clone()).unwrap_or_default();
+            for (n, v) in p.headers.iter().flatten() {
+                let Some((name, value)) = provider::header_pair(n, v) else {
+                    return Err(self.invalid(
+                        &key("headers"),
+                        Some(span),
+                        format!("header {n:?} has an invalid name or value"),
+                    ));
+                };
+                headers.retain(|(h, _)| h != name);
+                headers.push((name, value));
+            }
+            let oauth = match &p.oauth {
+                None => None,
+                Some(o) => {
+                    let Some(url) = &o.token_url else {
+                        return Err(self.invalid(&key("oauth.token_url"), Some(span), "missing token_url".into()));
+                    };
+                    Some(OAuthConfig {
+                        token_url: self.base_url(&key("oauth.token_url"), url)?,
+                        client_id: o.client_id.clone(),
+                        form: o.form,
+                    })
+                }
+            };
+            if p.rpm == Some(0) {
+                return Err(self.invalid(&key("rpm"), Some(span), "rpm must be at least 1 (or absent)".into()));
+            }
+            out.insert(
+                id.clone(),
+                ProviderConfig {
+                    id: id.clone(),
+                    base_url,
+                    auth,
+                    env_prefix,
+                    model_from,
+                    headers,
+                    rpm: p.rpm,
+                    order: p.order,
+                    probe_model: p
+                        .probe_model
+                        .or_else(|| builtin.and_then(|b| b.probe_model)),
+                    oauth,
+                    configured: true,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn base_url(&self, key: &str, v: &SStr) -> Result<Uri, ConfigError> {
+        let uri: Uri = v
+            .get_ref()
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| self.bad(key, v, "expected an absolute http:// or https:// URL"))?;
+        match (uri.scheme_str(), uri.authority()) {
+            (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(uri),
+            _ => Err(self.bad(key, v, "expected an absolute http:// or https:// URL without a query")),
+        }
+    }
+
+    fn auth_style(&self, key: &str, a: &Spanned<RawAuthStyle>) -> Result<AuthStyle, ConfigError> {
+        let err = || {
+            self.bad(
+                key,
+                a,
+                "expected \"x-api-key\", \"bearer\", \"x-goog-api-key\", \"api-key\", { header = \"name\" } or { query = \"name\" }",
+            )
+        };
+        Ok(match a.get_ref() {
+            RawAuthStyle::Named(n) => match n.as_str() {
+                "x-api-key" => AuthStyle::XApiKey,
+                "bearer" => AuthStyle::Bearer,
+                "x-goog-api-key" => AuthStyle::XGoogApiKey,
+                "api-key" => AuthStyle::ApiKey,
+                _ => return Err(err()),
+            },
+            RawAuthStyle::Table(t) => match (&t.header, &t.query) {
+                (Some(h), None) => AuthStyle::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| err())?),
+                (None, Some(q)) if !q.is_empty() => AuthStyle::Query(q.clone()),
+                _ => return Err(err()),
+            },
+        })
+    }
+
+    fn secret_providers(
+        &self,
+        entries: BTreeMap<String, Spanned<raw::RawSecretProvider>>,
+    ) -> Result<BTreeMap<String, SecretProviderConfig>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (alias, entry) in entries {
+            let span = entry.span();
+            let p = entry.get_ref();
+            let key = |k: &str| format!("secrets.providers.{alias}.{k}");
+            let absolute = |k: &str, v: &SStr| -> Result<PathBuf, ConfigError> {
+                let path = PathBuf::from(v.get_ref());
+                if path.is_absolute() {
+                    Ok(path)
+                } else {
+                    Err(self.bad(&key(k), v, "must be an absolute path"))
+                }
+            };
+            let cfg = match p.source.as_ref().map(|s| s.get_ref().as_str()) {
+                Some("file") => {
+                    let Some(path) = &p.path else {
+                        return Err(self.invalid(&key("path"), Some(span), "source \"file\" needs path".into()));
+                    };
+                    let single_value = match p.mode.as_ref() {
+                        None => false,
+                        Some(m) => match m.get_ref().as_str() {
+                            "json" => false,
+                            "single_value" => true,
+                            _ => return Err(self.bad(&key("mode"), m, "expected \"json\" or \"single_value\"")),
+                        },
+                    };
+                    SecretProviderConfig::File {
+                        path: absolute("path", path)?,
+                        single_value,
+                    }
+                }
+                Some("exec") => {
+                    let Some(command) = &p.command else {
+                        return Err(self.invalid(&key("command"), Some(span), "source \"exec\" needs command".into()));
+                    };
+                    SecretProviderConfig::Exec {
+                        command: absolute("command", command)?,
+                        args: p.args.clone().unwrap_or_default(),
+                        pass_env: p.pass_env.clone().unwrap_or_default(),
+                        timeout: self.duration(&key("timeout"), &p.timeout, "5s")?,
+                    }
+                }
+                _ => {
+                    return Err(self.invalid(
+                        &key("source"),
+                        Some(p.source.as_ref().map_or(span, Spanned::span)),
+                        "expected source = \"file\" or \"exec\"".into(),
+                    ))
+                }
+            };
+            out.insert(alias, cfg);
+        }
+        Ok(out)
+    }
+}
+
+/// The model `models status --probe` uses for a built-in provider.
+fn default_probe_model(id: &str) -> Option<&'static str> {
+    Some(match id {
+        "anthropic" => "claude-haiku-4-5",
+        "openai" => "gpt-4o-mini",
+        "google" => "gemini-2.5-flash",
+        "openrouter" => "openrouter/auto",
+        "groq" => "llama-3.1-8b-instant",
+        "mistral" => "mistral-small-latest",
+        "deepseek" => "deepseek-chat",
+        "xai" => "grok-3-mini",
+        "together" => "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        _ => return None,
+    })
+}
+
+/// Durations as in SPEC §2 (`30s`, `1m`, `5h`, `24h`, `250ms`); a bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).ok()
+}
+
+/// Sizes as in SPEC §2 (`32MiB`, `64KiB`, `1MB`, or a plain byte count).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<usize>() {
+        return Some(n);
+    }
+    s.parse::<bytesize::ByteSize>()
+        .ok()
+        .and_then(|b| usize::try_from(b.as_u64()).ok())
+}
+
+/// Agent ids become directory names: keep them to a safe, bounded alphabet.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_provider_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+        && !id.starts_with('_')
+}

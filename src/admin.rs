@@ -1,0 +1,135 @@
+//! Reserved paths, never forwarded (SPEC §3).
+//!
+//! Endpoints:
+//! - `GET /healthz` — liveness: always 200 while the process serves.
+//! - `GET /readyz` — 200 when every provider with a `[providers.*]` entry has at least one
+//!   usable credential for agent `main`; else 503 naming what is missing.
+//! - `GET /_keygate/status` — credentials per provider (masked), explicit order and
+//!   exclusions; needs the admin token (`Authorization: Bearer` or `x-keygate-admin-token`):
+//!   401 without it, 404 when no admin token is configured.
+//!
+//! With `[admin] listen` set, `/_keygate/status` is served only on that listener; the
+//! health paths are answered on both. This module only reads shared state.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::proxy::{AppState, ProxyBody, ProxyError};
+
+/// Answers a reserved path, or returns `None` for anything that should be proxied.
+/// `private` says whether the admin-only endpoints are served on this listener.
+pub async fn reserved<B>(state: &AppState, req: &Request<B>, private: bool) -> Option<Response<ProxyBody>> {
+    let resp = match req.uri().path() {
+        "/healthz" => json_response(StatusCode::OK, json!({ "status": "ok" })),
+        "/readyz" => readyz(state),
+        "/_keygate/status" if private => status(state, req),
+        "/_keygate/status" => ProxyError::NotFound.into_response(None),
+        p if p.starts_with("/_keygate/") => ProxyError::NotFound.into_response(None),
+        _ => return None,
+    };
+    Some(resp)
+}
+
+/// Serves a request on the dedicated admin listener: reserved paths only.
+pub async fn handle_admin<B>(state: &AppState, req: Request<B>) -> Response<ProxyBody> {
+    match reserved(state, &req, true).await {
+        Some(r) => r,
+        None => ProxyError::NotFound.into_response(None),
+    }
+}
+
+fn readyz(state: &AppState) -> Response<ProxyBody> {
+    let pool = state.registry.agent("main");
+    let missing: Vec<&str> = state
+        .config
+        .providers
+        .values()
+        .filter(|p| p.configured)
+        .filter(|p| pool.providers.get(&p.id).is_none_or(|pp| pp.candidates.is_empty()))
+        .map(|p| p.id.as_str())
+        .collect();
+    if missing.is_empty() {
+        json_response(StatusCode::OK, json!({ "status": "ready" }))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "status": "not ready",
+                "missing": missing,
+                "message": format!("no usable credential for: {}", missing.join(", ")),
+            }),
+        )
+    }
+}
+
+fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
+    let Some(token) = &state.config.admin.token else {
+        return ProxyError::NotFound.into_response(None);
+    };
+    let h = req.headers();
+    let presented = h
+        .get("x-keygate-admin-token")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            h.get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
+    let ok = presented.is_some_and(|p| {
+        use subtle::ConstantTimeEq;
+        p.len() == token.expose().len() && bool::from(p.as_bytes().ct_eq(token.expose().as_bytes()))
+    });
+    if !ok {
+        return ProxyError::Unauthorized("admin token required (Authorization: Bearer or x-keygate-admin-token)")
+            .into_response(None);
+    }
+    let pool = state.registry.agent("main");
+    let mut providers = serde_json::Map::new();
+    for (id, p) in &state.config.providers {
+        let Some(pp) = pool.providers.get(id) else { continue };
+        if pp.candidates.is_empty() && !p.configured && pp.excluded.is_empty() {
+            continue;
+        }
+        let creds: Vec<_> = pp
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "id": c.cred.id.as_str(),
+                    "kind": c.cred.kind.as_str(),
+                    "source": c.cred.source.as_str(),
+                    "secret": format!("{} {}", c.cred.kind.as_str(), c.cred.secret.masked()),
+                    "expires": c.cred.expires_ms,
+                    "orderPosition": pp.explicit.then_some(i + 1),
+                })
+            })
+            .collect();
+        providers.insert(
+            id.clone(),
+            json!({
+                "credentials": creds,
+                "explicitOrder": pp.explicit,
+                "excluded": pp.excluded.iter().map(|e| json!({
+                    "id": e,
+                    "reasonCode": "excluded_by_auth_order",
+                    "detail": "Excluded by auth.order for this provider.",
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        json!({ "agent": "main", "providers": providers, "warnings": pool.warnings }),
+    )
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

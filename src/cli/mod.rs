@@ -1,0 +1,140 @@
+//! The command line (SPEC §1): global flags, subcommands, exit codes.
+//!
+//! Owns argument parsing (clap), the state-dir/config resolution shared by every command,
+//! and mapping outcomes to exit codes: 0 ok, 1 error, 64 usage error (bad flags or a bad
+//! config file). Each command lives in its own file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LogFormat};
+use crate::credentials::env::EnvSnapshot;
+
+mod config_check;
+mod serve;
+
+/// Exit code for usage errors (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+/// keygate: a credential-rotating reverse proxy for LLM provider APIs.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML). Optional: every key has a default.
+    #[arg(long, global = true, env = "KEYGATE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// State directory (OpenClaw layout). Default: $KEYGATE_STATE_DIR, $OPENCLAW_STATE_DIR, ~/.openclaw.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Agent id whose auth files are used.
+    #[arg(long, global = true, default_value = "main", value_name = "ID")]
+    pub agent: String,
+    /// Log format (overrides [log] format).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(serve::ServeArgs),
+    /// Configuration tools.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+/// `keygate config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and validate the config, print the effective provider table.
+    Check,
+}
+
+/// What every command needs: the environment, the state dir, the config.
+pub struct Context {
+    /// Process environment plus `<state-dir>/.env`.
+    pub env: EnvSnapshot,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The config path, if any.
+    pub config_path: Option<PathBuf>,
+    /// The agent id.
+    pub agent: String,
+}
+
+// === impl Context ===
+
+impl Context {
+    /// Loads the config with this context's environment.
+    pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(self.config_path.as_deref(), &|k| self.env.get(k).map(str::to_owned))
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let process_env = EnvSnapshot::from_process();
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .or_else(|| process_env.get("KEYGATE_STATE_DIR").filter(|s| !s.is_empty()).map(PathBuf::from))
+        .or_else(|| process_env.get("OPENCLAW_STATE_DIR").filter(|s| !s.is_empty()).map(PathBuf::from))
+        .or_else(|| process_env.get("HOME").map(|h| PathBuf::from(h).join(".openclaw")))
+        .unwrap_or_else(|| PathBuf::from(".openclaw"));
+    let env = match process_env.with_dotenv_file(&state_dir.join(".env")) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !crate::config::valid_agent_id(&cli.agent) {
+        eprintln!("error: invalid --agent {:?}: use letters, digits, '.', '_' and '-' (at most 64)", cli.agent);
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let cx = Context {
+        env,
+        state_dir,
+        config_path: cli.config.clone(),
+        agent: cli.agent.clone(),
+    };
+    let log_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Serve(args) => serve::run(&cx, args, log_format),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config_check::run(&cx),
+    }
+}

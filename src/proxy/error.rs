@@ -1,0 +1,211 @@
+//! Every error keygate itself answers with, and the one place that turns them into
+//! responses.
+//!
+//! Owns [`ProxyError`], its status ([`ProxyError::status`]), a low-cardinality label for
+//! logs and metrics, and the JSON body in the shape the client's SDK parses (Anthropic,
+//! Google or OpenAI style, chosen by provider). Upstream error answers are not here: they go
+//! back to the client exactly as the provider sent them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ProxyBody;
+
+/// An error answered by keygate (never by the upstream).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The path would leave the provider's base URL, or is malformed.
+    #[error("invalid path: {0}")]
+    BadPath(&'static str),
+    /// No provider with this id.
+    #[error("unknown provider \"{0}\"; known providers are listed by `keygate config check`")]
+    UnknownProvider(String),
+    /// A reserved path that does not exist or is disabled.
+    #[error("not found")]
+    NotFound,
+    /// Request body over `max_request_body`.
+    #[error("request body exceeds the limit of {limit} bytes (server.max_request_body)")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request body could not be read.
+    #[error("could not read the request body")]
+    BodyRead,
+    /// A bad request detected before forwarding.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Authentication with the gateway failed or is missing.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Too many failed attempts from this address.
+    #[error("too many failed authentication attempts; retry later")]
+    LockedOut {
+        /// Time left in the lockout.
+        retry_after: Duration,
+    },
+    /// No credential configured at all for this provider.
+    #[error("No credentials found for provider \"{provider}\". {hint}")]
+    NoCredentials {
+        /// Provider id.
+        provider: String,
+        /// What to do.
+        hint: String,
+    },
+    /// Every candidate is cooling down or disabled.
+    #[error("No available credential for {provider} (all in cooldown or unavailable).")]
+    AllCooling {
+        /// Provider id.
+        provider: String,
+        /// Until the soonest window ends.
+        retry_after: Duration,
+    },
+    /// The provider has no base URL (Azure without configuration).
+    #[error("provider \"{0}\" has no base_url: set [providers.{0}] base_url in the config")]
+    NoBaseUrl(String),
+    /// The upstream could not be reached or broke before answering.
+    #[error("upstream unavailable: {0}")]
+    Upstream(String),
+    /// No answer from the upstream in time.
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadPath(_) | ProxyError::BodyRead | ProxyError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::UnknownProvider(_) | ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Unauthorized(_) | ProxyError::NoCredentials { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::LockedOut { .. } | ProxyError::AllCooling { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::NoBaseUrl(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A low-cardinality label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::UnknownProvider(_) => "unknown_provider",
+            ProxyError::NotFound => "not_found",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyRead => "body_read",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::LockedOut { .. } => "locked_out",
+            ProxyError::NoCredentials { .. } => "no_credentials",
+            ProxyError::AllCooling { .. } => "all_cooling",
+            ProxyError::NoBaseUrl(_) => "no_base_url",
+            ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProxyError::LockedOut { retry_after } | ProxyError::AllCooling { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    /// The response, with a JSON body in the provider's error shape (OpenAI's when the
+    /// provider is unknown).
+    pub fn into_response(self, provider: Option<&str>) -> Response<ProxyBody> {
+        let status = self.status();
+        let message = self.to_string();
+        let body = error_json(provider, status, &message);
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(after) = self.retry_after() {
+            // Round up: a client that waits exactly this long finds a key.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}
+
+/// A JSON error body in the shape the provider's SDKs parse.
+pub fn error_json(provider: Option<&str>, status: StatusCode, message: &str) -> Bytes {
+    let value = match provider {
+        Some("anthropic") => serde_json::json!({
+            "type": "error",
+            "error": { "type": anthropic_type(status), "message": message },
+        }),
+        Some("google") => serde_json::json!({
+            "error": { "code": status.as_u16(), "message": message, "status": google_status(status) },
+        }),
+        _ => serde_json::json!({
+            "error": { "message": message, "type": openai_type(status), "param": null, "code": openai_code(status) },
+        }),
+    };
+    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+}
+
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+fn google_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        504 => "DEADLINE_EXCEEDED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    }
+}
+
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        400 | 404 | 413 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+fn openai_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "invalid_api_key",
+        429 => "rate_limit_exceeded",
+        413 => "request_too_large",
+        404 => "not_found",
+        504 => "timeout",
+        _ => "keygate_error",
+    }
+}

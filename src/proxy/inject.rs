@@ -1,0 +1,304 @@
+//! What the upstream sees: the client's headers minus anything that must not travel, plus
+//! the chosen credential in the provider's form.
+//!
+//! Owns the header rules of SPEC §2 and §4: strip hop-by-hop headers (RFC 9110 §7.6.1, and
+//! every header the client's `Connection` names), `Host`, every inbound credential carrier
+//! (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`, `?key=`) and every
+//! `x-keygate-*` header; add provider default headers only when absent; insert the credential
+//! as the provider expects. Header values for credentials are built once, when credentials
+//! load, and marked sensitive. It does not choose the credential (see `resolver`).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::config::ProviderConfig;
+use crate::credentials::{Credential, Kind};
+use crate::provider::AuthStyle;
+
+/// The `anthropic-beta` flag an OAuth/setup token needs.
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// proxy-auth pair.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Where clients put credentials; never forwarded.
+const CREDENTIAL_CARRIERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
+/// Characters escaped in a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// A credential ready to put on a request: built once per credential.
+#[derive(Clone, Debug)]
+pub struct Injection {
+    header: Option<(HeaderName, HeaderValue)>,
+    // (name, percent-encoded value) for providers that take the key in the query.
+    query: Option<(String, String)>,
+    oauth_beta: bool,
+}
+
+/// The credential's value could not be put in a header (control characters).
+#[derive(Debug, thiserror::Error)]
+#[error("credential {0} contains characters that cannot be sent in a header")]
+pub struct InvalidCredential(pub String);
+
+// === impl Injection ===
+
+impl Injection {
+    /// How `cred` goes on the wire for `provider` (SPEC §2): Anthropic tokens (`token`/`oauth`
+    /// kinds, or any secret containing `sk-ant-oat`) as Bearer plus the OAuth beta flag;
+    /// other `token`/`oauth` credentials as Bearer; API keys in the provider's style.
+    pub fn new(provider: &ProviderConfig, cred: &Credential) -> Result<Self, InvalidCredential> {
+        let secret = cred.secret.expose();
+        let is_token = matches!(cred.kind, Kind::Token | Kind::OAuth);
+        let anthropic_oauth = provider.id == "anthropic" && (is_token || secret.contains("sk-ant-oat"));
+        let style = if anthropic_oauth || is_token {
+            &AuthStyle::Bearer
+        } else {
+            &provider.auth
+        };
+        let sensitive = |v: String| {
+            let mut v = HeaderValue::try_from(v).map_err(|_| InvalidCredential(cred.id.to_string()))?;
+            v.set_sensitive(true);
+            Ok::<_, InvalidCredential>(v)
+        };
+        let (header, query) = match style {
+            AuthStyle::Bearer => (Some((header::AUTHORIZATION, sensitive(format!("Bearer {secret}"))?)), None),
+            AuthStyle::XApiKey => (Some((HeaderName::from_static("x-api-key"), sensitive(secret.to_owned())?)), None),
+            AuthStyle::XGoogApiKey => (Some((HeaderName::from_static("x-goog-api-key"), sensitive(secret.to_owned())?)), None),
+            AuthStyle::ApiKey => (Some((HeaderName::from_static("api-key"), sensitive(secret.to_owned())?)), None),
+            AuthStyle::Header(name) => (Some((name.clone(), sensitive(secret.to_owned())?)), None),
+            AuthStyle::Query(name) => (
+                None,
+                Some((name.clone(), utf8_percent_encode(secret, QUERY_VALUE).to_string())),
+            ),
+        };
+        Ok(Self {
+            header,
+            query,
+            oauth_beta: anthropic_oauth,
+        })
+    }
+
+    /// The query parameter this credential adds, if any: `(name, encoded value)`.
+    pub fn query(&self) -> Option<(&str, &str)> {
+        self.query.as_ref().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Puts the credential on `headers` (already cleaned by [`clean_request_headers`]).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some((name, value)) = &self.header {
+            headers.insert(name.clone(), value.clone());
+        }
+        if self.oauth_beta {
+            merge_beta(headers);
+        }
+    }
+}
+
+/// Adds `oauth-2025-04-20` to `anthropic-beta`, keeping the client's flags.
+fn merge_beta(headers: &mut HeaderMap) {
+    let present: Vec<&str> = headers
+        .get_all(&ANTHROPIC_BETA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if present
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|f| f.trim() == OAUTH_BETA)
+    {
+        return;
+    }
+    let merged = if present.is_empty() {
+        HeaderValue::from_static(OAUTH_BETA)
+    } else {
+        let mut s = present.join(",");
+        s.push(',');
+        s.push_str(OAUTH_BETA);
+        match HeaderValue::try_from(s) {
+            Ok(v) => v,
+            Err(_) => HeaderValue::from_static(OAUTH_BETA),
+        }
+    };
+    headers.insert(ANTHROPIC_BETA, merged);
+}
+
+/// The client's headers as the upstream may see them, before a credential is applied:
+/// hop-by-hop, `Host`, `Content-Length` (re-computed from the body), credential carriers and
+/// `x-keygate-*` removed; `Accept-Encoding: identity` (so error bodies and streams can be
+/// classified); provider default headers added when absent.
+pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(client.len() + provider.headers.len() + 2);
+    let named_by_connection: Vec<&str> = client
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for (name, value) in client {
+        if HOP_BY_HOP.contains(name)
+            || CREDENTIAL_CARRIERS.contains(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::ACCEPT_ENCODING
+            || name.as_str().starts_with("x-keygate-")
+            || named_by_connection.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()))
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    for (name, value) in &provider.headers {
+        if !out.contains_key(name) {
+            out.insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Removes hop-by-hop headers from an upstream response before it goes to the client.
+pub fn clean_response_headers(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+/// The client's query without any `key=` parameter (a gateway token carrier).
+/// Returns `None` when nothing is left.
+pub fn clean_query(query: Option<&str>) -> Option<String> {
+    let q = query?;
+    if !q.split('&').any(|kv| kv == "key" || kv.starts_with("key=")) {
+        return (!q.is_empty()).then(|| q.to_owned());
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| !(kv.is_empty() || *kv == "key" || kv.starts_with("key=")))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::credentials::{CredentialId, Source};
+    use crate::secret::Secret;
+
+    fn cred(provider: &str, kind: Kind, secret: &str) -> Credential {
+        Credential {
+            id: CredentialId::new(format!("{provider}:t")),
+            provider: provider.into(),
+            kind,
+            source: Source::Profile,
+            secret: Secret::new(secret),
+            expires_ms: None,
+        }
+    }
+
+    fn applied(provider: &str, c: &Credential, client: &[(&str, &str)]) -> HeaderMap {
+        let cfg = Config::defaults();
+        let p = cfg.provider(provider).expect("builtin");
+        let mut h = HeaderMap::new();
+        for (n, v) in client {
+            h.append(HeaderName::from_bytes(n.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        let mut out = clean_request_headers(&h, p);
+        Injection::new(p, c).expect("valid").apply(&mut out);
+        out
+    }
+
+    #[test]
+    fn anthropic_api_key_goes_in_x_api_key_with_default_version() {
+        let h = applied("anthropic", &cred("anthropic", Kind::ApiKey, "sk-ant-api03-test"), &[("x-api-key", "gw"), ("authorization", "Bearer gw")]);
+        assert_eq!(h["x-api-key"], "sk-ant-api03-test");
+        assert!(h["x-api-key"].is_sensitive());
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["anthropic-version"], "2023-06-01");
+    }
+
+    #[test]
+    fn anthropic_tokens_go_as_bearer_with_beta_merged() {
+        for c in [
+            cred("anthropic", Kind::Token, "tok-value"),
+            cred("anthropic", Kind::ApiKey, "sk-ant-oat01-abc"),
+        ] {
+            let h = applied("anthropic", &c, &[("anthropic-beta", "tools-2024"), ("anthropic-version", "2024-01-01")]);
+            assert!(h["authorization"].to_str().expect("ascii").starts_with("Bearer "));
+            assert!(h.get("x-api-key").is_none());
+            assert_eq!(h["anthropic-beta"], "tools-2024,oauth-2025-04-20");
+            assert_eq!(h["anthropic-version"], "2024-01-01", "client's version wins");
+        }
+        let h = applied("anthropic", &cred("anthropic", Kind::Token, "t"), &[("anthropic-beta", "oauth-2025-04-20")]);
+        assert_eq!(h["anthropic-beta"], "oauth-2025-04-20");
+    }
+
+    #[test]
+    fn styles_per_provider() {
+        let h = applied("google", &cred("google", Kind::ApiKey, "AIza-test"), &[("x-goog-api-key", "gw")]);
+        assert_eq!(h["x-goog-api-key"], "AIza-test");
+        let h = applied("openai", &cred("openai", Kind::ApiKey, "sk-test"), &[]);
+        assert_eq!(h["authorization"], "Bearer sk-test");
+        let h = applied("azure", &cred("azure", Kind::ApiKey, "az-test"), &[("api-key", "gw")]);
+        assert_eq!(h["api-key"], "az-test");
+    }
+
+    #[test]
+    fn strips_hop_by_hop_keygate_and_connection_named_headers() {
+        let h = applied(
+            "openai",
+            &cred("openai", Kind::ApiKey, "sk"),
+            &[
+                ("connection", "keep-alive, x-custom-hop"),
+                ("x-custom-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("x-keygate-profile", "openai:a"),
+                ("x-keygate-agent", "b"),
+                ("host", "127.0.0.1:8787"),
+                ("content-length", "12"),
+                ("x-request-id", "r1"),
+            ],
+        );
+        for gone in ["connection", "x-custom-hop", "keep-alive", "te", "x-keygate-profile", "x-keygate-agent", "host", "content-length"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(h["x-request-id"], "r1");
+        assert_eq!(h["accept-encoding"], "identity");
+    }
+
+    #[test]
+    fn query_key_is_removed() {
+        assert_eq!(clean_query(Some("alt=sse&key=gw")), Some("alt=sse".into()));
+        assert_eq!(clean_query(Some("key=gw")), None);
+        assert_eq!(clean_query(Some("alt=sse")), Some("alt=sse".into()));
+        assert_eq!(clean_query(Some("monkey=1&key=x&keys=2")), Some("monkey=1&keys=2".into()));
+        assert_eq!(clean_query(None), None);
+    }
+}

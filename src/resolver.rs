@@ -1,0 +1,306 @@
+//! Which credentials may serve a request, in which order (SPEC §5).
+//!
+//! Owns the per-agent credential pools: for each provider, the candidates built from the
+//! explicit order (auth-state.json, else config), else the stored profiles ranked by kind,
+//! then the environment keys — deduplicated by secret — each with its wire form
+//! ([`Injection`]) built once. At request time it orders candidates (least recently used
+//! within a kind, or across the pool for `round_robin`) and answers pin lookups. It does not
+//! own cooldowns (the caller filters candidates) nor file watching.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::config::{Config, ProviderConfig, Strategy};
+use crate::credentials::env::{self, EnvSnapshot};
+use crate::credentials::store;
+use crate::credentials::{dedup, Credential, Kind, Source};
+use crate::proxy::inject::Injection;
+
+/// Bound on cached agent pools (agent ids can come from a trusted proxy's header).
+const MAX_AGENTS: usize = 1024;
+
+/// One usable credential, ready to inject.
+#[derive(Debug)]
+pub struct Candidate {
+    /// The credential.
+    pub cred: Credential,
+    /// Its wire form.
+    pub inject: Injection,
+    /// `x-keygate-credential` value.
+    pub id_header: HeaderValue,
+    /// Rank group: 0 oauth, 1 token, 2 api key (stored profiles), 3 environment.
+    group: u8,
+    /// Position within its source (env keys keep their priority order).
+    position: u32,
+    /// Last time an attempt used this credential (ns since the registry's epoch; 0 = never).
+    last_used: AtomicU64,
+}
+
+/// A provider's candidates for one agent.
+#[derive(Debug, Default)]
+pub struct ProviderPool {
+    /// Candidates in their base order.
+    pub candidates: Vec<Arc<Candidate>>,
+    /// Whether an explicit order applies (then the order is exact and never re-ranked).
+    pub explicit: bool,
+    /// Stored profiles the explicit order leaves out (`excluded_by_auth_order`).
+    pub excluded: Vec<String>,
+}
+
+/// Every credential an agent can use.
+#[derive(Debug, Default)]
+pub struct AgentPool {
+    /// Per provider id.
+    pub providers: HashMap<String, ProviderPool>,
+    /// Every known credential by id (for pins), whichever provider it belongs to.
+    pub by_id: HashMap<String, Arc<Candidate>>,
+    /// Problems met while loading (named entries, never secrets).
+    pub warnings: Vec<String>,
+}
+
+/// The pools of all agents seen so far, loaded lazily from the state directory.
+pub struct Registry {
+    config: Arc<Config>,
+    state_dir: PathBuf,
+    env: EnvSnapshot,
+    epoch: Instant,
+    agents: ArcSwap<HashMap<String, Arc<AgentPool>>>,
+    load_lock: Mutex<()>,
+}
+
+// === impl Candidate ===
+
+impl Candidate {
+    fn new(provider: &ProviderConfig, cred: Credential, group: u8, position: u32) -> Option<Self> {
+        let inject = match Injection::new(provider, &cred) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(credential = %cred.id, error = %e, "credential skipped");
+                return None;
+            }
+        };
+        let id_header = HeaderValue::from_str(cred.id.as_str()).ok()?;
+        Some(Self {
+            cred,
+            inject,
+            id_header,
+            group,
+            position,
+            last_used: AtomicU64::new(0),
+        })
+    }
+
+    /// When this credential was last used (ns since the registry epoch; 0 = never).
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// A registry reading `<state_dir>/agents/<agent>/agent/*` with this environment.
+    pub fn new(config: Arc<Config>, state_dir: PathBuf, env: EnvSnapshot) -> Self {
+        Self {
+            config,
+            state_dir,
+            env,
+            epoch: Instant::now(),
+            agents: ArcSwap::from_pointee(HashMap::new()),
+            load_lock: Mutex::new(()),
+        }
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The environment snapshot credentials were read from.
+    pub fn env(&self) -> &EnvSnapshot {
+        &self.env
+    }
+
+    /// The pool of `agent`, loading it on first use.
+    pub fn agent(&self, agent: &str) -> Arc<AgentPool> {
+        if let Some(p) = self.agents.load().get(agent) {
+            return p.clone();
+        }
+        let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = self.agents.load().get(agent) {
+            return p.clone();
+        }
+        let pool = Arc::new(build_pool(&self.config, &self.state_dir, agent, &self.env));
+        for w in &pool.warnings {
+            tracing::warn!(agent, warning = %w, "credential store");
+        }
+        let current = self.agents.load();
+        if current.len() < MAX_AGENTS {
+            let mut next = HashMap::clone(&current);
+            next.insert(agent.to_owned(), pool.clone());
+            self.agents.store(Arc::new(next));
+        }
+        pool
+    }
+
+    /// Drops every cached pool so the next request re-reads the files.
+    pub fn invalidate(&self) {
+        self.agents.store(Arc::new(HashMap::new()));
+    }
+
+    /// Records that an attempt is about to use `c` (for least-recently-used ordering).
+    pub fn touch(&self, c: &Candidate) {
+        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
+        c.last_used.store(ns, Ordering::Relaxed);
+    }
+
+    /// The candidates for a provider in attempt order (SPEC §5): explicit order as is;
+    /// otherwise stored profiles by kind then least recently used, then env keys in
+    /// priority order; with `round_robin`, everything least recently used first.
+    pub fn ordered(&self, pool: &ProviderPool) -> Vec<Arc<Candidate>> {
+        let mut list = pool.candidates.clone();
+        if pool.explicit && self.config.rotation.strategy == Strategy::Ordered {
+            return list;
+        }
+        match self.config.rotation.strategy {
+            Strategy::Ordered => list.sort_by_key(|c| {
+                let lru = if c.group < 3 { c.last_used() } else { 0 };
+                (c.group, lru, c.position)
+            }),
+            Strategy::RoundRobin => list.sort_by_key(|c| (c.last_used(), c.group, c.position)),
+        }
+        list
+    }
+}
+
+/// Builds an agent's pool from its files and the environment. Unreadable files become
+/// warnings, never a failure: a broken profile file must not take env keys down with it.
+pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnapshot) -> AgentPool {
+    let dir = store::agent_dir(state_dir, agent);
+    let mut warnings = Vec::new();
+    let profiles = match store::load_profiles(&dir.join("auth-profiles.json"), env) {
+        Ok(set) => {
+            warnings.extend(set.warnings);
+            set.profiles
+        }
+        Err(e) => {
+            warnings.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let state = match store::load_auth_state(&dir.join("auth-state.json")) {
+        Ok(s) => s,
+        Err(e) => {
+            warnings.push(e.to_string());
+            store::AuthState::default()
+        }
+    };
+
+    let mut pool = AgentPool::default();
+    for (id, provider) in &config.providers {
+        let mut stored: Vec<(u8, Credential)> = profiles
+            .iter()
+            .filter(|p| &p.provider == id)
+            .filter_map(|p| p.credential())
+            .map(|c| (kind_group(c.kind), c))
+            .collect();
+        stored.sort_by_key(|(g, _)| *g);
+        let env_creds = env::env_credentials(id, &provider.env_prefix, env);
+
+        // Every credential is pinnable by id, whatever the order says.
+        for (i, (g, c)) in stored.iter().enumerate() {
+            if let Some(cand) = Candidate::new(provider, c.clone(), *g, i as u32) {
+                pool.by_id.insert(c.id.to_string(), Arc::new(cand));
+            }
+        }
+        for (i, c) in env_creds.iter().enumerate() {
+            if let Some(cand) = Candidate::new(provider, c.clone(), 3, i as u32) {
+                pool.by_id.entry(c.id.to_string()).or_insert_with(|| Arc::new(cand));
+            }
+        }
+
+        let order = state.order.get(id).or(provider.order.as_ref());
+        let (list, explicit, excluded) = match order {
+            Some(order) => {
+                let mut list = Vec::with_capacity(order.len());
+                for oid in order {
+                    if let Some((_, c)) = stored.iter().find(|(_, c)| c.id.as_str() == oid) {
+                        list.push(c.clone());
+                    } else if let Some(c) = env::resolve_env_id(oid, id, &provider.env_prefix, env) {
+                        list.push(c);
+                    } else {
+                        warnings.push(format!(
+                            "order for {id} lists \"{oid}\", which does not resolve to a credential; skipped"
+                        ));
+                    }
+                }
+                let excluded = profiles
+                    .iter()
+                    .filter(|p| &p.provider == id && !order.iter().any(|o| o == &p.id))
+                    .map(|p| p.id.clone())
+                    .collect();
+                (list, true, excluded)
+            }
+            None => {
+                let mut list: Vec<Credential> = stored.into_iter().map(|(_, c)| c).collect();
+                list.extend(env_creds);
+                (list, false, Vec::new())
+            }
+        };
+        let candidates = dedup(list)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let group = if explicit {
+                    0
+                } else if c.source == Source::Env {
+                    3
+                } else {
+                    kind_group(c.kind)
+                };
+                pool.by_id
+                    .get(c.id.as_str())
+                    .filter(|existing| existing.cred.secret == c.secret)
+                    .map(|existing| {
+                        Arc::new(Candidate {
+                            cred: existing.cred.clone(),
+                            inject: existing.inject.clone(),
+                            id_header: existing.id_header.clone(),
+                            group,
+                            position: i as u32,
+                            last_used: AtomicU64::new(0),
+                        })
+                    })
+                    .or_else(|| Candidate::new(provider, c, group, i as u32).map(Arc::new))
+            })
+            .collect::<Vec<_>>();
+        // Pins and the pool share one Candidate (so last-used is shared).
+        for c in &candidates {
+            pool.by_id.insert(c.cred.id.to_string(), c.clone());
+        }
+        pool.providers.insert(
+            id.clone(),
+            ProviderPool {
+                candidates,
+                explicit,
+                excluded,
+            },
+        );
+    }
+    pool.warnings = warnings;
+    pool
+}
+
+fn kind_group(kind: Kind) -> u8 {
+    match kind {
+        Kind::OAuth => 0,
+        Kind::Token => 1,
+        Kind::ApiKey => 2,
+    }
+}

@@ -1,1 +1,642 @@
-//! OpenClaw-compatible state files. (Being written: see the helper's task.)
+//! OpenClaw-compatible state files (SPEC §6): loading.
+//!
+//! Owns: where an agent's files live ([`agent_dir`]), reading `auth-profiles.json` into
+//! [`Profile`]s — canonical `{ "version": 1, "profiles": { … } }` and the legacy flat shape,
+//! leniently (`mode` → `type`, `apiKey` → `key`, bad entries skipped with a warning that
+//! names them) — resolving `env` secret references ([`resolve_ref`]), and reading
+//! `auth-state.json` ([`AuthState`]: explicit orders plus every other member kept as found).
+//!
+//! It does not own: writes, locking and `doctor --fix` (later), `file`/`exec` secret
+//! providers (`secret_ref`, which extends [`resolve_ref`]), OAuth refresh and the Claude
+//! Code sync (`oauth`), or the choice between candidates (`resolver`). No secret value ever
+//! appears in a warning or an error from this module.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::env::EnvSnapshot;
+use super::{Credential, CredentialId, Kind, Source};
+use crate::secret::Secret;
+
+/// File name of the credential store inside an agent directory.
+pub const PROFILES_FILE: &str = "auth-profiles.json";
+
+/// File name of the non-secret state (orders, `lastGood`, `usageStats`).
+pub const AUTH_STATE_FILE: &str = "auth-state.json";
+
+/// The profiles of one `auth-profiles.json`.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileSet {
+    /// Loaded profiles, sorted by id. Includes unusable ones (see [`Profile::secret`]).
+    pub profiles: Vec<Profile>,
+    /// One line per skipped entry (naming it) or oddity; never a secret.
+    pub warnings: Vec<String>,
+    /// The file is in the legacy flat shape (`doctor --fix` rewrites it).
+    pub legacy_flat: bool,
+}
+
+/// One stored profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Profile id as stored (`anthropic:work`; `<provider>:default` for legacy entries).
+    pub id: String,
+    /// Provider id (`anthropic`).
+    pub provider: String,
+    /// `api_key`, `token` or `oauth`.
+    pub kind: Kind,
+    /// The secret (trimmed): the key, the token, or the OAuth access token; or why the
+    /// profile has no usable secret.
+    pub secret: Result<Secret, ProfileProblem>,
+    /// Expiry of a token or OAuth access token; always [`Expires::None`] for api keys.
+    pub expires: Expires,
+    /// OAuth refresh token (trimmed, non-empty), when stored.
+    pub refresh: Option<Secret>,
+    /// `email`, when stored.
+    pub email: Option<String>,
+    /// `displayName`, when stored.
+    pub display_name: Option<String>,
+}
+
+/// The `expires` field of a profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expires {
+    /// Absent or `null`.
+    None,
+    /// Epoch milliseconds (a finite number > 0; fractions are truncated).
+    At(i64),
+    /// Present but not a finite number > 0 (`invalid_expires`).
+    Invalid,
+}
+
+/// Why a profile has no usable secret. Never carries a secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileProblem {
+    /// No key / token / access token stored, or it is empty.
+    #[error("no secret is stored in this profile")]
+    MissingSecret,
+    /// A secret reference that cannot be resolved now; the text says why.
+    #[error("secret reference is unresolved: {0}")]
+    UnresolvedRef(String),
+    /// An `oauth` profile carrying a SecretRef (or `${VAR}`) in `field`.
+    #[error("OAuth + SecretRef is not supported (field {field}); store the OAuth tokens directly")]
+    OAuthSecretRef {
+        /// The offending field: `access`, `refresh`, `accessRef` or `refreshRef`.
+        field: &'static str,
+    },
+}
+
+/// A SecretRef (SPEC §6): `{ "source": "env"|"file"|"exec", "provider": "<alias>", "id": "…" }`
+/// or the string template `"${ENV_NAME}"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Where the secret lives.
+    pub source: SecretSource,
+    /// Provider alias (`[secrets.providers.<alias>]`); `default` when absent.
+    pub provider: String,
+    /// Variable name, JSON pointer or id, depending on the source (trimmed).
+    pub id: String,
+}
+
+/// The source of a [`SecretRef`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable (from the [`EnvSnapshot`]).
+    Env,
+    /// A file named by `[secrets.providers.<alias>]`.
+    File,
+    /// A command named by `[secrets.providers.<alias>]`.
+    Exec,
+}
+
+/// The non-secret `auth-state.json`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthState {
+    /// `order.<provider>`: explicit credential ids, in order (empty and repeated ids dropped).
+    pub order: BTreeMap<String, Vec<String>>,
+    /// Every other top-level member (`version`, `lastGood`, `usageStats`, …) as found, so a
+    /// writer can preserve them.
+    pub extra: Map<String, Value>,
+    /// Entries of `order` that were ignored, naming them.
+    pub warnings: Vec<String>,
+}
+
+/// A state file that cannot be read or parsed. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}: {source}; check that it is a readable file owned by this user")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON of the expected shape.
+    #[error(
+        "cannot parse {path} at line {line}, column {column}: {message}; fix the JSON there (keygate never overwrites a file it cannot parse)"
+    )]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong (never the file's content).
+        message: String,
+    },
+}
+
+/// Used only to locate a non-object `profiles` member for the error position.
+#[derive(Deserialize)]
+struct ProfilesShape {
+    #[allow(dead_code)]
+    profiles: BTreeMap<String, IgnoredAny>,
+}
+
+/// `<state>/agents/<agent>/agent`.
+pub fn agent_dir(state_dir: &Path, agent: &str) -> PathBuf {
+    state_dir.join("agents").join(agent).join("agent")
+}
+
+/// Loads `auth-profiles.json`. A missing file is an empty set.
+///
+/// Errors: [`StoreError::Io`] when it exists but cannot be read, [`StoreError::Parse`] when
+/// it is not a JSON object (with line and column).
+pub fn load_profiles(path: &Path, env: &EnvSnapshot) -> Result<ProfileSet, StoreError> {
+    match read_optional(path)? {
+        Some(text) => load_profiles_from_str(&text, path, env),
+        None => Ok(ProfileSet::default()),
+    }
+}
+
+/// Parses the text of an `auth-profiles.json`; `path_for_messages` names it in warnings and
+/// errors.
+pub fn load_profiles_from_str(
+    text: &str,
+    path_for_messages: &Path,
+    env: &EnvSnapshot,
+) -> Result<ProfileSet, StoreError> {
+    let mut top: Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| parse_error(path_for_messages, &e))?;
+    let mut set = ProfileSet::default();
+
+    if let Some(profiles) = top.remove("profiles") {
+        let Value::Object(entries) = profiles else {
+            return Err(profiles_shape_error(text, path_for_messages));
+        };
+        if let Some(v) = top.get("version").filter(|v| v.as_u64() != Some(1)) {
+            set.warnings.push(format!(
+                "{}: unknown \"version\" {v}; reading it as version 1",
+                path_for_messages.display()
+            ));
+        }
+        for (id, entry) in &entries {
+            match parse_entry(id, entry, None, env) {
+                Ok(p) => set.profiles.push(p),
+                Err(why) => set.warnings.push(skipped(id, &why)),
+            }
+        }
+    } else if top.values().any(Value::is_object) {
+        set.legacy_flat = true;
+        set.warnings.push(format!(
+            "{} is in the legacy flat format (no \"profiles\" key); its entries were read as \
+             <provider>:default profiles; run `keygate doctor --fix` to rewrite it",
+            path_for_messages.display()
+        ));
+        for (provider, entry) in &top {
+            if provider == "version" {
+                continue;
+            }
+            let id = format!("{provider}:default");
+            match parse_entry(&id, entry, Some(provider), env) {
+                Ok(p) => set.profiles.push(p),
+                Err(why) => set.warnings.push(skipped(&id, &why)),
+            }
+        }
+    }
+    // else: `{}` or `{"version": 1}`: an empty canonical store.
+
+    set.profiles.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(set)
+}
+
+/// Loads `auth-state.json`. A missing file is the default (no orders).
+///
+/// Lenient inside `order`: a provider whose value is not an array, and ids that are not
+/// strings, are ignored with a warning. Errors as for [`load_profiles`].
+pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
+    let Some(text) = read_optional(path)? else {
+        return Ok(AuthState::default());
+    };
+    let mut extra: Map<String, Value> =
+        serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
+    let mut state = AuthState::default();
+    match extra.remove("order") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(order)) => {
+            for (provider, ids) in order {
+                let Value::Array(ids) = ids else {
+                    state.warnings.push(format!(
+                        "{}: order.{provider} is not a list of credential ids; ignored",
+                        path.display()
+                    ));
+                    continue;
+                };
+                let mut list: Vec<String> = Vec::with_capacity(ids.len());
+                for (i, id) in ids.iter().enumerate() {
+                    match id.as_str().map(str::trim) {
+                        Some(id) if !id.is_empty() => {
+                            if !list.iter().any(|x| x == id) {
+                                list.push(id.to_owned());
+                            }
+                        }
+                        _ => state.warnings.push(format!(
+                            "{}: order.{provider}[{i}] is not a credential id; ignored",
+                            path.display()
+                        )),
+                    }
+                }
+                state.order.insert(provider, list);
+            }
+        }
+        Some(_) => state.warnings.push(format!(
+            "{}: \"order\" is not an object of provider lists; ignored",
+            path.display()
+        )),
+    }
+    state.extra = extra;
+    Ok(state)
+}
+
+/// Resolves a secret reference. The one place every reference goes through: `env` reads
+/// the snapshot; `file` and `exec` are not configured yet (`secret_ref` extends this).
+///
+/// Errors (the reason, never a secret): empty id, variable unset or empty, provider not
+/// configured.
+pub fn resolve_ref(r: &SecretRef, env: &EnvSnapshot) -> Result<Secret, String> {
+    match r.source {
+        SecretSource::Env => {
+            if r.id.is_empty() {
+                return Err("env secret reference has an empty id".to_owned());
+            }
+            match env.get(&r.id).map(str::trim) {
+                Some(v) if !v.is_empty() => Ok(Secret::new(v)),
+                _ => Err(format!("env var {} is not set", r.id)),
+            }
+        }
+        SecretSource::File | SecretSource::Exec => Err(format!(
+            "secret provider {} (source {}) is not configured",
+            r.provider,
+            r.source.as_str()
+        )),
+    }
+}
+
+// === impl Profile ===
+
+impl Profile {
+    /// The usable credential, or `None` when the secret is a [`ProfileProblem`] or the
+    /// expiry is [`Expires::Invalid`] (`invalid_expires` makes a profile unusable, SPEC §1).
+    /// An expired one is still returned: OAuth refreshes it, and the resolver reports it.
+    pub fn credential(&self) -> Option<Credential> {
+        let secret = self.secret.as_ref().ok()?.clone();
+        let expires_ms = match self.expires {
+            Expires::None => None,
+            Expires::At(ms) => Some(ms),
+            Expires::Invalid => return None,
+        };
+        Some(Credential {
+            id: CredentialId::new(self.id.as_str()),
+            provider: Arc::from(self.provider.as_str()),
+            kind: self.kind,
+            source: Source::Profile,
+            secret,
+            expires_ms,
+        })
+    }
+}
+
+// === impl SecretSource ===
+
+impl SecretSource {
+    /// `env`, `file` or `exec`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretSource::Env => "env",
+            SecretSource::File => "file",
+            SecretSource::Exec => "exec",
+        }
+    }
+}
+
+// === impl SecretRef ===
+
+impl SecretRef {
+    /// Reads a reference object. Errors say what is wrong with its shape.
+    fn from_object(obj: &Map<String, Value>) -> Result<Self, String> {
+        let source = match obj.get("source").and_then(Value::as_str).map(str::trim) {
+            Some("env") => SecretSource::Env,
+            Some("file") => SecretSource::File,
+            Some("exec") => SecretSource::Exec,
+            Some(_) => return Err("secret reference has an unknown source".to_owned()),
+            None => return Err("secret reference has no source".to_owned()),
+        };
+        let provider = obj
+            .get("provider")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .unwrap_or("default")
+            .to_owned();
+        let id = match obj.get("id") {
+            Some(Value::String(id)) => id.trim().to_owned(),
+            _ => return Err("secret reference has no id".to_owned()),
+        };
+        Ok(Self {
+            source,
+            provider,
+            id,
+        })
+    }
+
+    /// `${ENV_NAME}` (the whole trimmed string) as an env reference.
+    fn from_template(s: &str) -> Option<Self> {
+        let name = s.trim().strip_prefix("${")?.strip_suffix('}')?;
+        let mut chars = name.chars();
+        let first = chars.next()?;
+        let valid = (first.is_ascii_alphabetic() || first == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        valid.then(|| Self {
+            source: SecretSource::Env,
+            provider: "default".to_owned(),
+            id: name.to_owned(),
+        })
+    }
+}
+
+/// Reads a file, `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// A parse error with position, whose message never quotes the file (serde_json's
+/// "invalid type" messages would quote a string value).
+fn parse_error(path: &Path, e: &serde_json::Error) -> StoreError {
+    use serde_json::error::Category;
+    let message = match e.classify() {
+        Category::Data => "expected a JSON object at the top level".to_owned(),
+        Category::Syntax | Category::Eof | Category::Io => {
+            let full = e.to_string();
+            let pos = format!(" at line {} column {}", e.line(), e.column());
+            full.strip_suffix(&pos).unwrap_or(&full).to_owned()
+        }
+    };
+    StoreError::Parse {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message,
+    }
+}
+
+/// The error for a `profiles` member that is not an object, positioned at it.
+fn profiles_shape_error(text: &str, path: &Path) -> StoreError {
+    let (line, column) = match serde_json::from_str::<ProfilesShape>(text) {
+        Err(e) => (e.line(), e.column()),
+        Ok(_) => (1, 1),
+    };
+    StoreError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message: "\"profiles\" must be an object mapping profile ids to profiles".to_owned(),
+    }
+}
+
+fn skipped(id: &str, why: &str) -> String {
+    format!("auth profile \"{id}\" skipped: {why}")
+}
+
+/// Reads one entry. `legacy_provider` is the top-level key of a legacy flat entry.
+/// Errors are the reason the entry is skipped.
+fn parse_entry(
+    id: &str,
+    entry: &Value,
+    legacy_provider: Option<&str>,
+    env: &EnvSnapshot,
+) -> Result<Profile, String> {
+    if id.trim().is_empty() {
+        return Err("its id is empty".to_owned());
+    }
+    let Value::Object(obj) = entry else {
+        return Err("not a JSON object".to_owned());
+    };
+    let kind = match obj.get("type").or_else(|| obj.get("mode")) {
+        Some(Value::String(t)) => parse_kind(t).ok_or_else(|| unknown_type(t))?,
+        Some(_) => return Err("its type is not a string".to_owned()),
+        None => infer_kind(obj).ok_or("it has no type and none can be inferred from its fields")?,
+    };
+    let provider = match legacy_provider {
+        Some(p) => p.to_owned(),
+        None => obj
+            .get("provider")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .ok_or("it has no provider")?
+            .to_owned(),
+    };
+
+    let (secret, expires, refresh) = match kind {
+        Kind::ApiKey => (
+            secret_field(obj, &["key", "apiKey"], "keyRef", env),
+            Expires::None,
+            None,
+        ),
+        Kind::Token => (
+            secret_field(obj, &["token"], "tokenRef", env),
+            parse_expires(obj.get("expires")),
+            None,
+        ),
+        Kind::OAuth => {
+            let (secret, refresh) = oauth_secrets(obj);
+            (secret, parse_expires(obj.get("expires")), refresh)
+        }
+    };
+
+    let text = |k: &str| {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(Profile {
+        id: id.to_owned(),
+        provider,
+        kind,
+        secret,
+        expires,
+        refresh,
+        email: text("email"),
+        display_name: text("displayName"),
+    })
+}
+
+fn parse_kind(t: &str) -> Option<Kind> {
+    match t.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+        "api_key" | "apikey" => Some(Kind::ApiKey),
+        "token" => Some(Kind::Token),
+        "oauth" => Some(Kind::OAuth),
+        _ => None,
+    }
+}
+
+fn unknown_type(t: &str) -> String {
+    // Show the type only when it looks like a type name (short, letters only): it could be
+    // anything, even a secret pasted into the wrong field.
+    let shown = !t.is_empty()
+        && t.len() <= 16
+        && t.chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-');
+    if shown {
+        format!("unknown type \"{t}\" (expected api_key, token or oauth)")
+    } else {
+        "unknown type (expected api_key, token or oauth)".to_owned()
+    }
+}
+
+/// SPEC §6 inference: `key`/`apiKey` → api_key, `token` → token,
+/// `access`+`refresh`+`expires` → oauth (the `…Ref` forms count too).
+fn infer_kind(obj: &Map<String, Value>) -> Option<Kind> {
+    let has = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    if has("key") || has("apiKey") || has("keyRef") {
+        Some(Kind::ApiKey)
+    } else if has("token") || has("tokenRef") {
+        Some(Kind::Token)
+    } else if has("access") && has("refresh") && has("expires") {
+        Some(Kind::OAuth)
+    } else {
+        None
+    }
+}
+
+/// A key or token: the `…Ref` field wins when it is a well-formed reference (as in
+/// OpenClaw), then the literal fields (a `${VAR}` template or a reference object there is a
+/// reference too).
+fn secret_field(
+    obj: &Map<String, Value>,
+    literal_keys: &[&str],
+    ref_key: &str,
+    env: &EnvSnapshot,
+) -> Result<Secret, ProfileProblem> {
+    let unresolved = |r: &SecretRef| resolve_ref(r, env).map_err(ProfileProblem::UnresolvedRef);
+    let mut bad_ref = None;
+    match obj.get(ref_key) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => match SecretRef::from_object(o) {
+            Ok(r) => return unresolved(&r),
+            Err(why) => bad_ref = Some(format!("{ref_key}: {why}")),
+        },
+        Some(Value::String(s)) => match SecretRef::from_template(s) {
+            Some(r) => return unresolved(&r),
+            None => bad_ref = Some(format!("{ref_key} is not a secret reference")),
+        },
+        Some(_) => bad_ref = Some(format!("{ref_key} is not a secret reference")),
+    }
+    let literal = literal_keys
+        .iter()
+        .find_map(|k| obj.get(*k).filter(|v| !v.is_null()));
+    match literal {
+        Some(Value::String(s)) => match SecretRef::from_template(s) {
+            Some(r) => unresolved(&r),
+            None => {
+                let s = s.trim();
+                if s.is_empty() {
+                    Err(bad_ref
+                        .map_or(ProfileProblem::MissingSecret, ProfileProblem::UnresolvedRef))
+                } else {
+                    Ok(Secret::new(s))
+                }
+            }
+        },
+        Some(Value::Object(o)) => match SecretRef::from_object(o) {
+            Ok(r) => unresolved(&r),
+            Err(why) => Err(ProfileProblem::UnresolvedRef(why)),
+        },
+        _ => Err(bad_ref.map_or(ProfileProblem::MissingSecret, ProfileProblem::UnresolvedRef)),
+    }
+}
+
+/// `access` (the secret) and `refresh` of an oauth profile; a reference in either is
+/// [`ProfileProblem::OAuthSecretRef`].
+fn oauth_secrets(obj: &Map<String, Value>) -> (Result<Secret, ProfileProblem>, Option<Secret>) {
+    let is_ref = |k: &str| match obj.get(k) {
+        Some(Value::Object(_)) => true,
+        Some(Value::String(s)) => SecretRef::from_template(s).is_some(),
+        _ => false,
+    };
+    for field in ["access", "refresh"] {
+        if is_ref(field) {
+            return (Err(ProfileProblem::OAuthSecretRef { field }), None);
+        }
+    }
+    for field in ["accessRef", "refreshRef"] {
+        if obj.get(field).is_some_and(|v| !v.is_null()) {
+            return (Err(ProfileProblem::OAuthSecretRef { field }), None);
+        }
+    }
+    let plain = |k: &str| {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+    };
+    (
+        plain("access").ok_or(ProfileProblem::MissingSecret),
+        plain("refresh"),
+    )
+}
+
+/// `expires`: absent or `null` → None; a finite number > 0 that fits in i64 → At (fractions
+/// truncated); anything else → Invalid.
+fn parse_expires(v: Option<&Value>) -> Expires {
+    match v {
+        None | Some(Value::Null) => Expires::None,
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                return if i > 0 {
+                    Expires::At(i)
+                } else {
+                    Expires::Invalid
+                };
+            }
+            match n.as_f64() {
+                // i64::MAX as f64 rounds up to 2^63, so `<` keeps the cast in range.
+                Some(f) if f.is_finite() && f >= 1.0 && f < i64::MAX as f64 => {
+                    Expires::At(f as i64)
+                }
+                _ => Expires::Invalid,
+            }
+        }
+        Some(_) => Expires::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -20,7 +20,11 @@ use crate::proxy::{AppState, ProxyBody, ProxyError};
 
 /// Answers a reserved path, or returns `None` for anything that should be proxied.
 /// `private` says whether the admin-only endpoints are served on this listener.
-pub async fn reserved<B>(state: &AppState, req: &Request<B>, private: bool) -> Option<Response<ProxyBody>> {
+pub async fn reserved<B>(
+    state: &AppState,
+    req: &Request<B>,
+    private: bool,
+) -> Option<Response<ProxyBody>> {
     let resp = match req.uri().path() {
         "/healthz" => json_response(StatusCode::OK, json!({ "status": "ok" })),
         "/readyz" => readyz(state),
@@ -47,7 +51,11 @@ fn readyz(state: &AppState) -> Response<ProxyBody> {
         .providers
         .values()
         .filter(|p| p.configured)
-        .filter(|p| pool.providers.get(&p.id).is_none_or(|pp| pp.candidates.is_empty()))
+        .filter(|p| {
+            pool.providers
+                .get(&p.id)
+                .is_none_or(|pp| pp.candidates.is_empty())
+        })
         .map(|p| p.id.as_str())
         .collect();
     if missing.is_empty() {
@@ -82,13 +90,17 @@ fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
         p.len() == token.expose().len() && bool::from(p.as_bytes().ct_eq(token.expose().as_bytes()))
     });
     if !ok {
-        return ProxyError::Unauthorized("admin token required (Authorization: Bearer or x-keygate-admin-token)")
-            .into_response(None);
+        return ProxyError::Unauthorized(
+            "admin token required (Authorization: Bearer or x-keygate-admin-token)",
+        )
+        .into_response(None);
     }
     let pool = state.registry.agent("main");
     let mut providers = serde_json::Map::new();
     for (id, p) in &state.config.providers {
-        let Some(pp) = pool.providers.get(id) else { continue };
+        let Some(pp) = pool.providers.get(id) else {
+            continue;
+        };
         if pp.candidates.is_empty() && !p.configured && pp.excluded.is_empty() {
             continue;
         }
@@ -129,7 +141,9 @@ fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::from(value.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }

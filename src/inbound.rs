@@ -65,7 +65,10 @@ pub struct Gatekeeper {
 
 /// The effective mode for a config and a listen address (SPEC §4): an explicit mode, else
 /// `token` when tokens exist, else `none` — which is refused off loopback.
-pub fn effective_mode(cfg: &GatewayAuth, listen: &std::net::SocketAddr) -> Result<AuthMode, String> {
+pub fn effective_mode(
+    cfg: &GatewayAuth,
+    listen: &std::net::SocketAddr,
+) -> Result<AuthMode, String> {
     let mode = cfg.mode.unwrap_or(if cfg.tokens.is_empty() {
         AuthMode::None
     } else {
@@ -165,12 +168,16 @@ impl Gatekeeper {
         match asked {
             Some(a) if a != token.agent => {
                 if !token.any_agent {
-                    return Outcome::Forbidden("this token may not select another agent (x-keygate-agent)");
+                    return Outcome::Forbidden(
+                        "this token may not select another agent (x-keygate-agent)",
+                    );
                 }
                 if !valid_agent_id(a) {
                     return Outcome::Forbidden("invalid x-keygate-agent value");
                 }
-                Outcome::Allowed { agent: a.to_owned() }
+                Outcome::Allowed {
+                    agent: a.to_owned(),
+                }
             }
             _ => Outcome::Allowed {
                 agent: token.agent.clone(),
@@ -279,9 +286,14 @@ mod tests {
     use crate::config::Config;
 
     fn gate(toml: &str, env: &'static [(&'static str, &'static str)]) -> Gatekeeper {
-        let lookup = move |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+        let lookup = move |k: &str| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
         let cfg = Config::from_toml(toml, None, &lookup).expect("valid config");
-        let mode = effective_mode(&cfg.gateway, &"127.0.0.1:8787".parse().expect("addr")).expect("mode");
+        let mode =
+            effective_mode(&cfg.gateway, &"127.0.0.1:8787".parse().expect("addr")).expect("mode");
         Gatekeeper::new(&cfg.gateway, mode)
     }
 
@@ -300,20 +312,31 @@ mod tests {
         let g = gate("", &[("KEYGATE_TOKEN", "gw-token")]);
         assert_eq!(g.mode(), AuthMode::Token);
         for parts in [
-            req(&[("authorization", "Bearer gw-token")], "/anthropic/v1/messages"),
+            req(
+                &[("authorization", "Bearer gw-token")],
+                "/anthropic/v1/messages",
+            ),
             req(&[("x-api-key", "gw-token")], "/anthropic/v1/messages"),
             req(&[("x-goog-api-key", "gw-token")], "/google/v1beta/models"),
             req(&[("api-key", "gw-token")], "/azure/x"),
             req(&[], "/google/v1beta/models?alt=sse&key=gw-token"),
         ] {
-            assert_eq!(g.check(IP, &parts), Outcome::Allowed { agent: "main".into() });
+            assert_eq!(
+                g.check(IP, &parts),
+                Outcome::Allowed {
+                    agent: "main".into()
+                }
+            );
         }
     }
 
     #[test]
     fn wrong_and_missing() {
         let g = gate("", &[("KEYGATE_TOKEN", "gw-token")]);
-        assert_eq!(g.check(IP, &req(&[("x-api-key", "nope")], "/a")), Outcome::Wrong);
+        assert_eq!(
+            g.check(IP, &req(&[("x-api-key", "nope")], "/a")),
+            Outcome::Wrong
+        );
         assert_eq!(g.check(IP, &req(&[], "/a")), Outcome::Missing);
     }
 
@@ -324,7 +347,11 @@ mod tests {
             assert_eq!(g.check(IP, &req(&[], "/a")), Outcome::Missing);
         }
         for i in 0..MAX_FAILURES {
-            assert_eq!(g.check(IP, &req(&[("x-api-key", "bad")], "/a")), Outcome::Wrong, "failure {i}");
+            assert_eq!(
+                g.check(IP, &req(&[("x-api-key", "bad")], "/a")),
+                Outcome::Wrong,
+                "failure {i}"
+            );
         }
         // Locked: even the right token is not checked.
         assert!(matches!(
@@ -333,7 +360,10 @@ mod tests {
         ));
         // Another IP is unaffected.
         let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 9, 9));
-        assert!(matches!(g.check(other, &req(&[("x-api-key", "gw-token")], "/a")), Outcome::Allowed { .. }));
+        assert!(matches!(
+            g.check(other, &req(&[("x-api-key", "gw-token")], "/a")),
+            Outcome::Allowed { .. }
+        ));
     }
 
     #[test]
@@ -345,19 +375,28 @@ mod tests {
             Outcome::Allowed { agent: "a".into() }
         );
         assert!(matches!(
-            g.check(IP, &req(&[("x-api-key", "tok-a"), ("x-keygate-agent", "b")], "/x")),
+            g.check(
+                IP,
+                &req(&[("x-api-key", "tok-a"), ("x-keygate-agent", "b")], "/x")
+            ),
             Outcome::Forbidden(_)
         ));
         assert_eq!(
-            g.check(IP, &req(&[("x-api-key", "tok-b"), ("x-keygate-agent", "ops")], "/x")),
-            Outcome::Allowed { agent: "ops".into() }
+            g.check(
+                IP,
+                &req(&[("x-api-key", "tok-b"), ("x-keygate-agent", "ops")], "/x")
+            ),
+            Outcome::Allowed {
+                agent: "ops".into()
+            }
         );
     }
 
     #[test]
     fn none_refused_off_loopback() {
         let cfg = Config::defaults();
-        let err = effective_mode(&cfg.gateway, &"0.0.0.0:8787".parse().expect("addr")).expect_err("refused");
+        let err = effective_mode(&cfg.gateway, &"0.0.0.0:8787".parse().expect("addr"))
+            .expect_err("refused");
         assert_eq!(
             err,
             "refusing to bind to 0.0.0.0:8787 without auth (set gateway.auth.tokens or KEYGATE_TOKEN)"
@@ -374,10 +413,18 @@ mod tests {
         let g = gate(toml, &[]);
         assert_eq!(
             g.check(IP, &req(&[("x-forwarded-user", "alice")], "/x")),
-            Outcome::Allowed { agent: "alice".into() }
+            Outcome::Allowed {
+                agent: "alice".into()
+            }
         );
-        assert!(matches!(g.check(IP, &req(&[("x-forwarded-user", "bob")], "/x")), Outcome::Forbidden(_)));
+        assert!(matches!(
+            g.check(IP, &req(&[("x-forwarded-user", "bob")], "/x")),
+            Outcome::Forbidden(_)
+        ));
         let outside = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
-        assert!(matches!(g.check(outside, &req(&[("x-forwarded-user", "alice")], "/x")), Outcome::Forbidden(_)));
+        assert!(matches!(
+            g.check(outside, &req(&[("x-forwarded-user", "alice")], "/x")),
+            Outcome::Forbidden(_)
+        ));
     }
 }

@@ -58,5 +58,7 @@ pub fn build_state(
     let client = proxy::upstream::client(&config.server);
     let config = Arc::new(config);
     let registry = resolver::Registry::new(config.clone(), state_dir, env);
-    Ok(Arc::new(proxy::AppState::new(config, gate, registry, client)))
+    Ok(Arc::new(proxy::AppState::new(
+        config, gate, registry, client,
+    )))
 }

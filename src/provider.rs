@@ -73,7 +73,13 @@ pub fn builtins() -> Vec<Builtin> {
                 Body,
             )
         },
-        b("openai", Some("https://api.openai.com"), Bearer, "OPENAI", Body),
+        b(
+            "openai",
+            Some("https://api.openai.com"),
+            Bearer,
+            "OPENAI",
+            Body,
+        ),
         b(
             "openrouter",
             Some("https://openrouter.ai/api"),
@@ -88,11 +94,35 @@ pub fn builtins() -> Vec<Builtin> {
             "GEMINI",
             Path,
         ),
-        b("groq", Some("https://api.groq.com/openai"), Bearer, "GROQ", Body),
-        b("mistral", Some("https://api.mistral.ai"), Bearer, "MISTRAL", Body),
-        b("deepseek", Some("https://api.deepseek.com"), Bearer, "DEEPSEEK", Body),
+        b(
+            "groq",
+            Some("https://api.groq.com/openai"),
+            Bearer,
+            "GROQ",
+            Body,
+        ),
+        b(
+            "mistral",
+            Some("https://api.mistral.ai"),
+            Bearer,
+            "MISTRAL",
+            Body,
+        ),
+        b(
+            "deepseek",
+            Some("https://api.deepseek.com"),
+            Bearer,
+            "DEEPSEEK",
+            Body,
+        ),
         b("xai", Some("https://api.x.ai"), Bearer, "XAI", Body),
-        b("together", Some("https://api.together.xyz"), Bearer, "TOGETHER", Body),
+        b(
+            "together",
+            Some("https://api.together.xyz"),
+            Bearer,
+            "TOGETHER",
+            Body,
+        ),
         b(
             "cloudflare",
             Some("https://api.cloudflare.com/client/v4"),
@@ -179,11 +209,31 @@ mod tests {
     #[test]
     fn model_from_path_per_provider() {
         let cases = [
-            ("google", "v1beta/models/gemini-2.5-pro:generateContent", Some("gemini-2.5-pro")),
-            ("google", "v1beta/models/gemini-2.5-flash:streamGenerateContent", Some("gemini-2.5-flash")),
-            ("cloudflare", "accounts/abc/ai/run/@cf/meta/llama-3-8b-instruct", Some("@cf/meta/llama-3-8b-instruct")),
-            ("bedrock", "model/anthropic.claude-3-haiku/invoke", Some("anthropic.claude-3-haiku")),
-            ("azure", "openai/deployments/gpt4o/chat/completions", Some("gpt4o")),
+            (
+                "google",
+                "v1beta/models/gemini-2.5-pro:generateContent",
+                Some("gemini-2.5-pro"),
+            ),
+            (
+                "google",
+                "v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                "cloudflare",
+                "accounts/abc/ai/run/@cf/meta/llama-3-8b-instruct",
+                Some("@cf/meta/llama-3-8b-instruct"),
+            ),
+            (
+                "bedrock",
+                "model/anthropic.claude-3-haiku/invoke",
+                Some("anthropic.claude-3-haiku"),
+            ),
+            (
+                "azure",
+                "openai/deployments/gpt4o/chat/completions",
+                Some("gpt4o"),
+            ),
             ("google", "v1beta/files", None),
         ];
         for (p, rest, want) in cases {

@@ -156,7 +156,9 @@ impl Registry {
 
     /// Records that an attempt is about to use `c` (for least-recently-used ordering).
     pub fn touch(&self, c: &Candidate) {
-        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
+        let ns = u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         c.last_used.store(ns, Ordering::Relaxed);
     }
 
@@ -221,7 +223,9 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         }
         for (i, c) in env_creds.iter().enumerate() {
             if let Some(cand) = Candidate::new(provider, c.clone(), 3, i as u32) {
-                pool.by_id.entry(c.id.to_string()).or_insert_with(|| Arc::new(cand));
+                pool.by_id
+                    .entry(c.id.to_string())
+                    .or_insert_with(|| Arc::new(cand));
             }
         }
 
@@ -232,7 +236,8 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                 for oid in order {
                     if let Some((_, c)) = stored.iter().find(|(_, c)| c.id.as_str() == oid) {
                         list.push(c.clone());
-                    } else if let Some(c) = env::resolve_env_id(oid, id, &provider.env_prefix, env) {
+                    } else if let Some(c) = env::resolve_env_id(oid, id, &provider.env_prefix, env)
+                    {
                         list.push(c);
                     } else {
                         warnings.push(format!(

@@ -58,7 +58,9 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     }
 }
 
-async fn accept_opt(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+async fn accept_opt(
+    l: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match l {
         Some(l) => l.accept().await,
         None => std::future::pending().await,

@@ -19,7 +19,10 @@ pub(super) fn run(cx: &Context) -> ExitCode {
         None => println!("no config file: built-in defaults are valid"),
     }
     println!();
-    println!("{:<12} {:<48} {:<16} {:<6} {:<12} CONFIGURED", "PROVIDER", "BASE_URL", "AUTH", "MODEL", "ENV_PREFIX");
+    println!(
+        "{:<12} {:<48} {:<16} {:<6} {:<12} CONFIGURED",
+        "PROVIDER", "BASE_URL", "AUTH", "MODEL", "ENV_PREFIX"
+    );
     for p in config.providers.values() {
         let auth = match &p.auth {
             AuthStyle::XApiKey => "x-api-key".to_owned(),
@@ -33,7 +36,10 @@ pub(super) fn run(cx: &Context) -> ExitCode {
             ModelFrom::Body => "body",
             ModelFrom::Path => "path",
         };
-        let base = p.base_url.as_ref().map_or_else(|| "(none: set base_url)".to_owned(), |u| u.to_string());
+        let base = p
+            .base_url
+            .as_ref()
+            .map_or_else(|| "(none: set base_url)".to_owned(), |u| u.to_string());
         println!(
             "{:<12} {:<48} {:<16} {:<6} {:<12} {}",
             p.id,

@@ -85,7 +85,9 @@ pub struct Context {
 impl Context {
     /// Loads the config with this context's environment.
     pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
-        Config::load(self.config_path.as_deref(), &|k| self.env.get(k).map(str::to_owned))
+        Config::load(self.config_path.as_deref(), &|k| {
+            self.env.get(k).map(str::to_owned)
+        })
     }
 }
 
@@ -106,9 +108,23 @@ pub fn main() -> ExitCode {
     let state_dir = cli
         .state_dir
         .clone()
-        .or_else(|| process_env.get("KEYGATE_STATE_DIR").filter(|s| !s.is_empty()).map(PathBuf::from))
-        .or_else(|| process_env.get("OPENCLAW_STATE_DIR").filter(|s| !s.is_empty()).map(PathBuf::from))
-        .or_else(|| process_env.get("HOME").map(|h| PathBuf::from(h).join(".openclaw")))
+        .or_else(|| {
+            process_env
+                .get("KEYGATE_STATE_DIR")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            process_env
+                .get("OPENCLAW_STATE_DIR")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| {
+            process_env
+                .get("HOME")
+                .map(|h| PathBuf::from(h).join(".openclaw"))
+        })
         .unwrap_or_else(|| PathBuf::from(".openclaw"));
     let env = match process_env.with_dotenv_file(&state_dir.join(".env")) {
         Ok(env) => env,
@@ -118,7 +134,10 @@ pub fn main() -> ExitCode {
         }
     };
     if !crate::config::valid_agent_id(&cli.agent) {
-        eprintln!("error: invalid --agent {:?}: use letters, digits, '.', '_' and '-' (at most 64)", cli.agent);
+        eprintln!(
+            "error: invalid --agent {:?}: use letters, digits, '.', '_' and '-' (at most 64)",
+            cli.agent
+        );
         return ExitCode::from(EXIT_USAGE);
     }
     let cx = Context {

@@ -37,10 +37,11 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
                     return ExitCode::from(EXIT_USAGE);
                 }
             },
-            None => config
-                .server
-                .listen
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address is valid")),
+            None => config.server.listen.unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("the default address is valid")
+            }),
         },
     };
     let admin_listen = config.admin.listen;
@@ -51,7 +52,10 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
             return ExitCode::from(1);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

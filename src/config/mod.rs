@@ -276,7 +276,10 @@ fn fmt_at(line: Option<usize>, column: Option<usize>) -> String {
 impl Config {
     /// Loads and validates `path` (or the built-in defaults when `None`), resolving
     /// `*_env` names through `env` and `*_file` paths from disk.
-    pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         match path {
             None => Self::from_toml("", None, env),
             Some(p) => {
@@ -295,7 +298,9 @@ impl Config {
         path: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let display = path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<defaults>"));
+        let display = path
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("<defaults>"));
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: display.clone(),
             message: e.to_string().trim_end().replace('\n', " | "),

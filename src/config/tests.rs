@@ -1,7 +1,12 @@
 use super::*;
 
 fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-    move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    move |k| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| (*v).to_owned())
+    }
 }
 
 #[test]
@@ -14,16 +19,36 @@ fn defaults_need_no_file() {
     assert_eq!(c.rotation.backoff.len(), 3);
     assert_eq!(c.rotation.rotate_on, ["rate_limit", "billing"]);
     assert!(c.gateway.mode.is_none() && c.gateway.tokens.is_empty());
-    for id in ["anthropic", "openai", "openrouter", "google", "groq", "mistral", "deepseek", "xai", "together", "cloudflare", "bedrock", "azure"] {
+    for id in [
+        "anthropic",
+        "openai",
+        "openrouter",
+        "google",
+        "groq",
+        "mistral",
+        "deepseek",
+        "xai",
+        "together",
+        "cloudflare",
+        "bedrock",
+        "azure",
+    ] {
         assert!(c.provider(id).is_some(), "{id}");
     }
-    assert!(c.provider("azure").and_then(|p| p.base_url.as_ref()).is_none());
+    assert!(c
+        .provider("azure")
+        .and_then(|p| p.base_url.as_ref())
+        .is_none());
 }
 
 #[test]
 fn unknown_key_names_key_and_line() {
-    let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n", None, &|_| None)
-        .expect_err("unknown key");
+    let err = Config::from_toml(
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n",
+        None,
+        &|_| None,
+    )
+    .expect_err("unknown key");
     let msg = err.to_string();
     assert!(msg.contains("listen_port"), "{msg}");
     assert!(msg.contains("line 3"), "{msg}");
@@ -31,8 +56,12 @@ fn unknown_key_names_key_and_line() {
 
 #[test]
 fn bad_duration_names_key_line_and_column() {
-    let err = Config::from_toml("\n[server]\nrequest_timeout = \"ten minutes\"\n", None, &|_| None)
-        .expect_err("bad duration");
+    let err = Config::from_toml(
+        "\n[server]\nrequest_timeout = \"ten minutes\"\n",
+        None,
+        &|_| None,
+    )
+    .expect_err("bad duration");
     let msg = err.to_string();
     assert!(msg.contains("server.request_timeout"), "{msg}");
     assert!(msg.contains("line 3, column 19"), "{msg}");
@@ -40,7 +69,8 @@ fn bad_duration_names_key_line_and_column() {
 
 #[test]
 fn tokens_resolve_from_env_and_unset_var_is_an_error() {
-    let text = "[gateway.auth]\nmode = \"token\"\ntokens = [ { token_env = \"GW_A\", agent = \"ci\" } ]\n";
+    let text =
+        "[gateway.auth]\nmode = \"token\"\ntokens = [ { token_env = \"GW_A\", agent = \"ci\" } ]\n";
     let c = Config::from_toml(text, None, &env_of(&[("GW_A", "  tok-a  ")])).expect("valid");
     assert_eq!(c.gateway.tokens.len(), 1);
     assert_eq!(c.gateway.tokens[0].secret.expose(), "tok-a");
@@ -58,19 +88,33 @@ fn keygate_token_env_is_the_default_token() {
 
 #[test]
 fn custom_provider_needs_base_url_and_auth() {
-    let ok = "[providers.local]\nbase_url = \"http://127.0.0.1:9/v1/\"\nauth = { header = \"x-key\" }\n";
+    let ok =
+        "[providers.local]\nbase_url = \"http://127.0.0.1:9/v1/\"\nauth = { header = \"x-key\" }\n";
     let c = Config::from_toml(ok, None, &|_| None).expect("valid");
     let p = c.provider("local").expect("custom");
     assert!(p.configured);
     assert_eq!(p.env_prefix, "LOCAL");
-    assert_eq!(p.base_url.as_ref().map(|u| u.to_string()), Some("http://127.0.0.1:9/v1".into()));
-    let err = Config::from_toml("[providers.local]\nbase_url = \"http://x\"\n", None, &|_| None).expect_err("no auth");
+    assert_eq!(
+        p.base_url.as_ref().map(|u| u.to_string()),
+        Some("http://127.0.0.1:9/v1".into())
+    );
+    let err = Config::from_toml(
+        "[providers.local]\nbase_url = \"http://x\"\n",
+        None,
+        &|_| None,
+    )
+    .expect_err("no auth");
     assert!(err.to_string().contains("providers.local.auth"), "{err}");
 }
 
 #[test]
 fn builtin_override_keeps_other_fields() {
-    let c = Config::from_toml("[providers.anthropic]\nbase_url = \"http://127.0.0.1:1\"\n", None, &|_| None).expect("valid");
+    let c = Config::from_toml(
+        "[providers.anthropic]\nbase_url = \"http://127.0.0.1:1\"\n",
+        None,
+        &|_| None,
+    )
+    .expect("valid");
     let p = c.provider("anthropic").expect("builtin");
     assert_eq!(p.auth, AuthStyle::XApiKey);
     assert_eq!(p.headers.len(), 1);
@@ -79,8 +123,15 @@ fn builtin_override_keeps_other_fields() {
 
 #[test]
 fn debug_never_shows_secrets() {
-    let c = Config::from_toml("", None, &env_of(&[("KEYGATE_TOKEN", "gw-secret-value-123"), ("KEYGATE_ADMIN_TOKEN", "adm-secret-456")]))
-        .expect("valid");
+    let c = Config::from_toml(
+        "",
+        None,
+        &env_of(&[
+            ("KEYGATE_TOKEN", "gw-secret-value-123"),
+            ("KEYGATE_ADMIN_TOKEN", "adm-secret-456"),
+        ]),
+    )
+    .expect("valid");
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("gw-secret-value-123") && !dbg.contains("adm-secret-456"));
 }

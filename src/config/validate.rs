@@ -38,12 +38,20 @@ pub(super) fn validate(
     };
     let s = &raw.server;
     let server = ServerConfig {
-        listen: s.listen.as_ref().map(|v| cx.addr("server.listen", v)).transpose()?,
+        listen: s
+            .listen
+            .as_ref()
+            .map(|v| cx.addr("server.listen", v))
+            .transpose()?,
         max_request_body: cx.size("server.max_request_body", &s.max_request_body, "32MiB")?,
         max_error_body: cx.size("server.max_error_body", &s.max_error_body, "64KiB")?,
         request_timeout: cx.duration("server.request_timeout", &s.request_timeout, "600s")?,
         connect_timeout: cx.duration("server.connect_timeout", &s.connect_timeout, "10s")?,
-        first_byte_timeout: cx.duration("server.first_byte_timeout", &s.first_byte_timeout, "120s")?,
+        first_byte_timeout: cx.duration(
+            "server.first_byte_timeout",
+            &s.first_byte_timeout,
+            "120s",
+        )?,
         shutdown_grace: cx.duration("server.shutdown_grace", &s.shutdown_grace, "30s")?,
     };
     for (key, v) in [
@@ -56,7 +64,11 @@ pub(super) fn validate(
         }
     }
     if server.max_error_body == 0 || server.max_request_body == 0 {
-        return Err(cx.invalid("server.max_request_body", None, "sizes must be greater than 0".into()));
+        return Err(cx.invalid(
+            "server.max_request_body",
+            None,
+            "sizes must be greater than 0".into(),
+        ));
     }
 
     let gateway = cx.gateway(&raw.gateway.auth)?;
@@ -67,7 +79,12 @@ pub(super) fn validate(
             raw.admin.token_file.as_ref(),
             Some("KEYGATE_ADMIN_TOKEN"),
         )?,
-        listen: raw.admin.listen.as_ref().map(|v| cx.addr("admin.listen", v)).transpose()?,
+        listen: raw
+            .admin
+            .listen
+            .as_ref()
+            .map(|v| cx.addr("admin.listen", v))
+            .transpose()?,
     };
     let log = match raw.log.format.as_ref() {
         None => LogFormat::Text,
@@ -99,11 +116,19 @@ impl Ctx<'_> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1)
+            + 1;
         (line, col)
     }
 
-    fn invalid(&self, key: &str, span: Option<std::ops::Range<usize>>, reason: String) -> ConfigError {
+    fn invalid(
+        &self,
+        key: &str,
+        span: Option<std::ops::Range<usize>>,
+        reason: String,
+    ) -> ConfigError {
         let (line, column) = match span {
             Some(r) => {
                 let (l, c) = self.line_col(r.start);
@@ -130,7 +155,12 @@ impl Ctx<'_> {
             .map_err(|_| self.bad(key, v, "expected an address like \"127.0.0.1:8787\""))
     }
 
-    fn duration(&self, key: &str, v: &Option<SStr>, default: &str) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        v: &Option<SStr>,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(humantime::parse_duration(default).expect("default durations are valid")),
             Some(v) => self.duration_of(key, v),
@@ -142,7 +172,12 @@ impl Ctx<'_> {
             .ok_or_else(|| self.bad(key, v, "expected a duration like \"30s\", \"5m\", \"24h\""))
     }
 
-    fn durations(&self, key: &str, v: &Option<Vec<SStr>>, default: &[&str]) -> Result<Vec<Duration>, ConfigError> {
+    fn durations(
+        &self,
+        key: &str,
+        v: &Option<Vec<SStr>>,
+        default: &[&str],
+    ) -> Result<Vec<Duration>, ConfigError> {
         let list = match v {
             None => default
                 .iter()
@@ -165,7 +200,11 @@ impl Ctx<'_> {
             Some(v) => (v.get_ref().as_str(), Some(v.span())),
         };
         parse_size(text).ok_or_else(|| {
-            self.invalid(key, span, "expected a size like \"32MiB\", \"64KiB\" or a byte count".into())
+            self.invalid(
+                key,
+                span,
+                "expected a size like \"32MiB\", \"64KiB\" or a byte count".into(),
+            )
         })
     }
 
@@ -196,7 +235,10 @@ impl Ctx<'_> {
                 _ => Err(self.bad(
                     key,
                     name,
-                    &format!("environment variable {} is not set (export it, or remove the key)", name.get_ref()),
+                    &format!(
+                        "environment variable {} is not set (export it, or remove the key)",
+                        name.get_ref()
+                    ),
                 )),
             };
         }
@@ -287,22 +329,28 @@ impl Ctx<'_> {
                 let t = c.get_ref();
                 t.parse::<IpNet>()
                     .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| self.bad("gateway.auth.trusted_cidrs", c, "expected a CIDR like \"10.0.0.0/8\""))
+                    .map_err(|_| {
+                        self.bad(
+                            "gateway.auth.trusted_cidrs",
+                            c,
+                            "expected a CIDR like \"10.0.0.0/8\"",
+                        )
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let identity_header = match &a.identity_header {
             None => HeaderName::from_static("x-forwarded-user"),
-            Some(h) => HeaderName::from_bytes(h.get_ref().as_bytes())
-                .map_err(|_| self.bad("gateway.auth.identity_header", h, "not a valid header name"))?,
+            Some(h) => HeaderName::from_bytes(h.get_ref().as_bytes()).map_err(|_| {
+                self.bad("gateway.auth.identity_header", h, "not a valid header name")
+            })?,
         };
         match mode {
-            Some(AuthMode::Token) if tokens.is_empty() => {
-                return Err(self.invalid(
-                    "gateway.auth.tokens",
-                    a.mode.as_ref().map(Spanned::span),
-                    "mode \"token\" needs at least one token: set gateway.auth.tokens or KEYGATE_TOKEN".into(),
-                ))
-            }
+            Some(AuthMode::Token) if tokens.is_empty() => return Err(self.invalid(
+                "gateway.auth.tokens",
+                a.mode.as_ref().map(Spanned::span),
+                "mode \"token\" needs at least one token: set gateway.auth.tokens or KEYGATE_TOKEN"
+                    .into(),
+            )),
             Some(AuthMode::Password) if password.is_none() => {
                 return Err(self.invalid(
                     "gateway.auth.password_env",
@@ -335,7 +383,13 @@ impl Ctx<'_> {
             Some(v) => match v.get_ref().as_str() {
                 "ordered" => Strategy::Ordered,
                 "round_robin" => Strategy::RoundRobin,
-                _ => return Err(self.bad("rotation.strategy", v, "expected \"ordered\" or \"round_robin\"")),
+                _ => {
+                    return Err(self.bad(
+                        "rotation.strategy",
+                        v,
+                        "expected \"ordered\" or \"round_robin\"",
+                    ))
+                }
             },
         };
         let on_all_cooling = match r.on_all_cooling.as_ref() {
@@ -343,7 +397,13 @@ impl Ctx<'_> {
             Some(v) => match v.get_ref().as_str() {
                 "fail" => OnAllCooling::Fail,
                 "wait" => OnAllCooling::Wait,
-                _ => return Err(self.bad("rotation.on_all_cooling", v, "expected \"fail\" or \"wait\"")),
+                _ => {
+                    return Err(self.bad(
+                        "rotation.on_all_cooling",
+                        v,
+                        "expected \"fail\" or \"wait\"",
+                    ))
+                }
             },
         };
         const REASONS: [&str; 9] = [
@@ -365,7 +425,11 @@ impl Ctx<'_> {
                     if REASONS.contains(&v.get_ref().as_str()) {
                         Ok(v.get_ref().clone())
                     } else {
-                        Err(self.bad("rotation.rotate_on", v, &format!("unknown reason; expected one of {}", REASONS.join(", "))))
+                        Err(self.bad(
+                            "rotation.rotate_on",
+                            v,
+                            &format!("unknown reason; expected one of {}", REASONS.join(", ")),
+                        ))
                     }
                 })
                 .collect::<Result<_, _>>()?,
@@ -378,7 +442,11 @@ impl Ctx<'_> {
             on_all_cooling,
             max_wait: self.duration("rotation.max_wait", &r.max_wait, "0s")?,
             backoff: self.durations("rotation.backoff", &r.backoff, &["30s", "1m", "5m"])?,
-            billing_backoff: self.durations("rotation.billing_backoff", &r.billing_backoff, &["5h", "10h", "20h", "24h"])?,
+            billing_backoff: self.durations(
+                "rotation.billing_backoff",
+                &r.billing_backoff,
+                &["5h", "10h", "20h", "24h"],
+            )?,
         })
     }
 
@@ -391,7 +459,9 @@ impl Ctx<'_> {
             .map(|b| {
                 let cfg = ProviderConfig {
                     id: b.id.to_owned(),
-                    base_url: b.base_url.map(|u| u.parse().expect("built-in URLs are valid")),
+                    base_url: b
+                        .base_url
+                        .map(|u| u.parse().expect("built-in URLs are valid")),
                     auth: b.auth,
                     env_prefix: b.env_prefix.to_owned(),
                     model_from: b.model_from,
@@ -458,10 +528,19 @@ impl Ctx<'_> {
                 Some(v) => match v.get_ref().as_str() {
                     "body" => ModelFrom::Body,
                     "path" => ModelFrom::Path,
-                    _ => return Err(self.bad(&key("model_from"), v, "expected \"body\" or \"path\"")),
+                    _ => {
+                        return Err(self.bad(
+                            &key("model_from"),
+                            v,
+                            "expected \"body\" or \"path\"",
+                        ))
+                    }
                 },
             };
-            let mut headers = builtin.as_ref().map(|b| b.headers.clone()).unwrap_or_default();
+            let mut headers = builtin
+                .as_ref()
+                .map(|b| b.headers.clone())
+                .unwrap_or_default();
             for (n, v) in p.headers.iter().flatten() {
                 let Some((name, value)) = provider::header_pair(n, v) else {
                     return Err(self.invalid(
@@ -477,7 +556,11 @@ impl Ctx<'_> {
                 None => None,
                 Some(o) => {
                     let Some(url) = &o.token_url else {
-                        return Err(self.invalid(&key("oauth.token_url"), Some(span), "missing token_url".into()));
+                        return Err(self.invalid(
+                            &key("oauth.token_url"),
+                            Some(span),
+                            "missing token_url".into(),
+                        ));
                     };
                     Some(OAuthConfig {
                         token_url: self.base_url(&key("oauth.token_url"), url)?,
@@ -487,7 +570,11 @@ impl Ctx<'_> {
                 }
             };
             if p.rpm == Some(0) {
-                return Err(self.invalid(&key("rpm"), Some(span), "rpm must be at least 1 (or absent)".into()));
+                return Err(self.invalid(
+                    &key("rpm"),
+                    Some(span),
+                    "rpm must be at least 1 (or absent)".into(),
+                ));
             }
             out.insert(
                 id.clone(),
@@ -519,7 +606,11 @@ impl Ctx<'_> {
             .map_err(|_| self.bad(key, v, "expected an absolute http:// or https:// URL"))?;
         match (uri.scheme_str(), uri.authority()) {
             (Some("http" | "https"), Some(_)) if uri.query().is_none() => Ok(uri),
-            _ => Err(self.bad(key, v, "expected an absolute http:// or https:// URL without a query")),
+            _ => Err(self.bad(
+                key,
+                v,
+                "expected an absolute http:// or https:// URL without a query",
+            )),
         }
     }
 
@@ -540,7 +631,9 @@ impl Ctx<'_> {
                 _ => return Err(err()),
             },
             RawAuthStyle::Table(t) => match (&t.header, &t.query) {
-                (Some(h), None) => AuthStyle::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| err())?),
+                (Some(h), None) => {
+                    AuthStyle::Header(HeaderName::from_bytes(h.as_bytes()).map_err(|_| err())?)
+                }
                 (None, Some(q)) if !q.is_empty() => AuthStyle::Query(q.clone()),
                 _ => return Err(err()),
             },
@@ -567,14 +660,24 @@ impl Ctx<'_> {
             let cfg = match p.source.as_ref().map(|s| s.get_ref().as_str()) {
                 Some("file") => {
                     let Some(path) = &p.path else {
-                        return Err(self.invalid(&key("path"), Some(span), "source \"file\" needs path".into()));
+                        return Err(self.invalid(
+                            &key("path"),
+                            Some(span),
+                            "source \"file\" needs path".into(),
+                        ));
                     };
                     let single_value = match p.mode.as_ref() {
                         None => false,
                         Some(m) => match m.get_ref().as_str() {
                             "json" => false,
                             "single_value" => true,
-                            _ => return Err(self.bad(&key("mode"), m, "expected \"json\" or \"single_value\"")),
+                            _ => {
+                                return Err(self.bad(
+                                    &key("mode"),
+                                    m,
+                                    "expected \"json\" or \"single_value\"",
+                                ))
+                            }
                         },
                     };
                     SecretProviderConfig::File {
@@ -584,7 +687,11 @@ impl Ctx<'_> {
                 }
                 Some("exec") => {
                     let Some(command) = &p.command else {
-                        return Err(self.invalid(&key("command"), Some(span), "source \"exec\" needs command".into()));
+                        return Err(self.invalid(
+                            &key("command"),
+                            Some(span),
+                            "source \"exec\" needs command".into(),
+                        ));
                     };
                     SecretProviderConfig::Exec {
                         command: absolute("command", command)?,
@@ -649,12 +756,16 @@ pub fn valid_agent_id(id: &str) -> bool {
         && id.len() <= 64
         && id != "."
         && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn valid_provider_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
         && !id.starts_with('_')
 }

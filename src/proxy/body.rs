@@ -8,6 +8,7 @@
 //! It does not own classification (see `classify`); it only hands frames to an observer.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -43,15 +44,17 @@ pub trait Observer: Send + 'static {
 
 pin_project! {
     /// The body of every response keygate sends.
-    #[project = ProxyBodyProj]
-    pub enum ProxyBody {
-        /// A complete body (keygate's own answers, or an upstream error body read to classify it).
+    pub struct ProxyBody {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
         Full { data: Option<Bytes> },
-        /// An upstream body streamed through.
-        Upstream {
-            #[pin]
-            inner: Passthrough,
-        },
+        Upstream { #[pin] inner: Passthrough },
     }
 }
 
@@ -93,14 +96,18 @@ impl ProxyBody {
     /// A complete body.
     pub fn full(data: impl Into<Bytes>) -> Self {
         let data: Bytes = data.into();
-        ProxyBody::Full {
-            data: (!data.is_empty()).then_some(data),
+        ProxyBody {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
         }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        ProxyBody::Full { data: None }
+        ProxyBody {
+            kind: Kind::Full { data: None },
+        }
     }
 
     /// An upstream stream: `held` frames first, then the rest of `inner`, until `deadline`.
@@ -112,14 +119,16 @@ impl ProxyBody {
         error_event: Option<Bytes>,
         observer: Option<Box<dyn Observer>>,
     ) -> Self {
-        ProxyBody::Upstream {
-            inner: Passthrough {
-                held,
-                inner,
-                deadline: tokio::time::sleep_until(deadline),
-                error_event,
-                observer,
-                state: State::Streaming,
+        ProxyBody {
+            kind: Kind::Upstream {
+                inner: Passthrough {
+                    held,
+                    inner,
+                    deadline: tokio::time::sleep_until(deadline),
+                    error_event,
+                    observer,
+                    state: State::Streaming,
+                },
             },
         }
     }
@@ -133,23 +142,25 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBodyProj::Upstream { inner } => inner.poll_frame(cx),
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Upstream { inner } => inner.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Full { data } => data.is_none(),
-            ProxyBody::Upstream { inner } => inner.state == State::Done,
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            Kind::Upstream { inner } => inner.state == State::Done,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            ProxyBody::Upstream { inner } => {
+        match &self.kind {
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Upstream { inner } => {
                 if inner.state != State::Streaming || !inner.held.is_empty() {
                     SizeHint::default()
                 } else {

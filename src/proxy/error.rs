@@ -137,7 +137,10 @@ impl ProxyError {
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(after) = self.retry_after() {
             // Round up: a client that waits exactly this long finds a key.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);

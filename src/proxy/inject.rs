@@ -42,7 +42,11 @@ const CREDENTIAL_CARRIERS: [HeaderName; 4] = [
 ];
 
 /// Characters escaped in a query value.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// A credential ready to put on a request: built once per credential.
 #[derive(Clone, Debug)]
@@ -67,26 +71,55 @@ impl Injection {
     pub fn new(provider: &ProviderConfig, cred: &Credential) -> Result<Self, InvalidCredential> {
         let secret = cred.secret.expose();
         let is_token = matches!(cred.kind, Kind::Token | Kind::OAuth);
-        let anthropic_oauth = provider.id == "anthropic" && (is_token || secret.contains("sk-ant-oat"));
+        let anthropic_oauth =
+            provider.id == "anthropic" && (is_token || secret.contains("sk-ant-oat"));
         let style = if anthropic_oauth || is_token {
             &AuthStyle::Bearer
         } else {
             &provider.auth
         };
         let sensitive = |v: String| {
-            let mut v = HeaderValue::try_from(v).map_err(|_| InvalidCredential(cred.id.to_string()))?;
+            let mut v =
+                HeaderValue::try_from(v).map_err(|_| InvalidCredential(cred.id.to_string()))?;
             v.set_sensitive(true);
             Ok::<_, InvalidCredential>(v)
         };
         let (header, query) = match style {
-            AuthStyle::Bearer => (Some((header::AUTHORIZATION, sensitive(format!("Bearer {secret}"))?)), None),
-            AuthStyle::XApiKey => (Some((HeaderName::from_static("x-api-key"), sensitive(secret.to_owned())?)), None),
-            AuthStyle::XGoogApiKey => (Some((HeaderName::from_static("x-goog-api-key"), sensitive(secret.to_owned())?)), None),
-            AuthStyle::ApiKey => (Some((HeaderName::from_static("api-key"), sensitive(secret.to_owned())?)), None),
+            AuthStyle::Bearer => (
+                Some((
+                    header::AUTHORIZATION,
+                    sensitive(format!("Bearer {secret}"))?,
+                )),
+                None,
+            ),
+            AuthStyle::XApiKey => (
+                Some((
+                    HeaderName::from_static("x-api-key"),
+                    sensitive(secret.to_owned())?,
+                )),
+                None,
+            ),
+            AuthStyle::XGoogApiKey => (
+                Some((
+                    HeaderName::from_static("x-goog-api-key"),
+                    sensitive(secret.to_owned())?,
+                )),
+                None,
+            ),
+            AuthStyle::ApiKey => (
+                Some((
+                    HeaderName::from_static("api-key"),
+                    sensitive(secret.to_owned())?,
+                )),
+                None,
+            ),
             AuthStyle::Header(name) => (Some((name.clone(), sensitive(secret.to_owned())?)), None),
             AuthStyle::Query(name) => (
                 None,
-                Some((name.clone(), utf8_percent_encode(secret, QUERY_VALUE).to_string())),
+                Some((
+                    name.clone(),
+                    utf8_percent_encode(secret, QUERY_VALUE).to_string(),
+                )),
             ),
         };
         Ok(Self {
@@ -160,13 +193,18 @@ pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> H
             || name == header::CONTENT_LENGTH
             || name == header::ACCEPT_ENCODING
             || name.as_str().starts_with("x-keygate-")
-            || named_by_connection.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()))
+            || named_by_connection
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_str()))
         {
             continue;
         }
         out.append(name.clone(), value.clone());
     }
-    out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     for (name, value) in &provider.headers {
         if !out.contains_key(name) {
             out.insert(name.clone(), value.clone());
@@ -227,7 +265,10 @@ mod tests {
         let p = cfg.provider(provider).expect("builtin");
         let mut h = HeaderMap::new();
         for (n, v) in client {
-            h.append(HeaderName::from_bytes(n.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
         let mut out = clean_request_headers(&h, p);
         Injection::new(p, c).expect("valid").apply(&mut out);
@@ -236,7 +277,11 @@ mod tests {
 
     #[test]
     fn anthropic_api_key_goes_in_x_api_key_with_default_version() {
-        let h = applied("anthropic", &cred("anthropic", Kind::ApiKey, "sk-ant-api03-test"), &[("x-api-key", "gw"), ("authorization", "Bearer gw")]);
+        let h = applied(
+            "anthropic",
+            &cred("anthropic", Kind::ApiKey, "sk-ant-api03-test"),
+            &[("x-api-key", "gw"), ("authorization", "Bearer gw")],
+        );
         assert_eq!(h["x-api-key"], "sk-ant-api03-test");
         assert!(h["x-api-key"].is_sensitive());
         assert!(h.get("authorization").is_none());
@@ -249,23 +294,48 @@ mod tests {
             cred("anthropic", Kind::Token, "tok-value"),
             cred("anthropic", Kind::ApiKey, "sk-ant-oat01-abc"),
         ] {
-            let h = applied("anthropic", &c, &[("anthropic-beta", "tools-2024"), ("anthropic-version", "2024-01-01")]);
-            assert!(h["authorization"].to_str().expect("ascii").starts_with("Bearer "));
+            let h = applied(
+                "anthropic",
+                &c,
+                &[
+                    ("anthropic-beta", "tools-2024"),
+                    ("anthropic-version", "2024-01-01"),
+                ],
+            );
+            assert!(h["authorization"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("Bearer "));
             assert!(h.get("x-api-key").is_none());
             assert_eq!(h["anthropic-beta"], "tools-2024,oauth-2025-04-20");
-            assert_eq!(h["anthropic-version"], "2024-01-01", "client's version wins");
+            assert_eq!(
+                h["anthropic-version"], "2024-01-01",
+                "client's version wins"
+            );
         }
-        let h = applied("anthropic", &cred("anthropic", Kind::Token, "t"), &[("anthropic-beta", "oauth-2025-04-20")]);
+        let h = applied(
+            "anthropic",
+            &cred("anthropic", Kind::Token, "t"),
+            &[("anthropic-beta", "oauth-2025-04-20")],
+        );
         assert_eq!(h["anthropic-beta"], "oauth-2025-04-20");
     }
 
     #[test]
     fn styles_per_provider() {
-        let h = applied("google", &cred("google", Kind::ApiKey, "AIza-test"), &[("x-goog-api-key", "gw")]);
+        let h = applied(
+            "google",
+            &cred("google", Kind::ApiKey, "AIza-test"),
+            &[("x-goog-api-key", "gw")],
+        );
         assert_eq!(h["x-goog-api-key"], "AIza-test");
         let h = applied("openai", &cred("openai", Kind::ApiKey, "sk-test"), &[]);
         assert_eq!(h["authorization"], "Bearer sk-test");
-        let h = applied("azure", &cred("azure", Kind::ApiKey, "az-test"), &[("api-key", "gw")]);
+        let h = applied(
+            "azure",
+            &cred("azure", Kind::ApiKey, "az-test"),
+            &[("api-key", "gw")],
+        );
         assert_eq!(h["api-key"], "az-test");
     }
 
@@ -286,7 +356,16 @@ mod tests {
                 ("x-request-id", "r1"),
             ],
         );
-        for gone in ["connection", "x-custom-hop", "keep-alive", "te", "x-keygate-profile", "x-keygate-agent", "host", "content-length"] {
+        for gone in [
+            "connection",
+            "x-custom-hop",
+            "keep-alive",
+            "te",
+            "x-keygate-profile",
+            "x-keygate-agent",
+            "host",
+            "content-length",
+        ] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
         assert_eq!(h["x-request-id"], "r1");
@@ -298,7 +377,10 @@ mod tests {
         assert_eq!(clean_query(Some("alt=sse&key=gw")), Some("alt=sse".into()));
         assert_eq!(clean_query(Some("key=gw")), None);
         assert_eq!(clean_query(Some("alt=sse")), Some("alt=sse".into()));
-        assert_eq!(clean_query(Some("monkey=1&key=x&keys=2")), Some("monkey=1&keys=2".into()));
+        assert_eq!(
+            clean_query(Some("monkey=1&key=x&keys=2")),
+            Some("monkey=1&keys=2".into())
+        );
         assert_eq!(clean_query(None), None);
     }
 }

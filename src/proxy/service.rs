@@ -63,7 +63,12 @@ struct Access {
 
 impl AppState {
     /// Builds the shared state.
-    pub fn new(config: Arc<Config>, gate: Gatekeeper, registry: Registry, client: UpstreamClient) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        gate: Gatekeeper,
+        registry: Registry,
+        client: UpstreamClient,
+    ) -> Self {
         let bases = config
             .providers
             .values()
@@ -217,10 +222,9 @@ async fn proxy(
     let pool = state.registry.agent(&agent);
     let candidates: Vec<Arc<Candidate>> = match &pinned {
         Some(id) => {
-            let c = pool
-                .by_id
-                .get(id.as_str())
-                .ok_or_else(|| ProxyError::BadRequest(format!("Auth profile \"{}\" not found.", truncate(id, 128))))?;
+            let c = pool.by_id.get(id.as_str()).ok_or_else(|| {
+                ProxyError::BadRequest(format!("Auth profile \"{}\" not found.", truncate(id, 128)))
+            })?;
             if *c.cred.provider != *provider.id {
                 return Err(ProxyError::BadRequest(format!(
                     "Auth profile \"{}\" is for {}, not {}.",
@@ -271,7 +275,9 @@ async fn proxy(
         let wait_until = (Instant::now() + state.config.server.first_byte_timeout).min(deadline);
         let resp = match tokio::time::timeout_at(wait_until, state.client.request(up)).await {
             Err(_) => {
-                last = Some(Err(ProxyError::UpstreamTimeout(state.config.server.first_byte_timeout)));
+                last = Some(Err(ProxyError::UpstreamTimeout(
+                    state.config.server.first_byte_timeout,
+                )));
                 break;
             }
             Ok(Err(e)) => {
@@ -356,7 +362,9 @@ fn check_model_len(model: &str) -> Result<(), ProxyError> {
 
 /// Splits `/{provider}/{rest}`.
 fn route(path: &str) -> Result<(&str, &str), ProxyError> {
-    let p = path.strip_prefix('/').ok_or(ProxyError::BadPath("path must start with /"))?;
+    let p = path
+        .strip_prefix('/')
+        .ok_or(ProxyError::BadPath("path must start with /"))?;
     let (provider, rest) = p.split_once('/').unwrap_or((p, ""));
     if provider.is_empty() {
         return Err(ProxyError::BadPath("expected /{provider}/{path}"));
@@ -402,7 +410,11 @@ fn upstream_uri(
     extra: Option<(&str, &str)>,
 ) -> Result<Uri, ProxyError> {
     let mut s = String::with_capacity(
-        base.len() + rest.len() + query.map_or(0, str::len) + extra.map_or(0, |(n, v)| n.len() + v.len()) + 4,
+        base.len()
+            + rest.len()
+            + query.map_or(0, str::len)
+            + extra.map_or(0, |(n, v)| n.len() + v.len())
+            + 4,
     );
     s.push_str(base);
     s.push('/');
@@ -452,8 +464,10 @@ pub fn unavailable(message: &str) -> Response<ProxyBody> {
         serde_json::json!({ "error": { "message": message, "type": "unavailable" } }).to_string(),
     )));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -478,21 +492,37 @@ mod tests {
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
-        for good in ["v1/messages", "v1/chat/completions", "", "v1/models/", "v1beta/models/gemini-2.5-pro:streamGenerateContent", "v1/a%20b"] {
+        for good in [
+            "v1/messages",
+            "v1/chat/completions",
+            "",
+            "v1/models/",
+            "v1beta/models/gemini-2.5-pro:streamGenerateContent",
+            "v1/a%20b",
+        ] {
             assert!(check_path(good).is_ok(), "{good}");
         }
     }
 
     #[test]
     fn route_splits_provider() {
-        assert_eq!(route("/anthropic/v1/messages").ok(), Some(("anthropic", "v1/messages")));
+        assert_eq!(
+            route("/anthropic/v1/messages").ok(),
+            Some(("anthropic", "v1/messages"))
+        );
         assert_eq!(route("/openai").ok(), Some(("openai", "")));
         assert!(route("//evil.com/x").is_err());
     }
 
     #[test]
     fn uri_keeps_query_and_adds_key() {
-        let u = upstream_uri("https://x.test/api", "v1/m", Some("alt=sse"), Some(("key", "abc"))).expect("uri");
+        let u = upstream_uri(
+            "https://x.test/api",
+            "v1/m",
+            Some("alt=sse"),
+            Some(("key", "abc")),
+        )
+        .expect("uri");
         assert_eq!(u.to_string(), "https://x.test/api/v1/m?alt=sse&key=abc");
         let u = upstream_uri("http://127.0.0.1:9", "v1/m", None, None).expect("uri");
         assert_eq!(u.to_string(), "http://127.0.0.1:9/v1/m");

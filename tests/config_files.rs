@@ -23,7 +23,11 @@ fn every_config_file_loads() {
 fn config_check_cli_reports_errors_with_line_and_exit_64() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = \"127.0.0.1:1\"\nmax_request_bdy = \"1MiB\"\n").expect("write");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:1\"\nmax_request_bdy = \"1MiB\"\n",
+    )
+    .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["--config", bad.to_str().expect("utf8"), "config", "check"])
         .env_remove("KEYGATE_CONFIG")
@@ -32,7 +36,10 @@ fn config_check_cli_reports_errors_with_line_and_exit_64() {
         .expect("run keygate");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_request_bdy") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("max_request_bdy") && err.contains("line 3"),
+        "{err}"
+    );
 
     let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keygate.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
@@ -41,7 +48,15 @@ fn config_check_cli_reports_errors_with_line_and_exit_64() {
         .env("KEYGATE_ADMIN_TOKEN", "x")
         .output()
         .expect("run keygate");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("anthropic") && text.contains("x-goog-api-key"), "{text}");
+    assert!(
+        text.contains("anthropic") && text.contains("x-goog-api-key"),
+        "{text}"
+    );
 }

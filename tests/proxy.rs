@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::keygate::{client, post_json, providers_at, read_stream, request, send, Keygate, Opts};
+use support::keygate::{
+    client, post_json, providers_at, read_stream, request, send, Keygate, Opts,
+};
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
 const GW: &str = "gw-test-token-0001";
@@ -34,10 +36,20 @@ async fn standard(mock: &MockProvider) -> Keygate {
 /// The gateway token must appear nowhere in what the upstream received.
 fn assert_no_gateway_token(mock: &MockProvider) {
     for r in mock.requests() {
-        assert!(!r.path_and_query.contains(GW), "token in path: {}", r.path_and_query);
+        assert!(
+            !r.path_and_query.contains(GW),
+            "token in path: {}",
+            r.path_and_query
+        );
         for (name, v) in &r.headers {
-            assert!(!v.as_bytes().windows(GW.len()).any(|w| w == GW.as_bytes()), "token in header {name}");
-            assert!(!name.as_str().starts_with("x-keygate-"), "x-keygate header forwarded: {name}");
+            assert!(
+                !v.as_bytes().windows(GW.len()).any(|w| w == GW.as_bytes()),
+                "token in header {name}"
+            );
+            assert!(
+                !name.as_str().starts_with("x-keygate-"),
+                "x-keygate header forwarded: {name}"
+            );
         }
     }
 }
@@ -54,7 +66,10 @@ async fn anthropic_end_to_end_injects_pool_key() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(a.json()["model"], "claude-sonnet-4-5");
-    assert_eq!(a.header("x-keygate-credential"), Some("env:ANTHROPIC_API_KEY"));
+    assert_eq!(
+        a.header("x-keygate-credential"),
+        Some("env:ANTHROPIC_API_KEY")
+    );
     assert_eq!(a.header("x-keygate-attempts"), Some("1"));
     let r = mock.last_request().expect("upstream saw the request");
     assert_eq!(r.path(), "/v1/messages");
@@ -77,7 +92,10 @@ async fn openai_end_to_end_bearer_and_base_path() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let r = mock.last_request().expect("request");
     assert_eq!(r.path(), "/v1/chat/completions");
-    assert_eq!(r.header("authorization"), Some(format!("Bearer {OAI_KEY}").as_str()));
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {OAI_KEY}").as_str())
+    );
     assert_no_gateway_token(&mock);
 }
 
@@ -87,16 +105,23 @@ async fn gemini_model_from_path_and_query_key_stripped() {
     let kg = standard(&mock).await;
     let a = send(
         Method::POST,
-        &kg.url(&format!("/google/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={GW}")),
+        &kg.url(&format!(
+            "/google/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={GW}"
+        )),
         &[("content-type", "application/json")],
         Bytes::from(json!({"contents": [{"parts": [{"text": "hi"}]}]}).to_string()),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    assert!(a.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")));
+    assert!(a
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
     assert!(a.text().contains("gemini-2.5-flash"));
     let r = mock.last_request().expect("request");
-    assert_eq!(r.path_and_query, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+    assert_eq!(
+        r.path_and_query,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
     assert_eq!(r.header("x-goog-api-key"), Some(GEM_KEY));
     assert_no_gateway_token(&mock);
 }
@@ -105,7 +130,10 @@ async fn gemini_model_from_path_and_query_key_stripped() {
 async fn sse_events_arrive_incrementally() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Sse {
-        events: anthropic_sse("claude-sonnet-4-5", 0).into_iter().take(5).collect(),
+        events: anthropic_sse("claude-sonnet-4-5", 0)
+            .into_iter()
+            .take(5)
+            .collect(),
         delay: Duration::from_millis(200),
         end: End::Clean,
     });
@@ -114,17 +142,27 @@ async fn sse_events_arrive_incrementally() {
         Method::POST,
         &kg.url("/anthropic/v1/messages"),
         &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true, "max_tokens": 5}).to_string()),
+        Bytes::from(
+            json!({"model": "claude-sonnet-4-5", "stream": true, "max_tokens": 5}).to_string(),
+        ),
     );
     let resp = client().request(req).await.expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
     assert!(!errored, "stream ended with an error");
-    assert!(chunks.len() >= 5, "events were coalesced: {} chunks", chunks.len());
+    assert!(
+        chunks.len() >= 5,
+        "events were coalesced: {} chunks",
+        chunks.len()
+    );
     let first = chunks.first().expect("first");
     let last = chunks.last().expect("last");
-    assert!(std::str::from_utf8(&first.1).expect("utf8").contains("message_start"));
-    assert!(!std::str::from_utf8(&first.1).expect("utf8").contains("content_block_stop"));
+    assert!(std::str::from_utf8(&first.1)
+        .expect("utf8")
+        .contains("message_start"));
+    assert!(!std::str::from_utf8(&first.1)
+        .expect("utf8")
+        .contains("content_block_stop"));
     // The upstream spaced 5 events 200 ms apart: a proxy that buffered would deliver them
     // together; one that streams preserves the spacing (at least 4 × 200 ms, minus slack).
     assert!(
@@ -149,17 +187,37 @@ async fn inbound_auth_matrix() {
         let a = post_json(&kg.url("/openai/v1/chat/completions"), &headers, &body).await;
         assert_eq!(a.status, StatusCode::OK, "{headers:?}: {}", a.text());
     }
-    let a = post_json(&kg.url(&format!("/openai/v1/chat/completions?key={GW}")), &[], &body).await;
+    let a = post_json(
+        &kg.url(&format!("/openai/v1/chat/completions?key={GW}")),
+        &[],
+        &body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "?key=: {}", a.text());
-    assert_eq!(mock.last_request().expect("request").path_and_query, "/v1/chat/completions");
+    assert_eq!(
+        mock.last_request().expect("request").path_and_query,
+        "/v1/chat/completions"
+    );
 
     let before = mock.requests().len();
     let a = post_json(&kg.url("/openai/v1/chat/completions"), &[], &body).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert!(a.json()["error"]["message"].as_str().expect("message").contains("missing gateway token"));
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &[("x-api-key", "wrong")], &body).await;
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("missing gateway token"));
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("x-api-key", "wrong")],
+        &body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(mock.requests().len(), before, "nothing forwarded without auth");
+    assert_eq!(
+        mock.requests().len(),
+        before,
+        "nothing forwarded without auth"
+    );
     assert_no_gateway_token(&mock);
 }
 
@@ -169,29 +227,64 @@ async fn lockout_after_repeated_failures() {
     let kg = standard(&mock).await;
     let body = json!({"model": "gpt-4o-mini"});
     for i in 0..10 {
-        let a = post_json(&kg.url("/openai/v1/chat/completions"), &[("x-api-key", "bad")], &body).await;
+        let a = post_json(
+            &kg.url("/openai/v1/chat/completions"),
+            &[("x-api-key", "bad")],
+            &body,
+        )
+        .await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "failure {i}");
     }
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &[("x-api-key", GW)], &body).await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("x-api-key", GW)],
+        &body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
-    let secs: u64 = a.header("retry-after").expect("retry-after").parse().expect("seconds");
+    let secs: u64 = a
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
     assert!(secs > 200 && secs <= 300, "{secs}");
 }
 
 #[tokio::test]
 async fn none_mode_on_loopback_and_refused_elsewhere() {
     let mock = MockProvider::start().await;
-    let kg = Keygate::start(Opts::default().config(all_providers(&mock)).env("OPENAI_API_KEY", OAI_KEY)).await;
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &[("authorization", "Bearer whatever")], &json!({"model": "m"})).await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(all_providers(&mock))
+            .env("OPENAI_API_KEY", OAI_KEY),
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("authorization", "Bearer whatever")],
+        &json!({"model": "m"}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(mock.last_request().expect("req").header("authorization"), Some(format!("Bearer {OAI_KEY}").as_str()));
+    assert_eq!(
+        mock.last_request().expect("req").header("authorization"),
+        Some(format!("Bearer {OAI_KEY}").as_str())
+    );
 
     let cfg = keygate::config::Config::defaults();
     let env = keygate::credentials::env::EnvSnapshot::from_pairs(Vec::<(String, String)>::new());
-    let err = keygate::build_state(cfg, kg.state_path(), env, &"0.0.0.0:8787".parse().expect("addr"))
-        .err()
-        .expect("refused");
-    assert_eq!(err, "refusing to bind to 0.0.0.0:8787 without auth (set gateway.auth.tokens or KEYGATE_TOKEN)");
+    let err = keygate::build_state(
+        cfg,
+        kg.state_path(),
+        env,
+        &"0.0.0.0:8787".parse().expect("addr"),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(
+        err,
+        "refusing to bind to 0.0.0.0:8787 without auth (set gateway.auth.tokens or KEYGATE_TOKEN)"
+    );
 }
 
 #[tokio::test]
@@ -219,19 +312,49 @@ async fn pinned_profile_is_stripped_byte_for_byte() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(a.header("x-keygate-credential"), Some("anthropic:work"));
     let r = mock.last_request().expect("request");
-    assert_eq!(r.body, client_body.replace("@anthropic:work", "").as_bytes());
+    assert_eq!(
+        r.body,
+        client_body.replace("@anthropic:work", "").as_bytes()
+    );
     assert_eq!(r.header("x-api-key"), Some("sk-ant-api03-work-key-WWWW"));
 
     // Header pin, unknown profile, another provider's profile.
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 1});
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW), ("x-keygate-profile", "env:ANTHROPIC_API_KEY")], &body).await;
-    assert_eq!(a.header("x-keygate-credential"), Some("env:ANTHROPIC_API_KEY"));
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW), ("x-keygate-profile", "anthropic:nope")], &body).await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[
+            ("x-api-key", GW),
+            ("x-keygate-profile", "env:ANTHROPIC_API_KEY"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(
+        a.header("x-keygate-credential"),
+        Some("env:ANTHROPIC_API_KEY")
+    );
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW), ("x-keygate-profile", "anthropic:nope")],
+        &body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(a.json()["error"]["message"], "Auth profile \"anthropic:nope\" not found.");
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude@openai:x"})).await;
+    assert_eq!(
+        a.json()["error"]["message"],
+        "Auth profile \"anthropic:nope\" not found."
+    );
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude@openai:x"}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(a.json()["error"]["message"], "Auth profile \"openai:x\" is for openai, not anthropic.");
+    assert_eq!(
+        a.json()["error"]["message"],
+        "Auth profile \"openai:x\" is for openai, not anthropic."
+    );
 }
 
 #[tokio::test]
@@ -239,45 +362,87 @@ async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
     let mock = MockProvider::start().await;
     let kg = Keygate::start(
         Opts::default()
-            .config(format!("{}[server]\nmax_request_body = \"1KiB\"\n", all_providers(&mock)))
+            .config(format!(
+                "{}[server]\nmax_request_body = \"1KiB\"\n",
+                all_providers(&mock)
+            ))
             .env("KEYGATE_TOKEN", GW)
             .env("OPENAI_API_KEY", OAI_KEY),
     )
     .await;
     let h = [("x-api-key", GW)];
     // Path tricks, sent raw so no client normalises them.
-    for path in ["/openai/v1/../../etc", "/openai/v1/%2e%2e/x", "/openai/v1%2fchat", "/openai//evil.example/x", "//evil.example/x"] {
+    for path in [
+        "/openai/v1/../../etc",
+        "/openai/v1/%2e%2e/x",
+        "/openai/v1%2fchat",
+        "/openai//evil.example/x",
+        "//evil.example/x",
+    ] {
         let a = raw_get(kg.addr, path, GW).await;
         assert!(a.starts_with("HTTP/1.1 400"), "{path}: {a}");
-        assert!(a.contains("\"error\""), "{path}: JSON error body expected: {a}");
+        assert!(
+            a.contains("\"error\""),
+            "{path}: JSON error body expected: {a}"
+        );
     }
     let a = post_json(&kg.url("/nosuch/v1/x"), &h, &json!({})).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert!(a.json()["error"]["message"].is_string());
 
     let big = "x".repeat(2048);
-    let a = send(Method::POST, &kg.url("/openai/v1/chat/completions"), &h, Bytes::from(big)).await;
+    let a = send(
+        Method::POST,
+        &kg.url("/openai/v1/chat/completions"),
+        &h,
+        Bytes::from(big),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
 
     let long_model = "m".repeat(300);
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &h, &json!({"model": long_model})).await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &h,
+        &json!({"model": long_model}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.text().contains("256"));
-    assert!(mock.requests().is_empty(), "nothing forwarded for rejected requests");
+    assert!(
+        mock.requests().is_empty(),
+        "nothing forwarded for rejected requests"
+    );
 
     // A non-JSON body passes through untouched.
-    let a = send(Method::POST, &kg.url("/openai/v1/files"), &[("x-api-key", GW), ("content-type", "text/plain")], Bytes::from_static(b"not json {")).await;
+    let a = send(
+        Method::POST,
+        &kg.url("/openai/v1/files"),
+        &[("x-api-key", GW), ("content-type", "text/plain")],
+        Bytes::from_static(b"not json {"),
+    )
+    .await;
     assert!(a.status.is_client_error() || a.status.is_success());
-    assert_eq!(mock.last_request().expect("forwarded").body, Bytes::from_static(b"not json {"));
+    assert_eq!(
+        mock.last_request().expect("forwarded").body,
+        Bytes::from_static(b"not json {")
+    );
 
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &h, &json!({"model": "gpt-4o-mini"})).await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &h,
+        &json!({"model": "gpt-4o-mini"}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "still serving");
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
@@ -293,7 +458,10 @@ async fn upstream_reset_mid_stream_ends_client_stream_with_error() {
     let kg = standard(&mock).await;
     mock.set_default(Behaviour::Sequence(vec![
         Behaviour::Sse {
-            events: anthropic_sse("claude-sonnet-4-5", 3).into_iter().take(4).collect(),
+            events: anthropic_sse("claude-sonnet-4-5", 3)
+                .into_iter()
+                .take(4)
+                .collect(),
             delay: Duration::ZERO,
             end: End::Reset,
         },
@@ -308,12 +476,23 @@ async fn upstream_reset_mid_stream_ends_client_stream_with_error() {
     let resp = client().request(req).await.expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    let text: String = chunks.iter().map(|(_, b)| String::from_utf8_lossy(b)).collect();
+    let text: String = chunks
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b))
+        .collect();
     assert!(errored, "a broken upstream must not look like a clean end");
-    assert!(text.contains("event: error"), "protocol error event expected: {text}");
+    assert!(
+        text.contains("event: error"),
+        "protocol error event expected: {text}"
+    );
     assert!(!text.contains("message_stop"));
 
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5"}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "next request succeeds");
 }
 
@@ -323,22 +502,39 @@ async fn upstream_that_never_answers_gets_504() {
     mock.set_default(Behaviour::Hang);
     let kg = Keygate::start(
         Opts::default()
-            .config(format!("{}[server]\nfirst_byte_timeout = \"300ms\"\n", all_providers(&mock)))
+            .config(format!(
+                "{}[server]\nfirst_byte_timeout = \"300ms\"\n",
+                all_providers(&mock)
+            ))
             .env("KEYGATE_TOKEN", GW)
             .env("OPENAI_API_KEY", OAI_KEY),
     )
     .await;
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &[("x-api-key", GW)], &json!({"model": "gpt-4o-mini"})).await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("x-api-key", GW)],
+        &json!({"model": "gpt-4o-mini"}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(a.json()["error"]["message"].as_str().expect("msg").contains("did not answer"));
-    assert!(mock.wait_disconnects(1, Duration::from_secs(10)).await, "upstream request cancelled");
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("did not answer"));
+    assert!(
+        mock.wait_disconnects(1, Duration::from_secs(10)).await,
+        "upstream request cancelled"
+    );
 }
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_closes_upstream() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Sse {
-        events: anthropic_sse("claude-sonnet-4-5", 2).into_iter().take(3).collect(),
+        events: anthropic_sse("claude-sonnet-4-5", 2)
+            .into_iter()
+            .take(3)
+            .collect(),
         delay: Duration::from_millis(20),
         end: End::Hang,
     });
@@ -352,21 +548,45 @@ async fn client_disconnect_mid_stream_closes_upstream() {
     let resp = client().request(req).await.expect("response");
     let mut body = resp.into_body();
     use http_body_util::BodyExt;
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("a frame");
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("a frame");
     assert!(first.is_some());
     drop(body);
-    assert!(mock.wait_disconnects(1, Duration::from_secs(10)).await, "the mock never saw the connection close");
+    assert!(
+        mock.wait_disconnects(1, Duration::from_secs(10)).await,
+        "the mock never saw the connection close"
+    );
 }
 
 #[tokio::test]
 async fn no_credentials_is_401_with_hint() {
     let mock = MockProvider::start().await;
-    let kg = Keygate::start(Opts::default().config(all_providers(&mock)).env("KEYGATE_TOKEN", GW)).await;
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude"})).await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(all_providers(&mock))
+            .env("KEYGATE_TOKEN", GW),
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude"}),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let msg = a.json()["error"]["message"].as_str().expect("msg").to_owned();
-    assert!(msg.starts_with("No credentials found for provider \"anthropic\"."), "{msg}");
-    assert!(msg.contains("keygate models auth paste-api-key --provider anthropic"), "{msg}");
+    let msg = a.json()["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .to_owned();
+    assert!(
+        msg.starts_with("No credentials found for provider \"anthropic\"."),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("keygate models auth paste-api-key --provider anthropic"),
+        "{msg}"
+    );
     assert!(msg.contains("ANTHROPIC_API_KEY"), "{msg}");
     assert_eq!(a.json()["type"], "error", "Anthropic error shape");
 }
@@ -389,7 +609,10 @@ async fn health_and_readiness() {
     assert!(a.text().contains("google"), "{}", a.text());
     let a = send(Method::GET, &kg.url("/_keygate/status"), &[], Bytes::new()).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "no admin token configured");
-    assert!(mock.requests().is_empty(), "reserved paths are never forwarded");
+    assert!(
+        mock.requests().is_empty(),
+        "reserved paths are never forwarded"
+    );
 }
 
 #[tokio::test]
@@ -403,7 +626,10 @@ async fn h2c_clients_are_served() {
     let req = request(
         Method::POST,
         &kg.url("/openai/v1/chat/completions"),
-        &[("authorization", &format!("Bearer {GW}")), ("content-type", "application/json")],
+        &[
+            ("authorization", &format!("Bearer {GW}")),
+            ("content-type", "application/json"),
+        ],
         Bytes::from(json!({"model": "gpt-4o-mini"}).to_string()),
     );
     let resp = c.request(req).await.expect("h2 response");
@@ -430,8 +656,17 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let resp = client().request(req).await.expect("response");
     let stop = tokio::spawn(kg.stop());
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    let text: String = chunks.iter().map(|(_, b)| String::from_utf8_lossy(b)).collect();
-    assert!(!errored && text.contains("message_stop"), "stream cut by shutdown: {text}");
+    let text: String = chunks
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b))
+        .collect();
+    assert!(
+        !errored && text.contains("message_stop"),
+        "stream cut by shutdown: {text}"
+    );
     stop.await.expect("stopped");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -61,30 +61,62 @@ async fn trace_logs_never_contain_secrets() {
     .await;
 
     let run = async {
-        let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude", "stream": true})).await;
+        let a = post_json(
+            &kg.url("/anthropic/v1/messages"),
+            &[("x-api-key", GW)],
+            &json!({"model": "claude", "stream": true}),
+        )
+        .await;
         assert_eq!(a.status, 200, "{}", a.text());
-        let a = post_json(&kg.url("/openai/v1/chat/completions"), &[("authorization", &format!("Bearer {GW}"))], &json!({"model": "gpt"})).await;
+        let a = post_json(
+            &kg.url("/openai/v1/chat/completions"),
+            &[("authorization", &format!("Bearer {GW}"))],
+            &json!({"model": "gpt"}),
+        )
+        .await;
         assert_eq!(a.status, 200);
         let a = send(
             Method::POST,
-            &kg.url(&format!("/google/v1beta/models/gemini-2.5-flash:generateContent?key={GW}")),
+            &kg.url(&format!(
+                "/google/v1beta/models/gemini-2.5-flash:generateContent?key={GW}"
+            )),
             &[("content-type", "application/json")],
             Bytes::from(json!({"contents": []}).to_string()),
         )
         .await;
         assert_eq!(a.status, 200);
-        let a = post_json(&kg.url("/qkey/v1/chat/completions"), &[("x-api-key", GW)], &json!({"model": "q"})).await;
-        assert_eq!(mock.last_request().expect("req").path_and_query, format!("/v1/chat/completions?key={}", KEYS[3]));
+        let a = post_json(
+            &kg.url("/qkey/v1/chat/completions"),
+            &[("x-api-key", GW)],
+            &json!({"model": "q"}),
+        )
+        .await;
+        assert_eq!(
+            mock.last_request().expect("req").path_and_query,
+            format!("/v1/chat/completions?key={}", KEYS[3])
+        );
         let _ = a;
         // A failed auth and a bad request are logged too.
-        let _ = post_json(&kg.url("/openai/v1/chat/completions?key=wrong-secret-guess-9999"), &[], &json!({})).await;
+        let _ = post_json(
+            &kg.url("/openai/v1/chat/completions?key=wrong-secret-guess-9999"),
+            &[],
+            &json!({}),
+        )
+        .await;
     };
     run.await;
     drop(kg);
 
     let logs = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
-    assert!(logs.contains("request"), "the access log was captured: {} bytes", logs.len());
-    assert!(logs.contains("env:ANTHROPIC_API_KEY"), "credential ids are logged");
+    assert!(
+        logs.contains("request"),
+        "the access log was captured: {} bytes",
+        logs.len()
+    );
+    assert!(
+        logs.contains("env:ANTHROPIC_API_KEY"),
+        "credential ids are logged"
+    );
     for secret in [GW, "wrong-secret-guess-9999"].iter().chain(KEYS.iter()) {
         assert!(!logs.contains(secret), "secret {secret} leaked into logs");
     }

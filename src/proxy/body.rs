@@ -85,7 +85,10 @@ pin_project! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Streaming,
-    // The error event has been sent; the next poll fails the body.
+    // The error event has been handed to hyper; yield once so it is flushed to the socket
+    // before the body fails (a failing body makes hyper drop the connection at once).
+    Flushing(StreamEnd),
+    // The next poll fails the body.
     Failing(StreamEnd),
     Done,
 }
@@ -181,6 +184,11 @@ impl Passthrough {
         let mut this = self.project();
         match *this.state {
             State::Done => return Poll::Ready(None),
+            State::Flushing(end) => {
+                *this.state = State::Failing(end);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             State::Failing(end) => {
                 *this.state = State::Done;
                 return Poll::Ready(Some(Err(match end {
@@ -218,7 +226,7 @@ impl Passthrough {
         }
         match this.error_event.take() {
             Some(event) => {
-                *this.state = State::Failing(failure);
+                *this.state = State::Flushing(failure);
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => {

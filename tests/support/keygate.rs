@@ -86,10 +86,12 @@ impl Keygate {
         let env = EnvSnapshot::from_pairs(opts.env.clone());
         let config = Config::from_toml(&opts.config, None, &|k| env.get(k).map(str::to_owned))
             .expect("test config is valid");
-        let listener = tokio::net::TcpListener::bind(opts.listen).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = keygate::build_state(config, state_dir.path().to_owned(), env, &addr)
-            .expect("state");
+        let state =
+            keygate::build_state(config, state_dir.path().to_owned(), env, &addr).expect("state");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(keygate::run(
             state,
@@ -151,7 +153,8 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -164,7 +167,12 @@ pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-pub fn request(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+pub fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(url);
     for (n, v) in headers {
         b = b.header(*n, *v);
@@ -173,11 +181,19 @@ pub fn request(method: Method, url: &str, headers: &[(&str, &str)], body: impl I
 }
 
 /// Sends and collects the whole answer (bounded to 30 s).
-pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
-    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(request(method, url, headers, body)))
-        .await
-        .expect("answer within 30 s")
-        .expect("request sent");
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client().request(request(method, url, headers, body)),
+    )
+    .await
+    .expect("answer within 30 s")
+    .expect("request sent");
     let (parts, body) = resp.into_parts();
     let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
         .await

@@ -4,4 +4,5 @@
 //! items are expected here.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod keygate;
 pub mod mock;

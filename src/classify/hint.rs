@@ -1,0 +1,352 @@
+//! Retry hints (SPEC §7 rule 5): pure parsers for every format providers use, and the
+//! order in which they are consulted.
+//!
+//! Owns: `retry-after` (seconds or HTTP date) and `retry-after-ms`, Go-style durations
+//! (`20ms`, `6m0s`, `2h31m16.752s`), protobuf durations (`39.418973511s`), "try again in …"
+//! sentences, RFC 3339 and epoch resets, the table of rate-limit dimensions (which
+//! `remaining` header goes with which `reset` header), and the 24 h cap. It does not decide
+//! the reason (see `rules`) nor turn a hint into a cooldown (the cooldown module does).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+
+use super::fields::ErrorFields;
+use super::RetryHint;
+
+/// Longest hint ever reported: daily allowances are real, anything longer is capped.
+pub const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Rate-limit dimensions: a `remaining` header and the reset headers that go with it (the
+/// first one present is used). Azure spells one reset header `x-rate-limit-reset-tokens`.
+const DIMENSIONS: &[(&str, &[&str])] = &[
+    (
+        "x-ratelimit-remaining-requests",
+        &["x-ratelimit-reset-requests", "x-rate-limit-reset-requests"],
+    ),
+    (
+        "x-ratelimit-remaining-tokens",
+        &["x-ratelimit-reset-tokens", "x-rate-limit-reset-tokens"],
+    ),
+    (
+        "x-rate-limit-remaining-requests",
+        &["x-rate-limit-reset-requests", "x-ratelimit-reset-requests"],
+    ),
+    (
+        "x-rate-limit-remaining-tokens",
+        &["x-rate-limit-reset-tokens", "x-ratelimit-reset-tokens"],
+    ),
+    (
+        "x-ratelimit-remaining-requests-day",
+        &["x-ratelimit-reset-requests-day"],
+    ),
+    (
+        "x-ratelimit-remaining-tokens-minute",
+        &["x-ratelimit-reset-tokens-minute"],
+    ),
+    (
+        "anthropic-ratelimit-requests-remaining",
+        &["anthropic-ratelimit-requests-reset"],
+    ),
+    (
+        "anthropic-ratelimit-tokens-remaining",
+        &["anthropic-ratelimit-tokens-reset"],
+    ),
+    (
+        "anthropic-ratelimit-input-tokens-remaining",
+        &["anthropic-ratelimit-input-tokens-reset"],
+    ),
+    (
+        "anthropic-ratelimit-output-tokens-remaining",
+        &["anthropic-ratelimit-output-tokens-reset"],
+    ),
+    ("x-ratelimit-remaining", &["x-ratelimit-reset"]),
+    ("x-rate-limit-remaining", &["x-rate-limit-reset"]),
+];
+
+/// Phrases after which a message states a wait ("Please try again in 1.574s").
+const MESSAGE_PHRASES: &[&str] = &[
+    "try again in ",
+    "try again after ",
+    "retry in ",
+    "retry after ",
+    "retrying in ",
+    "retry-after: ",
+    "wait ",
+];
+
+/// The hint for a failed answer, first found (see [`super::retry_hint`]).
+pub(crate) fn hint_from(headers: &HeaderMap, f: &ErrorFields, now: SystemTime) -> Option<RetryHint> {
+    let base = date_header(headers).unwrap_or(now);
+    if let Some(after) = header_str(headers, "retry-after-ms").and_then(parse_retry_after_ms) {
+        return Some(hint(after, "retry-after-ms"));
+    }
+    if let Some(after) = header_str(headers, "retry-after").and_then(|v| parse_retry_after(v, base)) {
+        return Some(hint(after, "retry-after"));
+    }
+    body_hint(f).or_else(|| exhausted_reset(headers, base, now))
+}
+
+/// The hint an error object carries by itself (in-stream errors have no headers of their
+/// own): `RetryInfo`, then the message.
+pub(crate) fn body_hint(f: &ErrorFields) -> Option<RetryHint> {
+    let from_message = parse_message_hint(&f.message).or_else(|| parse_message_hint(&f.extra));
+    if let Some(ri) = f.retry_delay.as_deref().and_then(parse_go_duration) {
+        // Google rounds RetryInfo down to whole seconds while the message says
+        // "Please retry in 39.418973511s": the message refines the same value.
+        let after = match from_message {
+            Some(m) if m >= ri && m < ri + Duration::from_secs(1) => m,
+            _ => ri,
+        };
+        return Some(hint(after, "RetryInfo"));
+    }
+    from_message.map(|after| hint(after, "message"))
+}
+
+/// Steering before 429 (SPEC §7): on a success answer, the reset of the dimension whose
+/// `remaining` header is 0 (`x-ratelimit-remaining-requests` / `-tokens`,
+/// `anthropic-ratelimit-requests-remaining` / `-tokens-remaining` / `-input-tokens-remaining`
+/// / `-output-tokens-remaining`, OpenRouter `X-RateLimit-Remaining`), the longest when
+/// several are spent. RFC 3339 resets are read relative to the `Date` header when present.
+///
+/// Returns `None` for: no dimension at 0, or a spent dimension without a reset that parses.
+pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> {
+    let base = date_header(headers).unwrap_or(now);
+    exhausted_reset(headers, base, now)
+}
+
+fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Option<RetryHint> {
+    let mut best: Option<RetryHint> = None;
+    for (remaining, resets) in DIMENSIONS {
+        let Some(left) = header_str(headers, remaining).and_then(parse_number) else {
+            continue;
+        };
+        if left > 0.0 {
+            continue;
+        }
+        let found = resets.iter().find_map(|name| {
+            let v = header_str(headers, name)?;
+            parse_reset(v, base, now).map(|d| hint(d, name))
+        });
+        if let Some(h) = found {
+            if best.is_none_or(|b| h.after > b.after) {
+                best = Some(h);
+            }
+        }
+    }
+    best
+}
+
+/// Parses a `retry-after` value: delay seconds (`"37"`; a fraction such as `"1.5"` is
+/// accepted) or an HTTP date, taken relative to `base` (the answer's `Date`, else now); a
+/// date in the past gives zero. Capped at [`MAX_HINT`].
+///
+/// Returns `None` for: empty, negative, garbage, or a malformed date.
+pub fn parse_retry_after(value: &str, base: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Some(secs) = parse_number(v) {
+        return Some(secs_to_duration(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(until(at, base))
+}
+
+/// Parses a `retry-after-ms` value (milliseconds, fractions accepted). Capped.
+fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    parse_number(value.trim()).map(|ms| secs_to_duration(ms / 1000.0))
+}
+
+/// Parses a Go-style duration as the whole string: one or more `<number><unit>` with units
+/// `h`, `m`, `s`, `ms`, `us`/`µs`, `ns` (`20ms`, `6m0s`, `1m26.4s`, `2h31m16.752s`,
+/// protobuf `39.418973511s`). Capped at [`MAX_HINT`].
+///
+/// Returns `None` for: empty, a sign, a bare number, an unknown unit, or trailing text.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (secs, used) = parse_components(s.as_bytes(), false)?;
+    (used == s.len()).then(|| secs_to_duration(secs))
+}
+
+/// The wait stated in an error message ("try again in 9m38.016s", "Please retry after 37
+/// seconds", "retry in 39.418973511s"), in a lower-cased message. Capped.
+///
+/// Returns `None` when no phrase is followed by a number with a unit.
+pub(crate) fn parse_message_hint(msg: &str) -> Option<Duration> {
+    if msg.is_empty() {
+        return None;
+    }
+    let b = msg.as_bytes();
+    let mut best: Option<(usize, Duration)> = None;
+    for phrase in MESSAGE_PHRASES {
+        let mut from = 0;
+        while let Some(p) = memchr::memmem::find(&b[from..], phrase.as_bytes()) {
+            let start = from + p + phrase.len();
+            let mut rest = &b[start..];
+            for filler in [&b"about "[..], b"approximately ", b"around "] {
+                if let Some(r) = rest.strip_prefix(filler) {
+                    rest = r;
+                }
+            }
+            if let Some((secs, _)) = parse_components(rest, true) {
+                if best.is_none_or(|(at, _)| start < at) {
+                    best = Some((start, secs_to_duration(secs)));
+                }
+                break;
+            }
+            from = start;
+        }
+    }
+    best.map(|(_, d)| d)
+}
+
+/// A reset header value: RFC 3339 (relative to `base`), epoch milliseconds or seconds
+/// (relative to `now`), delay seconds, or a Go duration. Capped; the past gives zero.
+pub(crate) fn parse_reset(value: &str, base: SystemTime, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Some(at) = parse_rfc3339(v) {
+        return Some(until(at, base));
+    }
+    if let Some(n) = parse_number(v) {
+        return Some(if n >= 1e12 {
+            until(UNIX_EPOCH + Duration::from_secs_f64(n / 1000.0), now)
+        } else if n >= 1e9 {
+            until(UNIX_EPOCH + Duration::from_secs_f64(n), now)
+        } else {
+            secs_to_duration(n)
+        });
+    }
+    if let Some(d) = parse_go_duration(v) {
+        return Some(d);
+    }
+    httpdate::parse_http_date(v).ok().map(|at| until(at, base))
+}
+
+/// RFC 3339 timestamp (`2024-03-26T20:00:00Z`, fractions, `+hh:mm` / `-hh:mm` offsets).
+pub(crate) fn parse_rfc3339(v: &str) -> Option<SystemTime> {
+    let b = v.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    // A numeric offset other than +00:00 is removed here and applied after parsing.
+    let (body, offset_secs) = match b.len().checked_sub(6).map(|i| (i, b[i])) {
+        Some((i, sign @ (b'+' | b'-'))) if i >= 19 && b[i + 3] == b':' => {
+            let h = parse_number(v.get(i + 1..i + 3)?)?;
+            let m = parse_number(v.get(i + 4..)?)?;
+            let secs = h * 3600.0 + m * 60.0;
+            (v.get(..i)?, if sign == b'+' { secs } else { -secs })
+        }
+        _ => (v, 0.0),
+    };
+    let body = body.strip_suffix(['Z', 'z']).unwrap_or(body);
+    let t = humantime::parse_rfc3339_weak(body).ok()?;
+    let off = Duration::from_secs_f64(offset_secs.abs());
+    if offset_secs >= 0.0 {
+        t.checked_sub(off)
+    } else {
+        t.checked_add(off)
+    }
+}
+
+/// Non-negative decimal number: digits with at most one dot (no sign, exponent, `inf`).
+pub(crate) fn parse_number(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let b = s.as_bytes();
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let dots = b.iter().filter(|c| **c == b'.').count();
+    if digits == 0 || dots > 1 || digits + dots != b.len() {
+        return None;
+    }
+    s.parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// `<number><unit>` components from the start of `b`. With `words`, a space may separate
+/// number and unit and long unit names are accepted ("37 seconds"). Returns the total in
+/// seconds and the bytes used; `None` when the first component does not parse.
+fn parse_components(b: &[u8], words: bool) -> Option<(f64, usize)> {
+    let mut i = 0;
+    let mut end = 0;
+    let mut total = 0.0;
+    let mut parts = 0;
+    loop {
+        let num_start = i;
+        while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+            i += 1;
+        }
+        let Some(n) = std::str::from_utf8(&b[num_start..i])
+            .ok()
+            .and_then(parse_number)
+        else {
+            break;
+        };
+        let mut j = i;
+        if words && b.get(j) == Some(&b' ') {
+            j += 1;
+        }
+        let unit_start = j;
+        while j < b.len() && (b[j].is_ascii_alphabetic() || b[j] >= 0x80) {
+            j += 1;
+        }
+        let Some(mult) = std::str::from_utf8(&b[unit_start..j])
+            .ok()
+            .and_then(|u| unit(u, words))
+        else {
+            break;
+        };
+        total += n * mult;
+        parts += 1;
+        i = j;
+        end = j;
+    }
+    (parts > 0).then_some((total, end))
+}
+
+fn unit(u: &str, words: bool) -> Option<f64> {
+    let short = match u {
+        "h" => Some(3600.0),
+        "m" => Some(60.0),
+        "s" => Some(1.0),
+        "ms" => Some(1e-3),
+        "us" | "µs" | "μs" => Some(1e-6),
+        "ns" => Some(1e-9),
+        _ => None,
+    };
+    if short.is_some() || !words {
+        return short;
+    }
+    match u {
+        "hr" | "hrs" | "hour" | "hours" => Some(3600.0),
+        "min" | "mins" | "minute" | "minutes" => Some(60.0),
+        "sec" | "secs" | "second" | "seconds" => Some(1.0),
+        "msec" | "msecs" | "millisecond" | "milliseconds" => Some(1e-3),
+        _ => None,
+    }
+}
+
+fn secs_to_duration(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs.min(MAX_HINT.as_secs_f64())).unwrap_or(MAX_HINT)
+}
+
+fn until(at: SystemTime, base: SystemTime) -> Duration {
+    at.duration_since(base).unwrap_or(Duration::ZERO).min(MAX_HINT)
+}
+
+fn hint(after: Duration, source: &'static str) -> RetryHint {
+    RetryHint {
+        after: after.min(MAX_HINT),
+        source,
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn date_header(headers: &HeaderMap) -> Option<SystemTime> {
+    header_str(headers, "date").and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+
+fn ms(n: u64) -> Option<Duration> {
+    Some(Duration::from_millis(n))
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    Some(Duration::from_secs(n))
+}
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+#[test]
+fn go_durations() {
+    let table: &[(&str, Option<Duration>)] = &[
+        ("20ms", ms(20)),
+        ("1s", secs(1)),
+        ("6m0s", secs(360)),
+        ("1m26.4s", ms(86_400)),
+        ("2h31m16.752s", ms(9_076_752)),
+        ("9m38.016s", ms(578_016)),
+        ("39.418973511s", Some(Duration::from_nanos(39_418_973_511))),
+        ("0s", secs(0)),
+        ("1.5h", secs(5400)),
+        ("300us", Some(Duration::from_micros(300))),
+        ("300µs", Some(Duration::from_micros(300))),
+        ("10ns", Some(Duration::from_nanos(10))),
+        (" 4.77s ", ms(4770)),
+        // Capped at 24 h.
+        ("25h", Some(MAX_HINT)),
+        ("99999999999999999999999s", Some(MAX_HINT)),
+        // Garbage.
+        ("", None),
+        ("s", None),
+        ("10", None),
+        ("-1s", None),
+        ("+1s", None),
+        ("1x", None),
+        ("1s garbage", None),
+        ("5m30", None),
+        ("1..2s", None),
+        ("NaNs", None),
+        ("infs", None),
+        ("REDACTED", None),
+    ];
+    for (input, want) in table {
+        assert_eq!(parse_go_duration(input), *want, "{input:?}");
+    }
+}
+
+#[test]
+fn retry_after_values() {
+    let base = UNIX_EPOCH + Duration::from_secs(1_711_483_199); // Tue, 26 Mar 2024 19:59:59 GMT
+    let table: &[(&str, Option<Duration>)] = &[
+        ("37", secs(37)),
+        ("0", secs(0)),
+        ("1.5", ms(1500)),
+        (" 5 ", secs(5)),
+        ("86400", secs(86_400)),
+        ("86401", Some(MAX_HINT)),
+        ("18446744073709551616", Some(MAX_HINT)),
+        ("Tue, 26 Mar 2024 20:00:09 GMT", secs(10)),
+        // A date in the past means now.
+        ("Tue, 26 Mar 2024 19:00:00 GMT", secs(0)),
+        ("Wed, 27 Mar 2024 20:00:00 GMT", Some(MAX_HINT)),
+        ("-1", None),
+        ("", None),
+        ("soon", None),
+        ("1e3", None),
+        ("inf", None),
+        ("NaN", None),
+        ("37s", None),
+        ("Tue, 32 Mar 2024 20:00:09 GMT", None),
+    ];
+    for (input, want) in table {
+        assert_eq!(parse_retry_after(input, base), *want, "{input:?}");
+    }
+}
+
+#[test]
+fn message_sentences() {
+    let table: &[(&str, Option<Duration>)] = &[
+        ("please try again in 1.574s. visit", ms(1574)),
+        ("please try again in 9m38.016s. need more tokens?", ms(578_016)),
+        ("please try again in 480ms.", ms(480)),
+        ("please retry after 37 seconds. please contact", secs(37)),
+        ("please retry after 86400 seconds.", secs(86_400)),
+        ("please retry in 39.418973511s.", Some(Duration::from_nanos(39_418_973_511))),
+        ("try again in about 2 minutes", secs(120)),
+        ("retry after 1 second", secs(1)),
+        ("please wait 30 sec before retrying", secs(30)),
+        ("try again in 100 hours", Some(MAX_HINT)),
+        // No number, or no unit: nothing.
+        ("please try again later.", None),
+        ("too many requests, please wait before trying again.", None),
+        ("retry after 37", None),
+        ("try again in -5s", None),
+        ("retry in 2024-01-01", None),
+        ("", None),
+        // The first stated wait wins.
+        ("wait before trying again; try again in 3s or retry after 9s", secs(3)),
+    ];
+    for (input, want) in table {
+        assert_eq!(parse_message_hint(input), *want, "{input:?}");
+    }
+}
+
+#[test]
+fn reset_values() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let table: &[(&str, Option<Duration>)] = &[
+        ("6m0s", secs(360)),
+        ("20ms", ms(20)),
+        ("2m59.56s", ms(179_560)),
+        ("60", secs(60)),
+        ("0.5", ms(500)),
+        // Epoch milliseconds (OpenRouter) and seconds.
+        ("1700000030000", secs(30)),
+        ("1700000045", secs(45)),
+        ("1600000000000", secs(0)),
+        ("2023-11-14T22:13:00Z", secs(0)),
+        ("2023-11-14T22:14:00Z", secs(40)),
+        ("2023-11-14T22:14:00.500Z", ms(40_500)),
+        ("2023-11-14T23:14:00+01:00", secs(40)),
+        ("2023-11-14T21:14:00-01:00", secs(40)),
+        ("2099-01-01T00:00:00Z", Some(MAX_HINT)),
+        ("REDACTED", None),
+        ("", None),
+        ("-5", None),
+        ("2023-13-45T99:00:00Z", None),
+    ];
+    for (input, want) in table {
+        assert_eq!(parse_reset(input, now, now), *want, "{input:?}");
+    }
+}
+
+#[test]
+fn rfc3339_is_relative_to_the_date_header() {
+    let h = headers(&[
+        ("date", "Tue, 26 Mar 2024 19:59:59 GMT"),
+        ("anthropic-ratelimit-requests-remaining", "0"),
+        ("anthropic-ratelimit-requests-reset", "2024-03-26T20:00:00Z"),
+        ("anthropic-ratelimit-tokens-remaining", "16000"),
+        ("anthropic-ratelimit-tokens-reset", "2024-03-26T21:00:00Z"),
+    ]);
+    // `now` far away: the Date header is the base.
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    let hint = steering_hint(&h, now).expect("requests are spent");
+    assert_eq!(hint.after, secs(1).unwrap_or_default());
+    assert_eq!(hint.source, "anthropic-ratelimit-requests-reset");
+}
+
+#[test]
+fn steering_only_for_spent_dimensions() {
+    let now = UNIX_EPOCH;
+    let h = headers(&[
+        ("x-ratelimit-remaining-requests", "14370"),
+        ("x-ratelimit-reset-requests", "2m59.56s"),
+        ("x-ratelimit-remaining-tokens", "12"),
+        ("x-ratelimit-reset-tokens", "4.77s"),
+    ]);
+    assert_eq!(steering_hint(&h, now), None);
+    let h = headers(&[
+        ("x-ratelimit-remaining-requests", "14370"),
+        ("x-ratelimit-reset-requests", "2m59.56s"),
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-ratelimit-reset-tokens", "4.77s"),
+    ]);
+    let hint = steering_hint(&h, now).expect("tokens are spent");
+    assert_eq!((hint.after, hint.source), (Duration::from_millis(4770), "x-ratelimit-reset-tokens"));
+    // Azure's spelling of the reset header.
+    let h = headers(&[("x-ratelimit-remaining-tokens", "0"), ("x-rate-limit-reset-tokens", "12s")]);
+    assert_eq!(steering_hint(&h, now).map(|h| h.source), Some("x-rate-limit-reset-tokens"));
+    // Both spent: the later reset.
+    let h = headers(&[
+        ("x-ratelimit-remaining-requests", "0"),
+        ("x-ratelimit-reset-requests", "1s"),
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-ratelimit-reset-tokens", "6m0s"),
+    ]);
+    assert_eq!(steering_hint(&h, now).map(|h| h.after), secs(360));
+    // Spent but no usable reset, or garbage remaining.
+    let h = headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "soon")]);
+    assert_eq!(steering_hint(&h, now), None);
+    let h = headers(&[("x-ratelimit-remaining-requests", "REDACTED"), ("x-ratelimit-reset-requests", "1s")]);
+    assert_eq!(steering_hint(&h, now), None);
+    // OpenRouter epoch milliseconds.
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1700000060000")]);
+    assert_eq!(steering_hint(&h, now).map(|h| (h.after, h.source)), Some((Duration::from_secs(60), "x-ratelimit-reset")));
+}
+
+#[test]
+fn header_order() {
+    let now = UNIX_EPOCH;
+    let f = ErrorFields::from_body(br#"{"error":{"message":"Please try again in 4.77s."}}"#);
+    let h = headers(&[("retry-after", "5"), ("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "9s")]);
+    assert_eq!(hint_from(&h, &f, now).map(|h| h.source), Some("retry-after"));
+    let h = headers(&[("retry-after", "5"), ("retry-after-ms", "4770")]);
+    assert_eq!(hint_from(&h, &f, now).map(|h| (h.after, h.source)), Some((ms(4770).unwrap_or_default(), "retry-after-ms")));
+    let h = headers(&[("retry-after", "garbage"), ("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "9s")]);
+    assert_eq!(hint_from(&h, &f, now).map(|h| h.source), Some("message"));
+    let none = ErrorFields::default();
+    assert_eq!(hint_from(&h, &none, now).map(|h| h.source), Some("x-ratelimit-reset-tokens"));
+    assert_eq!(hint_from(&HeaderMap::new(), &none, now), None);
+}

@@ -1,0 +1,383 @@
+//! The classifier rules of SPEC §7, in order, over the fields of one error object.
+//!
+//! Owns: the order of the checks (permanent auth → billing → region refusal → capacity →
+//! oversized request → timeout → rate limit → auth → model → status fallback) and the
+//! marker lists. Structured fields (type, code, Google status and details, AWS exception
+//! names, Cloudflare codes) are checked before wording in each step. Wording that can be
+//! echoed request text (rate-limit and capacity words) is only read on 429, 5xx and
+//! in-stream errors, never on a 400/413/422. It does not extract fields (see `fields`) nor
+//! compute hints (see `hint`).
+
+use super::fields::ErrorFields;
+use super::Reason;
+
+/// Provider families whose wording differs (SPEC §7 rule 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// Google AI Studio / Vertex (`google`, `gemini`, `vertex`).
+    Google,
+    /// Everyone else: OpenAI and the OpenAI-compatible, Anthropic, Bedrock, ….
+    Other,
+}
+
+/// Billing codes found in `type` / `code` / `details.error_code` (substring match).
+const BILLING_TAGS: &[&str] = &[
+    "insufficient_quota",
+    "credit_balance",
+    "spend_limit",
+    "usage_limit_exceeded",
+    "billing",
+    "insufficient_funds",
+    "insufficient_balance",
+    "insufficient_credit",
+    "payment_required",
+    "quota_exhausted_billing",
+];
+
+/// Billing wording. Kept to phrases that name money or a month: "upgrade to Dev Tier"
+/// (Groq) and "add 10 credits to unlock" (OpenRouter free models) are rate limits.
+const BILLING_TEXT: &[&str] = &[
+    "credit balance",
+    "insufficient balance",
+    "insufficient funds",
+    "insufficient credit",
+    "requires more credits",
+    "used all available credits",
+    "out of credits",
+    "no credits",
+    "credits are required",
+    "purchase credits",
+    "spending limit",
+    "spend limit",
+    "spending cap",
+    "spend cap",
+    "api usage limits",
+    "billing hard limit",
+    "payment required",
+    "payment method",
+    "valid credit card",
+    "enable billing",
+    "billing is not active",
+    "billing account",
+    "account is suspended",
+    "account has been suspended",
+    "/ month",
+    "/month",
+    "per month",
+    "monthly limit",
+    "monthly usage",
+    "monthly spend",
+    "monthly quota",
+    "monthly api",
+];
+
+/// Credential-is-dead wording (`auth_permanent`), always conclusive.
+const PERMANENT_TEXT: &[&str] = &[
+    "reported as leaked",
+    "only authorized for use with claude code",
+];
+
+/// Words that make a credential dead when the message names the credential or account.
+const PERMANENT_VERBS: &[&str] = &["revoked", "deactivated", "disabled", "deleted"];
+
+/// What such a message must name (and it must not be about a model).
+const CREDENTIAL_NOUNS: &[&str] = &["key", "credential", "token", "account"];
+
+/// Capacity wording (`overloaded`). "dedicated capacity" (Fireworks' sales pitch) is not.
+const CAPACITY_TEXT: &[&str] = &[
+    "overloaded",
+    "high demand",
+    "peak load",
+    "no capacity",
+    "out of capacity",
+    "over capacity",
+    "capacity exceeded",
+    "capacity is exceeded",
+    "capacity temporarily",
+    "insufficient capacity",
+    "capacity exhausted",
+    " at capacity",
+    "server is busy",
+    "servers are busy",
+    "temporarily unavailable",
+];
+
+/// Rate-limit codes in `type` / `code`.
+const RATE_TAGS: &[&str] = &[
+    "rate_limit",
+    "ratelimit",
+    "rate-limit",
+    "rate_limited",
+    "too_many_requests",
+    "throttl",
+    "resource_exhausted",
+];
+
+/// Rate-limit wording, read only where it cannot be an echo (429, 5xx, streams).
+const RATE_TEXT: &[&str] = &[
+    "rate limit",
+    "rate-limit",
+    "ratelimit",
+    "rate_limit",
+    "too many requests",
+    "too many tokens",
+    "too many concurrent",
+    "concurrency limit",
+    "concurrent requests",
+    "tokens per minute",
+    "requests per minute",
+    "tokens per day",
+    "requests per day",
+    "per minute",
+    "per day",
+    "throttl",
+    "resource exhausted",
+    "resource has been exhausted",
+    "quota exceeded",
+    "exceeded your current quota",
+    "quota limit exceeded",
+];
+
+/// Auth wording for answers outside 401/403 (Gemini 400 `API key not valid`).
+const AUTH_TEXT: &[&str] = &[
+    "api key not valid",
+    "invalid api key",
+    "incorrect api key",
+    "invalid x-api-key",
+    "invalid_api_key",
+    "api key expired",
+    "invalid authentication",
+    "authentication failed",
+];
+
+/// Region refusals: not the key's fault, every key fails from there.
+const REGION_TEXT: &[&str] = &[
+    "location is not supported",
+    "not supported in your country",
+    "not available in your country",
+    "country, region, or territory not supported",
+    "unsupported_country",
+    "not available in your region",
+];
+
+// === impl Family ===
+
+impl Family {
+    pub(crate) fn of(provider: &str) -> Family {
+        let p = provider.as_bytes();
+        let has = |n: &str| memchr::memmem::find(&p.to_ascii_lowercase(), n.as_bytes()).is_some();
+        if has("google") || has("gemini") || has("vertex") {
+            Family::Google
+        } else {
+            Family::Other
+        }
+    }
+}
+
+fn any(hay: &str, needles: &[&str]) -> bool {
+    needles.iter().any(|n| hay.contains(n))
+}
+
+fn text_any(f: &ErrorFields, needles: &[&str]) -> bool {
+    any(&f.message, needles) || any(&f.extra, needles)
+}
+
+fn tag_any(f: &ErrorFields, needles: &[&str]) -> bool {
+    any(&f.etype, needles) || any(&f.code, needles) || any(&f.detail_code, needles)
+}
+
+fn reason_is(f: &ErrorFields, r: &str) -> bool {
+    f.reasons.iter().any(|x| x == r)
+}
+
+/// Decides the reason of one error object. `status` is the HTTP status of a non-2xx
+/// answer, or `None` for an error event inside a 2xx stream (its own numeric `code`, when
+/// it looks like a status, stands in for it).
+pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Reason {
+    let status = status.filter(|s| !(200..300).contains(s)).or(f.numeric_status);
+    let in_stream = status.is_none();
+    let s = status.unwrap_or(0);
+    // Where rate-limit and capacity wording is trusted (rule 7 of the fixtures README).
+    let wording_ok = in_stream || s == 429 || s >= 500;
+    let google_exhausted = f.status == "resource_exhausted";
+
+    // 1. Permanent auth markers, on client errors and in streams only.
+    if (in_stream || (400..500).contains(&s)) && s != 429 && is_permanent(f) {
+        return Reason::AuthPermanent;
+    }
+
+    // 2. Billing, before the 429 rule (rule 3).
+    if s == 402 || is_billing(family, f, google_exhausted) {
+        return Reason::Billing;
+    }
+
+    // 3. Region refusals are nobody's key problem.
+    if text_any(f, REGION_TEXT) || f.code.contains("unsupported_country") {
+        return Reason::Unknown;
+    }
+
+    // 4. Capacity, before the 429 rule.
+    if s == 529 || is_capacity_tag(f) || (wording_ok && text_any(f, CAPACITY_TEXT)) {
+        return Reason::Overloaded;
+    }
+
+    // 5. A single request above the whole per-minute budget (rule 4).
+    if f.text_has("request too large") || f.etype == "request_too_large" {
+        return Reason::Format;
+    }
+
+    // 6. Timeouts.
+    if matches!(s, 408 | 504 | 524)
+        || f.status == "deadline_exceeded"
+        || f.aws_type == "modeltimeoutexception"
+        || f.cf_code == Some(3007)
+        || f.etype.contains("timeout")
+        || (wording_ok && (f.text_has("timed out") || f.text_has("timeout")))
+    {
+        return Reason::Timeout;
+    }
+
+    // 7. Rate limits: structured, then the status, then wording.
+    if is_rate_tag(f, google_exhausted) || s == 429 || (wording_ok && text_any(f, RATE_TEXT)) {
+        return Reason::RateLimit;
+    }
+
+    // 8. Auth.
+    if matches!(s, 401 | 403) || is_auth_tag(f) || text_any(f, AUTH_TEXT) {
+        return Reason::Auth;
+    }
+
+    // 9. Unknown model.
+    if is_model_not_found(s, f) {
+        return Reason::ModelNotFound;
+    }
+
+    // 10. What the status (or the stream error's type) says.
+    match s {
+        503 => Reason::Overloaded,
+        400 | 413 | 422 => {
+            if f.status == "failed_precondition" {
+                Reason::Unknown
+            } else {
+                Reason::Format
+            }
+        }
+        0 => stream_type_fallback(f),
+        _ => Reason::Unknown,
+    }
+}
+
+fn is_permanent(f: &ErrorFields) -> bool {
+    if text_any(f, PERMANENT_TEXT) {
+        return true;
+    }
+    // "key has been revoked" / "API key deleted": only when a credential is named, so
+    // "this model has been deactivated" stays a model problem.
+    text_any(f, PERMANENT_VERBS) && text_any(f, CREDENTIAL_NOUNS) && !f.text_has("model")
+}
+
+fn is_billing(family: Family, f: &ErrorFields, google_exhausted: bool) -> bool {
+    if tag_any(f, BILLING_TAGS) || f.aws_type.contains("billing") {
+        return true;
+    }
+    if reason_is(f, "billing_disabled") {
+        return true;
+    }
+    // Google: a quota of zero for this project means only a billed key works.
+    if google_exhausted && (f.quota_zero || has_limit_zero(&f.message)) {
+        return true;
+    }
+    if text_any(f, BILLING_TEXT) {
+        return true;
+    }
+    // The OpenAI sentence means billing everywhere except at Google, where it comes with
+    // RESOURCE_EXHAUSTED for plain per-minute/day limits (rule 2).
+    !google_exhausted
+        && family != Family::Google
+        && f.text_has("exceeded your current quota")
+}
+
+/// `limit: 0` followed by a non-digit (Gemini "Quota exceeded for metric: …, limit: 0").
+fn has_limit_zero(msg: &str) -> bool {
+    let b = msg.as_bytes();
+    let mut from = 0;
+    while let Some(p) = memchr::memmem::find(&b[from..], b"limit: 0") {
+        let end = from + p + "limit: 0".len();
+        if b.get(end).is_none_or(|c| !c.is_ascii_digit() && *c != b'.') {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
+fn is_capacity_tag(f: &ErrorFields) -> bool {
+    f.etype.contains("overloaded")
+        || f.code.contains("overloaded")
+        || reason_is(f, "model_capacity_exhausted")
+        || f.reasons.iter().any(|r| r.contains("capacity"))
+        || f.cf_code == Some(3040)
+        || matches!(
+            f.aws_type.as_str(),
+            "serviceunavailableexception" | "modelnotreadyexception"
+        )
+}
+
+fn is_rate_tag(f: &ErrorFields, google_exhausted: bool) -> bool {
+    google_exhausted
+        || tag_any(f, RATE_TAGS)
+        || f.reasons.iter().any(|r| r.contains("ratelimit") || r.contains("rate_limit"))
+        || matches!(
+            f.aws_type.as_str(),
+            "throttlingexception" | "servicequotaexceededexception" | "toomanyrequestsexception"
+        )
+        || matches!(f.cf_code, Some(3021 | 3036 | 4006))
+        || f.numeric_status == Some(429)
+}
+
+fn is_auth_tag(f: &ErrorFields) -> bool {
+    matches!(
+        f.etype.as_str(),
+        "authentication_error" | "permission_error" | "unauthorized" | "forbidden"
+    ) || f.code.contains("invalid_api_key")
+        || f.code == "unauthorized"
+        || matches!(f.status.as_str(), "unauthenticated" | "permission_denied")
+        || f
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("api_key_") || r == "consumer_suspended" || r == "service_disabled")
+        || matches!(
+            f.aws_type.as_str(),
+            "accessdeniedexception"
+                | "unrecognizedclientexception"
+                | "invalidsignatureexception"
+                | "expiredtokenexception"
+        )
+}
+
+fn is_model_not_found(s: u16, f: &ErrorFields) -> bool {
+    if f.tag_has("model_not_found") || f.aws_type == "resourcenotfoundexception" {
+        return true;
+    }
+    let mentions_model = f.text_has("model");
+    if s == 404 || f.status == "not_found" || f.etype == "not_found_error" {
+        return mentions_model || f.etype == "not_found_error" || f.code.contains("model");
+    }
+    mentions_model
+        && (f.text_has("model not found")
+            || f.text_has("does not exist")
+            || f.text_has("is not found")
+            || f.text_has("no such model"))
+}
+
+/// An in-stream error with no status: its type tells.
+fn stream_type_fallback(f: &ErrorFields) -> Reason {
+    let t = f.etype.as_str();
+    if t.contains("invalid_request") || f.status == "invalid_argument" || f.aws_type == "validationexception" {
+        Reason::Format
+    } else if t.contains("unavailable") || f.status == "unavailable" {
+        Reason::Overloaded
+    } else {
+        Reason::Unknown
+    }
+}

@@ -11,12 +11,11 @@
 //! client-chosen model names cannot grow it.
 //!
 //! Reads are lock-free (an `ArcSwap` snapshot); writers serialise on a mutex and publish a
-//! new snapshot (copy-on-write: writes only happen on failures that open a window, which
-//! are rare next to reads). It does not own classification (see `classify`) nor the order
+//! new snapshot. The snapshot's maps are persistent (`imbl`): a new version shares all but
+//! the changed path with the old one, so a write costs O(log n), not a copy of the map. It does not own classification (see `classify`) nor the order
 //! of candidates (see `resolver`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,12 +102,12 @@ struct CredState {
     fingerprint: u64,
     disabled: Option<Entry>,
     whole: Option<Entry>,
-    models: HashMap<Arc<str>, Entry>,
+    models: imbl::HashMap<Arc<str>, Entry>,
 }
 
 #[derive(Clone, Default)]
 struct Snapshot {
-    creds: HashMap<Arc<str>, CredState>,
+    creds: imbl::HashMap<Arc<str>, CredState>,
     entries: usize,
 }
 
@@ -152,14 +151,11 @@ impl Snapshot {
     }
 
     fn set(&mut self, credential: &str, fp: u64, scope: Scope, entry: Entry) {
-        let state = match self.creds.get_mut(credential) {
-            Some(s) => s,
-            None => self.creds.entry(Arc::from(credential)).or_default(),
-        };
+        let mut state = self.creds.get(credential).cloned().unwrap_or_default();
         if state.fingerprint != fp {
             // The credential's source changed: its old state no longer applies.
             self.entries -= state.len();
-            *state = CredState {
+            state = CredState {
                 fingerprint: fp,
                 ..CredState::default()
             };
@@ -170,10 +166,11 @@ impl Snapshot {
             Scope::Model(m) => state.models.insert(m, entry).is_none(),
         };
         self.entries += usize::from(added);
+        self.creds.insert(Arc::from(credential), state);
     }
 
     fn remove(&mut self, credential: &str, scope: &Scope) {
-        let Some(state) = self.creds.get_mut(credential) else {
+        let Some(mut state) = self.creds.get(credential).cloned() else {
             return;
         };
         let removed = match scope {
@@ -184,6 +181,8 @@ impl Snapshot {
         self.entries -= usize::from(removed);
         if state.len() == 0 {
             self.creds.remove(credential);
+        } else {
+            self.creds.insert(Arc::from(credential), state);
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod admin;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod cooldown;
 pub mod credentials;
 pub mod inbound;
 pub mod pin;

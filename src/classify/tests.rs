@@ -11,7 +11,12 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_760_000_000)
 }
 
-fn classify(provider: &str, status: u16, headers: &[(&'static str, &'static str)], body: &str) -> Verdict {
+fn classify(
+    provider: &str,
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    body: &str,
+) -> Verdict {
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.insert(*k, HeaderValue::from_static(v));
@@ -44,9 +49,18 @@ fn error_body_keeps_at_most_the_limit() {
     assert!(z.as_bytes().is_empty());
 }
 
+/// provider, status, headers, body, expected reason.
+type Case = (
+    &'static str,
+    u16,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    Reason,
+);
+
 #[test]
 fn unseen_wordings() {
-    let cases: &[(&str, u16, &[(&'static str, &'static str)], &str, Reason)] = &[
+    let cases: &[Case] = &[
         // Together: plain 429.
         ("together", 429, &[], r#"{"error":{"message":"rate limit exceeded, please try again later","type":"rate_limit","code":null}}"#, Reason::RateLimit),
         // DeepSeek 402 with only a status and two words.
@@ -116,21 +130,58 @@ fn unseen_wordings() {
 #[test]
 fn hints_on_unseen_answers() {
     let v = classify("azure", 429, &[("retry-after", "12")], "");
-    assert_eq!(v.hint, Some(RetryHint { after: Duration::from_secs(12), source: "retry-after" }));
-    let v = classify("openrouter", 429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1760000030000")], r#"{"error":{"message":"Rate limit exceeded","code":429}}"#);
-    assert_eq!(v.hint, Some(RetryHint { after: Duration::from_secs(30), source: "x-ratelimit-reset" }));
-    let v = classify("google", 429, &[], r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded.","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2.5s"}]}}"#);
-    assert_eq!(v.hint, Some(RetryHint { after: Duration::from_millis(2500), source: "RetryInfo" }));
+    assert_eq!(
+        v.hint,
+        Some(RetryHint {
+            after: Duration::from_secs(12),
+            source: "retry-after"
+        })
+    );
+    let v = classify(
+        "openrouter",
+        429,
+        &[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1760000030000"),
+        ],
+        r#"{"error":{"message":"Rate limit exceeded","code":429}}"#,
+    );
+    assert_eq!(
+        v.hint,
+        Some(RetryHint {
+            after: Duration::from_secs(30),
+            source: "x-ratelimit-reset"
+        })
+    );
+    let v = classify(
+        "google",
+        429,
+        &[],
+        r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded.","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2.5s"}]}}"#,
+    );
+    assert_eq!(
+        v.hint,
+        Some(RetryHint {
+            after: Duration::from_millis(2500),
+            source: "RetryInfo"
+        })
+    );
     // The retry hint alone.
     let mut h = HeaderMap::new();
     h.insert("retry-after-ms", HeaderValue::from_static("1500"));
-    assert_eq!(retry_hint("openai", &h, b"", now()).map(|h| h.after), Some(Duration::from_millis(1500)));
+    assert_eq!(
+        retry_hint("openai", &h, b"", now()).map(|h| h.after),
+        Some(Duration::from_millis(1500))
+    );
 }
 
 #[test]
 fn classifies_in_microseconds() {
     // Not a benchmark: a guard against accidental quadratic work on a large body.
-    let big = format!(r#"{{"error":{{"message":"{}","type":"invalid_request_error"}}}}"#, "a".repeat(60_000));
+    let big = format!(
+        r#"{{"error":{{"message":"{}","type":"invalid_request_error"}}}}"#,
+        "a".repeat(60_000)
+    );
     let v = classify("openai", 400, &[], &big);
     assert_eq!(v.reason, Reason::Format);
 }

@@ -185,3 +185,46 @@ fn classifies_in_microseconds() {
     let v = classify("openai", 400, &[], &big);
     assert_eq!(v.reason, Reason::Format);
 }
+
+#[test]
+fn garbage_never_panics() {
+    // Deterministic pseudo-random bytes, biased towards the bytes the parsers care about.
+    let alphabet: &[u8] =
+        b"{}[]\":,\\ \n\r0123456789.-+eE:TZtypecodemessageerror\x00\xff\xc3\xa9'`";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        "retry-after",
+        HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
+    h.insert(
+        "anthropic-ratelimit-tokens-remaining",
+        HeaderValue::from_static("0"),
+    );
+    h.insert(
+        "anthropic-ratelimit-tokens-reset",
+        HeaderValue::from_static("2024-03-26T20:00:00+05:30"),
+    );
+    for round in 0..2000 {
+        let len = (next() % 300) as usize;
+        let body: Vec<u8> = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        let status = StatusCode::from_u16(400 + (round % 200) as u16).expect("status");
+        let _ = classify_response("google", status, &h, &body, now());
+        let _ = fields::mask_quoted(&String::from_utf8_lossy(&body));
+        let _ = hint::parse_message_hint(&String::from_utf8_lossy(&body));
+        let _ = hint::parse_reset(&String::from_utf8_lossy(&body), now(), now());
+        let mut s = SseScanner::new("openai");
+        for c in body.chunks(1 + (next() % 9) as usize) {
+            let _ = s.feed(c);
+        }
+        let _ = s.finish();
+    }
+}

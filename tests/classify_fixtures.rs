@@ -49,8 +49,8 @@ fn load() -> Vec<Case> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).expect("readable fixture");
-            let v: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             let mut headers = HeaderMap::new();
             if let Some(Value::Object(h)) = v.get("headers") {
                 for (k, val) in h {
@@ -122,7 +122,13 @@ fn classify_error(case: &Case, step: usize) -> Verdict {
         }
     }
     let status = StatusCode::from_u16(case.status).expect("status");
-    classify_response(&case.provider, status, &case.headers, body.as_bytes(), now_for(case))
+    classify_response(
+        &case.provider,
+        status,
+        &case.headers,
+        body.as_bytes(),
+        now_for(case),
+    )
 }
 
 /// The first error verdict of a stream (`None` when it has none).
@@ -153,7 +159,10 @@ fn is_stream(case: &Case) -> bool {
 /// The Bedrock case holds a description of a binary frame instead of its bytes:
 /// `[eventstream frame, decoded] headers: k=v, k=v; payload: {...}`. Build the frame.
 fn stream_bytes(case: &Case) -> Vec<u8> {
-    let Some(desc) = case.body.strip_prefix("[eventstream frame, decoded] headers: ") else {
+    let Some(desc) = case
+        .body
+        .strip_prefix("[eventstream frame, decoded] headers: ")
+    else {
         return case.body.as_bytes().to_vec();
     };
     let (headers, payload) = desc.split_once("; payload: ").expect("payload part");
@@ -240,7 +249,10 @@ fn every_fixture_is_classified() {
             let steer = steering_hint(&case.headers, now_for(case));
             if case.expected != "ok" || steer.is_some() {
                 ok = false;
-                report(format!("success path: expected {}, steering {steer:?}", case.expected));
+                report(format!(
+                    "success path: expected {}, steering {steer:?}",
+                    case.expected
+                ));
             }
         } else {
             let verdicts: Vec<Verdict> = chunkings(case.body.len())
@@ -271,4 +283,29 @@ fn every_fixture_is_classified() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// Scanner throughput on ~1 MiB transcripts, fed in 16 KiB chunks. Ignored by default
+/// (debug builds say nothing about speed); run with
+/// `cargo test --release --test classify_fixtures -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn scanner_throughput() {
+    let anthropic_event = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"The quick brown fox jumps over the lazy dog, again and again.\"}}\n\n";
+    let openai_event = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" The quick brown fox jumps over the lazy dog.\"},\"finish_reason\":null}]}\n\n";
+    for (provider, event) in [("anthropic", anthropic_event), ("openai", openai_event)] {
+        let body = event.repeat((1 << 20) / event.len() + 1);
+        let rounds = 200;
+        let start = tokio::time::Instant::now();
+        for _ in 0..rounds {
+            let mut s = SseScanner::new(provider);
+            for chunk in body.as_bytes().chunks(16 * 1024) {
+                std::hint::black_box(s.feed(chunk));
+            }
+            assert!(s.saw_content());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let gbps = (body.len() * rounds) as f64 / secs / 1e9;
+        println!("{provider}: {:.2} GB/s over {} bytes", gbps, body.len());
+    }
 }

@@ -307,7 +307,11 @@ pub(crate) mod tests {
         for &b in data {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -343,17 +347,29 @@ pub(crate) mod tests {
     #[test]
     fn decodes_chunks_and_exceptions_in_any_chunking() {
         let chunk = |json: &str| {
-            let p = format!("{{\"bytes\":\"{}\",\"p\":\"abcdefgh\"}}", b64(json.as_bytes()));
+            let p = format!(
+                "{{\"bytes\":\"{}\",\"p\":\"abcdefgh\"}}",
+                b64(json.as_bytes())
+            );
             encode_frame(
-                &[(":event-type", "chunk"), (":content-type", "application/json"), (":message-type", "event")],
+                &[
+                    (":event-type", "chunk"),
+                    (":content-type", "application/json"),
+                    (":message-type", "event"),
+                ],
                 p.as_bytes(),
             )
         };
         let mut stream = chunk(r#"{"type":"message_start","message":{}}"#);
-        stream.extend(chunk(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#));
+        stream.extend(chunk(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+        ));
         stream.extend(chunk(r#"{"type":"message_stop"}"#));
         stream.extend(encode_frame(
-            &[(":message-type", "exception"), (":exception-type", "throttlingException")],
+            &[
+                (":message-type", "exception"),
+                (":exception-type", "throttlingException"),
+            ],
             br#"{"message":"Too many requests"}"#,
         ));
         for step in [1, 3, 7, 4096] {
@@ -374,8 +390,17 @@ pub(crate) mod tests {
 
     #[test]
     fn converse_events_and_broken_lengths() {
-        let mut s = encode_frame(&[(":message-type", "event"), (":event-type", "contentBlockDelta")], b"{}");
-        s.extend(encode_frame(&[(":message-type", "event"), (":event-type", "messageStop")], b"{}"));
+        let mut s = encode_frame(
+            &[
+                (":message-type", "event"),
+                (":event-type", "contentBlockDelta"),
+            ],
+            b"{}",
+        );
+        s.extend(encode_frame(
+            &[(":message-type", "event"), (":event-type", "messageStop")],
+            b"{}",
+        ));
         assert_eq!(decode_all(&s, 5), vec![Frame::Content, Frame::Terminal]);
         // A total length below the minimum stops decoding instead of misreading.
         let bad = [0u8, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3];

@@ -54,7 +54,10 @@ impl ErrorFields {
     /// Fields of a whole (non-2xx) answer.
     pub(crate) fn from_response(headers: &HeaderMap, body: &[u8]) -> Self {
         let mut f = ErrorFields::from_body(body);
-        if let Some(v) = headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+        {
             f.aws_type = aws_name(v);
         }
         if let Some(ct) = headers
@@ -119,7 +122,9 @@ impl ErrorFields {
 
     /// `type`, `code` or Anthropic `details.error_code` contains `needle`.
     pub(crate) fn tag_has(&self, needle: &str) -> bool {
-        self.etype.contains(needle) || self.code.contains(needle) || self.detail_code.contains(needle)
+        self.etype.contains(needle)
+            || self.code.contains(needle)
+            || self.detail_code.contains(needle)
     }
 
     fn fill_from_root(&mut self, root: &Value) {
@@ -339,7 +344,8 @@ pub(crate) fn mask_quoted(s: &str) -> String {
     let mut copied = 0;
     while i < b.len() {
         let q = b[i];
-        let opens = matches!(q, b'\'' | b'"' | b'`') && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
+        let opens =
+            matches!(q, b'\'' | b'"' | b'`') && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
         if opens {
             let mut j = i + 1;
             let mut close = None;
@@ -415,8 +421,14 @@ fn scan_string_value(body: &[u8], key: &[u8]) -> Option<String> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |p| p + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |p| p + 1);
     &b[start..end]
 }
 
@@ -426,7 +438,9 @@ mod tests {
 
     #[test]
     fn masks_echoed_names_but_not_apostrophes() {
-        let m = mask_quoted("Invalid schema for response_format 'rate_limit_report': Missing 'quota_remaining'.");
+        let m = mask_quoted(
+            "Invalid schema for response_format 'rate_limit_report': Missing 'quota_remaining'.",
+        );
         assert!(!m.contains("rate_limit"), "{m}");
         assert!(!m.contains("quota"), "{m}");
         let m = mask_quoted("This request would exceed your organization's rate limit of 30,000");
@@ -434,7 +448,10 @@ mod tests {
         let m = mask_quoted("unterminated 'quote stays");
         assert!(m.contains("quote stays"), "{m}");
         let m = mask_quoted("model `llama-3.1` on tokens per minute");
-        assert!(m.contains("tokens per minute") && !m.contains("llama"), "{m}");
+        assert!(
+            m.contains("tokens per minute") && !m.contains("llama"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -442,7 +459,9 @@ mod tests {
         let f = ErrorFields::from_body(br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit (https://docs.anth"#);
         assert!(f.is_json);
         assert_eq!(f.etype, "rate_limit_error");
-        let f = ErrorFields::from_body(br#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded","param":"#);
+        let f = ErrorFields::from_body(
+            br#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded","param":"#,
+        );
         assert_eq!(f.code, "rate_limit_exceeded");
         assert_eq!(f.message, "rate limit reached");
     }
@@ -453,7 +472,8 @@ mod tests {
         assert_eq!(f.status, "resource_exhausted");
         assert_eq!(f.reasons, vec!["ratelimitexceeded".to_string()]);
         assert_eq!(f.numeric_status, Some(429));
-        let f = ErrorFields::from_body(br#"{"errors":[{"message":"x","code":3040}],"success":false}"#);
+        let f =
+            ErrorFields::from_body(br#"{"errors":[{"message":"x","code":3040}],"success":false}"#);
         assert_eq!(f.cf_code, Some(3040));
         let f = ErrorFields::from_body(b"<html><body>502</body></html>");
         assert!(f.is_html && f.message.is_empty());

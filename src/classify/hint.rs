@@ -76,12 +76,17 @@ const MESSAGE_PHRASES: &[&str] = &[
 ];
 
 /// The hint for a failed answer, first found (see [`super::retry_hint`]).
-pub(crate) fn hint_from(headers: &HeaderMap, f: &ErrorFields, now: SystemTime) -> Option<RetryHint> {
+pub(crate) fn hint_from(
+    headers: &HeaderMap,
+    f: &ErrorFields,
+    now: SystemTime,
+) -> Option<RetryHint> {
     let base = date_header(headers).unwrap_or(now);
     if let Some(after) = header_str(headers, "retry-after-ms").and_then(parse_retry_after_ms) {
         return Some(hint(after, "retry-after-ms"));
     }
-    if let Some(after) = header_str(headers, "retry-after").and_then(|v| parse_retry_after(v, base)) {
+    if let Some(after) = header_str(headers, "retry-after").and_then(|v| parse_retry_after(v, base))
+    {
         return Some(hint(after, "retry-after"));
     }
     body_hint(f).or_else(|| exhausted_reset(headers, base, now))
@@ -330,7 +335,9 @@ fn secs_to_duration(secs: f64) -> Duration {
 }
 
 fn until(at: SystemTime, base: SystemTime) -> Duration {
-    at.duration_since(base).unwrap_or(Duration::ZERO).min(MAX_HINT)
+    at.duration_since(base)
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_HINT)
 }
 
 fn hint(after: Duration, source: &'static str) -> RetryHint {

@@ -11,9 +11,8 @@
 //!   content-bearing event), error events inside the stream, and the terminal event. It also
 //!   decodes AWS binary event-stream frames (Bedrock), detected by their first byte.
 //!
-//! Does not own: what a verdict leads to (rotation, cooldown lengths, the 24 h cap on
-//! cooldowns beyond the hint cap applied here, metrics), reading bodies off the wire, or
-//! any I/O. Every function here is pure: the same bytes and the same `now` give the same
+//! Does not own: what a verdict leads to (rotation, `rotate_on`, cooldown lengths and
+//! ladders, metrics), reading bodies off the wire, or any I/O. Every function here is pure: the same bytes and the same `now` give the same
 //! answer, so the module is tested from recorded answers (`fixtures/provider-errors/`).
 //!
 //! What is looked at (rule 1): only the provider's error object — `error.type`, `code`,
@@ -191,7 +190,10 @@ pub fn classify_response(
 /// The retry hint alone (SPEC §7 rule 5), first found: `retry-after` / `retry-after-ms`
 /// header → Google `RetryInfo.retryDelay` → a sentence of the error message ("try again in
 /// 1.574s", "retry after 37 seconds") → the reset header of the exhausted dimension only
-/// (its `remaining` is 0). Capped at [`MAX_HINT`].
+/// (its `remaining` is 0). Capped at [`MAX_HINT`]. `provider` is accepted for
+/// provider-specific formats; every format above is recognised for every provider today.
+/// Passing an empty `body` gives the header-only hint (e.g. for a 2xx stream whose error
+/// event was classified by [`SseScanner`]).
 ///
 /// Returns `None` when none of these is present or parses.
 pub fn retry_hint(
@@ -200,7 +202,7 @@ pub fn retry_hint(
     body: &[u8],
     now: SystemTime,
 ) -> Option<RetryHint> {
-    let _ = rules::Family::of(provider);
+    let _ = provider;
     let f = fields::ErrorFields::from_response(headers, body);
     hint::hint_from(headers, &f, now)
 }

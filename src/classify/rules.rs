@@ -194,7 +194,9 @@ fn reason_is(f: &ErrorFields, r: &str) -> bool {
 /// answer, or `None` for an error event inside a 2xx stream (its own numeric `code`, when
 /// it looks like a status, stands in for it).
 pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Reason {
-    let status = status.filter(|s| !(200..300).contains(s)).or(f.numeric_status);
+    let status = status
+        .filter(|s| !(200..300).contains(s))
+        .or(f.numeric_status);
     let in_stream = status.is_none();
     let s = status.unwrap_or(0);
     // Where rate-limit and capacity wording is trusted (rule 7 of the fixtures README).
@@ -292,9 +294,7 @@ fn is_billing(family: Family, f: &ErrorFields, google_exhausted: bool) -> bool {
     }
     // The OpenAI sentence means billing everywhere except at Google, where it comes with
     // RESOURCE_EXHAUSTED for plain per-minute/day limits (rule 2).
-    !google_exhausted
-        && family != Family::Google
-        && f.text_has("exceeded your current quota")
+    !google_exhausted && family != Family::Google && f.text_has("exceeded your current quota")
 }
 
 /// `limit: 0` followed by a non-digit (Gemini "Quota exceeded for metric: …, limit: 0").
@@ -326,7 +326,9 @@ fn is_capacity_tag(f: &ErrorFields) -> bool {
 fn is_rate_tag(f: &ErrorFields, google_exhausted: bool) -> bool {
     google_exhausted
         || tag_any(f, RATE_TAGS)
-        || f.reasons.iter().any(|r| r.contains("ratelimit") || r.contains("rate_limit"))
+        || f.reasons
+            .iter()
+            .any(|r| r.contains("ratelimit") || r.contains("rate_limit"))
         || matches!(
             f.aws_type.as_str(),
             "throttlingexception" | "servicequotaexceededexception" | "toomanyrequestsexception"
@@ -342,10 +344,9 @@ fn is_auth_tag(f: &ErrorFields) -> bool {
     ) || f.code.contains("invalid_api_key")
         || f.code == "unauthorized"
         || matches!(f.status.as_str(), "unauthenticated" | "permission_denied")
-        || f
-            .reasons
-            .iter()
-            .any(|r| r.starts_with("api_key_") || r == "consumer_suspended" || r == "service_disabled")
+        || f.reasons.iter().any(|r| {
+            r.starts_with("api_key_") || r == "consumer_suspended" || r == "service_disabled"
+        })
         || matches!(
             f.aws_type.as_str(),
             "accessdeniedexception"
@@ -373,7 +374,10 @@ fn is_model_not_found(s: u16, f: &ErrorFields) -> bool {
 /// An in-stream error with no status: its type tells.
 fn stream_type_fallback(f: &ErrorFields) -> Reason {
     let t = f.etype.as_str();
-    if t.contains("invalid_request") || f.status == "invalid_argument" || f.aws_type == "validationexception" {
+    if t.contains("invalid_request")
+        || f.status == "invalid_argument"
+        || f.aws_type == "validationexception"
+    {
         Reason::Format
     } else if t.contains("unavailable") || f.status == "unavailable" {
         Reason::Overloaded

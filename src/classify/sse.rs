@@ -26,6 +26,10 @@
 //!   `response.incomplete` are terminal; `event: error` and `response.failed` are errors.
 //! - Gemini: a candidate with a non-empty `content.parts` is content; a candidate with a
 //!   `finishReason` is terminal.
+//! - Cohere v2: `content-*` / `tool-*` events are content, `message-end` is terminal.
+//! - Any other named event is read only when its data mentions `"error"`, and is an
+//!   error only with a top-level `error` object. `event: message` is the default type.
+//! - A data-only stream of unknown shape is probed (JSON-parsed) for at most 32 chunks.
 //! - Bedrock event-stream: `chunk` frames (other than Anthropic bookkeeping events) and
 //!   `contentBlockStart`/`contentBlockDelta` are content; `messageStop` and an Anthropic
 //!   `message_stop` chunk are terminal; exception frames are classified by their
@@ -44,6 +48,10 @@ use super::{hint, Reason, Verdict};
 
 /// Longest line kept across chunks; a longer line is dropped whole.
 pub const LINE_LIMIT: usize = 16 * 1024;
+
+/// Data-only chunks parsed before the commit point while the stream's shape is still
+/// unknown; past it, only chunks that mention `"error"` are parsed.
+const PROBE_BUDGET: u32 = 32;
 
 /// What completed in one fed chunk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +88,7 @@ pub struct SseScanner {
     saw_content: bool,
     saw_terminal: bool,
     first_error: Option<Verdict>,
+    probe_budget: u32,
     error_finder: memmem::Finder<'static>,
     finish_finder: memmem::Finder<'static>,
 }
@@ -137,6 +146,7 @@ impl SseScanner {
             saw_content: false,
             saw_terminal: false,
             first_error: None,
+            probe_budget: PROBE_BUDGET,
             error_finder: memmem::Finder::new(b"\"error\"").into_owned(),
             finish_finder: memmem::Finder::new(b"\"finishReason\"").into_owned(),
         }
@@ -247,7 +257,8 @@ impl SseScanner {
         };
         match field {
             b"data" => self.on_data(value),
-            b"event" => {
+            // `message` is the default event type: the same as no `event:` line.
+            b"event" if value != b"message" => {
                 self.block.kind = kind_of(value);
                 self.block.named = true;
             }
@@ -272,7 +283,9 @@ impl SseScanner {
         let keep = match b.kind {
             Kind::Error | Kind::ResponseFailed => true,
             Kind::Unnamed => {
-                if !self.saw_content || self.error_finder.find(value).is_some() {
+                let probing =
+                    !self.saw_content && (self.probe_budget > 0 || self.flavor != Flavor::Unknown);
+                if probing || self.error_finder.find(value).is_some() {
                     true
                 } else {
                     if self.flavor == Flavor::Gemini && self.finish_finder.find(value).is_some() {
@@ -281,7 +294,9 @@ impl SseScanner {
                     false
                 }
             }
-            Kind::Content | Kind::Terminal | Kind::Other => false,
+            // An unknown named event is read only for a top-level error object.
+            Kind::Other => self.error_finder.find(value).is_some(),
+            Kind::Content | Kind::Terminal => false,
         };
         if keep {
             b.keep = true;
@@ -316,7 +331,9 @@ impl SseScanner {
             }
             Kind::ResponseFailed => {
                 let f = match serde_json::from_slice::<Value>(&block.data) {
-                    Ok(v) => ErrorFields::from_error_value(v.pointer("/response/error").unwrap_or(&Value::Null)),
+                    Ok(v) => ErrorFields::from_error_value(
+                        v.pointer("/response/error").unwrap_or(&Value::Null),
+                    ),
                     Err(_) => ErrorFields::from_body(&block.data),
                 };
                 self.on_error(&f, out);
@@ -331,15 +348,32 @@ impl SseScanner {
                     self.on_terminal(out);
                 }
             }
-            Kind::Other => {}
+            Kind::Other => {
+                if block.keep && !block.overflow {
+                    self.on_error_chunk(&block.data, out);
+                }
+            }
         }
         let mut data = block.data;
         data.clear();
         self.block.data = data;
     }
 
+    /// A chunk of a named event that mentions `"error"`: an error only when the chunk
+    /// has a top-level `error` object.
+    fn on_error_chunk(&mut self, data: &[u8], out: &mut ScanResult) {
+        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            if v.get("error").is_some_and(|e| !e.is_null()) {
+                self.on_error(&ErrorFields::from_root_value(&v), out);
+            }
+        }
+    }
+
     /// A data-only chunk: error, content, or Gemini terminal.
     fn on_json_chunk(&mut self, data: &[u8], out: &mut ScanResult) {
+        if !self.saw_content && self.flavor == Flavor::Unknown {
+            self.probe_budget = self.probe_budget.saturating_sub(1);
+        }
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
             return;
         };
@@ -359,10 +393,11 @@ impl SseScanner {
                 self.on_error(&ErrorFields::default(), out);
                 return;
             }
-            if choices
-                .iter()
-                .any(|c| c.get("delta").is_some_and(delta_has_content))
-            {
+            // Chat deltas, and legacy completions' `text`.
+            if choices.iter().any(|c| {
+                c.get("delta").is_some_and(delta_has_content)
+                    || c.get("text").is_some_and(non_empty)
+            }) {
                 self.on_content(out);
             }
             return;
@@ -452,7 +487,12 @@ impl Block {
 fn kind_of(name: &[u8]) -> Kind {
     match name {
         b"content_block_start" | b"content_block_delta" => Kind::Content,
-        b"message_stop" | b"response.completed" | b"response.incomplete" => Kind::Terminal,
+        // Cohere v2 chat streams.
+        b"content-start" | b"content-delta" | b"tool-plan-delta" | b"tool-call-start"
+        | b"tool-call-delta" => Kind::Content,
+        b"message_stop" | b"response.completed" | b"response.incomplete" | b"message-end" => {
+            Kind::Terminal
+        }
         b"error" => Kind::Error,
         b"response.failed" => Kind::ResponseFailed,
         n if n.starts_with(b"response.") && n.ends_with(b".delta") => Kind::Content,

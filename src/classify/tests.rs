@@ -11,7 +11,12 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_760_000_000)
 }
 
-fn classify(provider: &str, status: u16, headers: &[(&'static str, &'static str)], body: &str) -> Verdict {
+fn classify(
+    provider: &str,
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    body: &str,
+) -> Verdict {
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.insert(*k, HeaderValue::from_static(v));
@@ -44,9 +49,18 @@ fn error_body_keeps_at_most_the_limit() {
     assert!(z.as_bytes().is_empty());
 }
 
+/// provider, status, headers, body, expected reason.
+type Case = (
+    &'static str,
+    u16,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    Reason,
+);
+
 #[test]
 fn unseen_wordings() {
-    let cases: &[(&str, u16, &[(&'static str, &'static str)], &str, Reason)] = &[
+    let cases: &[Case] = &[
         // Together: plain 429.
         ("together", 429, &[], r#"{"error":{"message":"rate limit exceeded, please try again later","type":"rate_limit","code":null}}"#, Reason::RateLimit),
         // DeepSeek 402 with only a status and two words.
@@ -116,21 +130,101 @@ fn unseen_wordings() {
 #[test]
 fn hints_on_unseen_answers() {
     let v = classify("azure", 429, &[("retry-after", "12")], "");
-    assert_eq!(v.hint, Some(RetryHint { after: Duration::from_secs(12), source: "retry-after" }));
-    let v = classify("openrouter", 429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1760000030000")], r#"{"error":{"message":"Rate limit exceeded","code":429}}"#);
-    assert_eq!(v.hint, Some(RetryHint { after: Duration::from_secs(30), source: "x-ratelimit-reset" }));
-    let v = classify("google", 429, &[], r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded.","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2.5s"}]}}"#);
-    assert_eq!(v.hint, Some(RetryHint { after: Duration::from_millis(2500), source: "RetryInfo" }));
+    assert_eq!(
+        v.hint,
+        Some(RetryHint {
+            after: Duration::from_secs(12),
+            source: "retry-after"
+        })
+    );
+    let v = classify(
+        "openrouter",
+        429,
+        &[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1760000030000"),
+        ],
+        r#"{"error":{"message":"Rate limit exceeded","code":429}}"#,
+    );
+    assert_eq!(
+        v.hint,
+        Some(RetryHint {
+            after: Duration::from_secs(30),
+            source: "x-ratelimit-reset"
+        })
+    );
+    let v = classify(
+        "google",
+        429,
+        &[],
+        r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded.","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2.5s"}]}}"#,
+    );
+    assert_eq!(
+        v.hint,
+        Some(RetryHint {
+            after: Duration::from_millis(2500),
+            source: "RetryInfo"
+        })
+    );
     // The retry hint alone.
     let mut h = HeaderMap::new();
     h.insert("retry-after-ms", HeaderValue::from_static("1500"));
-    assert_eq!(retry_hint("openai", &h, b"", now()).map(|h| h.after), Some(Duration::from_millis(1500)));
+    assert_eq!(
+        retry_hint("openai", &h, b"", now()).map(|h| h.after),
+        Some(Duration::from_millis(1500))
+    );
 }
 
 #[test]
 fn classifies_in_microseconds() {
     // Not a benchmark: a guard against accidental quadratic work on a large body.
-    let big = format!(r#"{{"error":{{"message":"{}","type":"invalid_request_error"}}}}"#, "a".repeat(60_000));
+    let big = format!(
+        r#"{{"error":{{"message":"{}","type":"invalid_request_error"}}}}"#,
+        "a".repeat(60_000)
+    );
     let v = classify("openai", 400, &[], &big);
     assert_eq!(v.reason, Reason::Format);
+}
+
+#[test]
+fn garbage_never_panics() {
+    // Deterministic pseudo-random bytes, biased towards the bytes the parsers care about.
+    let alphabet: &[u8] =
+        b"{}[]\":,\\ \n\r0123456789.-+eE:TZtypecodemessageerror\x00\xff\xc3\xa9'`";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        "retry-after",
+        HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+    );
+    h.insert(
+        "anthropic-ratelimit-tokens-remaining",
+        HeaderValue::from_static("0"),
+    );
+    h.insert(
+        "anthropic-ratelimit-tokens-reset",
+        HeaderValue::from_static("2024-03-26T20:00:00+05:30"),
+    );
+    for round in 0..2000 {
+        let len = (next() % 300) as usize;
+        let body: Vec<u8> = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        let status = StatusCode::from_u16(400 + (round % 200) as u16).expect("status");
+        let _ = classify_response("google", status, &h, &body, now());
+        let _ = fields::mask_quoted(&String::from_utf8_lossy(&body));
+        let _ = hint::parse_message_hint(&String::from_utf8_lossy(&body));
+        let _ = hint::parse_reset(&String::from_utf8_lossy(&body), now(), now());
+        let mut s = SseScanner::new("openai");
+        for c in body.chunks(1 + (next() % 9) as usize) {
+            let _ = s.feed(c);
+        }
+        let _ = s.finish();
+    }
 }

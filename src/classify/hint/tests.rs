@@ -91,11 +91,17 @@ fn retry_after_values() {
 fn message_sentences() {
     let table: &[(&str, Option<Duration>)] = &[
         ("please try again in 1.574s. visit", ms(1574)),
-        ("please try again in 9m38.016s. need more tokens?", ms(578_016)),
+        (
+            "please try again in 9m38.016s. need more tokens?",
+            ms(578_016),
+        ),
         ("please try again in 480ms.", ms(480)),
         ("please retry after 37 seconds. please contact", secs(37)),
         ("please retry after 86400 seconds.", secs(86_400)),
-        ("please retry in 39.418973511s.", Some(Duration::from_nanos(39_418_973_511))),
+        (
+            "please retry in 39.418973511s.",
+            Some(Duration::from_nanos(39_418_973_511)),
+        ),
         ("try again in about 2 minutes", secs(120)),
         ("retry after 1 second", secs(1)),
         ("please wait 30 sec before retrying", secs(30)),
@@ -108,7 +114,10 @@ fn message_sentences() {
         ("retry in 2024-01-01", None),
         ("", None),
         // The first stated wait wins.
-        ("wait before trying again; try again in 3s or retry after 9s", secs(3)),
+        (
+            "wait before trying again; try again in 3s or retry after 9s",
+            secs(3),
+        ),
     ];
     for (input, want) in table {
         assert_eq!(parse_message_hint(input), *want, "{input:?}");
@@ -177,10 +186,19 @@ fn steering_only_for_spent_dimensions() {
         ("x-ratelimit-reset-tokens", "4.77s"),
     ]);
     let hint = steering_hint(&h, now).expect("tokens are spent");
-    assert_eq!((hint.after, hint.source), (Duration::from_millis(4770), "x-ratelimit-reset-tokens"));
+    assert_eq!(
+        (hint.after, hint.source),
+        (Duration::from_millis(4770), "x-ratelimit-reset-tokens")
+    );
     // Azure's spelling of the reset header.
-    let h = headers(&[("x-ratelimit-remaining-tokens", "0"), ("x-rate-limit-reset-tokens", "12s")]);
-    assert_eq!(steering_hint(&h, now).map(|h| h.source), Some("x-rate-limit-reset-tokens"));
+    let h = headers(&[
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-rate-limit-reset-tokens", "12s"),
+    ]);
+    assert_eq!(
+        steering_hint(&h, now).map(|h| h.source),
+        Some("x-rate-limit-reset-tokens")
+    );
     // Both spent: the later reset.
     let h = headers(&[
         ("x-ratelimit-remaining-requests", "0"),
@@ -190,27 +208,56 @@ fn steering_only_for_spent_dimensions() {
     ]);
     assert_eq!(steering_hint(&h, now).map(|h| h.after), secs(360));
     // Spent but no usable reset, or garbage remaining.
-    let h = headers(&[("x-ratelimit-remaining-requests", "0"), ("x-ratelimit-reset-requests", "soon")]);
+    let h = headers(&[
+        ("x-ratelimit-remaining-requests", "0"),
+        ("x-ratelimit-reset-requests", "soon"),
+    ]);
     assert_eq!(steering_hint(&h, now), None);
-    let h = headers(&[("x-ratelimit-remaining-requests", "REDACTED"), ("x-ratelimit-reset-requests", "1s")]);
+    let h = headers(&[
+        ("x-ratelimit-remaining-requests", "REDACTED"),
+        ("x-ratelimit-reset-requests", "1s"),
+    ]);
     assert_eq!(steering_hint(&h, now), None);
     // OpenRouter epoch milliseconds.
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1700000060000")]);
-    assert_eq!(steering_hint(&h, now).map(|h| (h.after, h.source)), Some((Duration::from_secs(60), "x-ratelimit-reset")));
+    let h = headers(&[
+        ("x-ratelimit-remaining", "0"),
+        ("x-ratelimit-reset", "1700000060000"),
+    ]);
+    assert_eq!(
+        steering_hint(&h, now).map(|h| (h.after, h.source)),
+        Some((Duration::from_secs(60), "x-ratelimit-reset"))
+    );
 }
 
 #[test]
 fn header_order() {
     let now = UNIX_EPOCH;
     let f = ErrorFields::from_body(br#"{"error":{"message":"Please try again in 4.77s."}}"#);
-    let h = headers(&[("retry-after", "5"), ("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "9s")]);
-    assert_eq!(hint_from(&h, &f, now).map(|h| h.source), Some("retry-after"));
+    let h = headers(&[
+        ("retry-after", "5"),
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-ratelimit-reset-tokens", "9s"),
+    ]);
+    assert_eq!(
+        hint_from(&h, &f, now).map(|h| h.source),
+        Some("retry-after")
+    );
     let h = headers(&[("retry-after", "5"), ("retry-after-ms", "4770")]);
-    assert_eq!(hint_from(&h, &f, now).map(|h| (h.after, h.source)), Some((ms(4770).unwrap_or_default(), "retry-after-ms")));
-    let h = headers(&[("retry-after", "garbage"), ("x-ratelimit-remaining-tokens", "0"), ("x-ratelimit-reset-tokens", "9s")]);
+    assert_eq!(
+        hint_from(&h, &f, now).map(|h| (h.after, h.source)),
+        Some((ms(4770).unwrap_or_default(), "retry-after-ms"))
+    );
+    let h = headers(&[
+        ("retry-after", "garbage"),
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-ratelimit-reset-tokens", "9s"),
+    ]);
     assert_eq!(hint_from(&h, &f, now).map(|h| h.source), Some("message"));
     let none = ErrorFields::default();
-    assert_eq!(hint_from(&h, &none, now).map(|h| h.source), Some("x-ratelimit-reset-tokens"));
+    assert_eq!(
+        hint_from(&h, &none, now).map(|h| h.source),
+        Some("x-ratelimit-reset-tokens")
+    );
     assert_eq!(hint_from(&HeaderMap::new(), &none, now), None);
 }

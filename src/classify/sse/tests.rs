@@ -21,7 +21,11 @@ fn all_chunkings(provider: &str, body: &str) -> (bool, Vec<StreamError>, bool) {
     let whole = scan(provider, body.as_bytes(), 0);
     for step in [1, 2, 3, 7, 64] {
         let other = scan(provider, body.as_bytes(), step);
-        assert_eq!((other.0, &other.1, other.2), (whole.0, &whole.1, whole.2), "step {step}");
+        assert_eq!(
+            (other.0, &other.1, other.2),
+            (whole.0, &whole.1, whole.2),
+            "step {step}"
+        );
     }
     assert!(whole.0 <= 1);
     assert_eq!(whole.3.saw_content(), whole.0 == 1);
@@ -57,7 +61,8 @@ fn openai_role_only_chunk_is_not_content() {
 
     let text = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"error\"},\"finish_reason\":null}]}\n\n";
     let tool = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}]}}]}\n\n";
-    let (content, errors, terminal) = all_chunkings("openai", &format!("{role}{text}{tool}data: [DONE]\n\n"));
+    let (content, errors, terminal) =
+        all_chunkings("openai", &format!("{role}{text}{tool}data: [DONE]\n\n"));
     assert!(content && errors.is_empty() && terminal);
     let (content, _, _) = all_chunkings("openai", &format!("{role}{tool}"));
     assert!(content);
@@ -87,7 +92,10 @@ fn responses_api_events() {
     assert_eq!(errors[0].verdict.hint.map(|h| h.after.as_secs()), Some(20));
     // The documented flat error event shape.
     let flat = "event: error\ndata: {\"type\":\"error\",\"code\":\"server_is_overloaded\",\"message\":\"busy\",\"param\":null}\n\n";
-    assert_eq!(all_chunkings("openai", flat).1[0].verdict.reason, Reason::Overloaded);
+    assert_eq!(
+        all_chunkings("openai", flat).1[0].verdict.reason,
+        Reason::Overloaded
+    );
     // Without event lines, the leading "type" names the event.
     let bare = "data: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\ndata: {\"type\":\"response.completed\"}\n\n";
     assert_eq!(all_chunkings("openai", bare), (true, vec![], true));
@@ -98,7 +106,10 @@ fn gemini_candidates() {
     let body = "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Hi\"}],\"role\": \"model\"},\"index\": 0}]}\r\n\r\ndata: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \" there\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}]}\r\n\r\n";
     assert_eq!(all_chunkings("google", body), (true, vec![], true));
     let err = "data: {\"error\": {\"code\": 429, \"message\": \"Resource has been exhausted (e.g. check quota).\", \"status\": \"RESOURCE_EXHAUSTED\"}}\n\n";
-    assert_eq!(all_chunkings("google", err).1[0].verdict.reason, Reason::RateLimit);
+    assert_eq!(
+        all_chunkings("google", err).1[0].verdict.reason,
+        Reason::RateLimit
+    );
 }
 
 #[test]
@@ -125,9 +136,19 @@ fn finish_dispatches_an_open_event() {
 #[test]
 fn bedrock_event_stream_exception() {
     use crate::classify::eventstream::tests::encode_frame;
-    let mut body = encode_frame(&[(":message-type", "event"), (":event-type", "contentBlockDelta")], b"{}");
+    let mut body = encode_frame(
+        &[
+            (":message-type", "event"),
+            (":event-type", "contentBlockDelta"),
+        ],
+        b"{}",
+    );
     body.extend(encode_frame(
-        &[(":message-type", "exception"), (":exception-type", "throttlingException"), (":content-type", "application/json")],
+        &[
+            (":message-type", "exception"),
+            (":exception-type", "throttlingException"),
+            (":content-type", "application/json"),
+        ],
         br#"{"message":"Too many requests, please wait before trying again."}"#,
     ));
     for step in [1, 7, body.len()] {
@@ -138,10 +159,70 @@ fn bedrock_event_stream_exception() {
         assert_eq!(errors[0].verdict.reason, Reason::RateLimit);
         assert!(errors[0].after_content);
     }
-    let other = encode_frame(&[(":message-type", "exception"), (":exception-type", "serviceUnavailableException")], br#"{"message":"x"}"#);
-    assert_eq!(scan("bedrock", &other, 3).1[0].verdict.reason, Reason::Overloaded);
-    let other = encode_frame(&[(":message-type", "exception"), (":exception-type", "modelStreamErrorException")], br#"{"message":"x"}"#);
-    assert_eq!(scan("bedrock", &other, 3).1[0].verdict.reason, Reason::Unknown);
-    let other = encode_frame(&[(":message-type", "exception"), (":exception-type", "validationException")], br#"{"message":"x"}"#);
-    assert_eq!(scan("bedrock", &other, 3).1[0].verdict.reason, Reason::Format);
+    let other = encode_frame(
+        &[
+            (":message-type", "exception"),
+            (":exception-type", "serviceUnavailableException"),
+        ],
+        br#"{"message":"x"}"#,
+    );
+    assert_eq!(
+        scan("bedrock", &other, 3).1[0].verdict.reason,
+        Reason::Overloaded
+    );
+    let other = encode_frame(
+        &[
+            (":message-type", "exception"),
+            (":exception-type", "modelStreamErrorException"),
+        ],
+        br#"{"message":"x"}"#,
+    );
+    assert_eq!(
+        scan("bedrock", &other, 3).1[0].verdict.reason,
+        Reason::Unknown
+    );
+    let other = encode_frame(
+        &[
+            (":message-type", "exception"),
+            (":exception-type", "validationException"),
+        ],
+        br#"{"message":"x"}"#,
+    );
+    assert_eq!(
+        scan("bedrock", &other, 3).1[0].verdict.reason,
+        Reason::Format
+    );
+}
+
+#[test]
+fn default_and_unknown_event_names() {
+    // `event: message` is the default type: read like a data-only chunk.
+    let body = "event: message\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    assert!(all_chunkings("together", body).0);
+    // An unknown named event carrying an error object.
+    let body = "event: weird\ndata: {\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\"}}\n\nevent: weird\ndata: {\"note\":\"error\"}\n\n";
+    let (_, errors, _) = all_chunkings("custom", body);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].verdict.reason, Reason::RateLimit);
+    // Cohere v2.
+    let body = "event: message-start\ndata: {}\n\nevent: content-delta\ndata: {\"delta\":{}}\n\nevent: message-end\ndata: {}\n\n";
+    assert_eq!(all_chunkings("cohere", body), (true, vec![], true));
+    // Legacy completions.
+    let body = "data: {\"choices\":[{\"text\":\"Hello\",\"index\":0}]}\n\ndata: [DONE]\n\n";
+    assert_eq!(all_chunkings("openai", body), (true, vec![], true));
+}
+
+#[test]
+fn unknown_shapes_stop_being_parsed() {
+    let mut body = String::new();
+    for _ in 0..100 {
+        body.push_str("data: {\"tick\":1}\n\n");
+    }
+    body.push_str("data: {\"error\":{\"message\":\"Too many requests\"}}\n\n");
+    let (content, errors, _) = all_chunkings("custom", &body);
+    assert!(!content);
+    assert_eq!(errors[0].verdict.reason, Reason::RateLimit);
+    let mut s = SseScanner::new("custom");
+    s.feed(body.as_bytes());
+    assert_eq!(s.probe_budget, 0);
 }

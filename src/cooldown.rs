@@ -139,7 +139,11 @@ impl CredState {
             .iter()
             .map(|e| (Scope::Disabled, e))
             .chain(self.whole.iter().map(|e| (Scope::Credential, e)))
-            .chain(self.models.iter().map(|(m, e)| (Scope::Model(m.clone()), e)))
+            .chain(
+                self.models
+                    .iter()
+                    .map(|(m, e)| (Scope::Model(m.clone()), e)),
+            )
     }
 }
 
@@ -207,7 +211,13 @@ impl Cooldowns {
 
     /// Until when the credential may not serve `model`, if it is blocked now: the latest
     /// end among its disabled lane, its credential window and its model window.
-    pub fn blocked_until(&self, credential: &str, fp: u64, model: Option<&str>, now: Instant) -> Option<Instant> {
+    pub fn blocked_until(
+        &self,
+        credential: &str,
+        fp: u64,
+        model: Option<&str>,
+        now: Instant,
+    ) -> Option<Instant> {
         let snap = self.snap.load();
         let state = snap.get(credential, fp)?;
         let model_entry = model.and_then(|m| state.models.get(m));
@@ -234,9 +244,11 @@ impl Cooldowns {
             Reason::RateLimit => model.map_or(Scope::Credential, |m| Scope::Model(Arc::from(m))),
             Reason::Auth => Scope::Credential,
             Reason::Billing | Reason::AuthPermanent => Scope::Disabled,
-            Reason::Overloaded | Reason::ModelNotFound | Reason::Timeout | Reason::Format | Reason::Unknown => {
-                return None
-            }
+            Reason::Overloaded
+            | Reason::ModelNotFound
+            | Reason::Timeout
+            | Reason::Format
+            | Reason::Unknown => return None,
         };
         // Fast path: an active window is never extended, so most failures of an in-flight
         // burst need no write at all.
@@ -255,7 +267,9 @@ impl Cooldowns {
         }
         let prev = cur.get(credential, fp).and_then(|s| s.slot(&scope));
         let failures = match prev {
-            Some(e) if now.saturating_duration_since(e.last_failure) < COUNTER_RESET => e.failures + 1,
+            Some(e) if now.saturating_duration_since(e.last_failure) < COUNTER_RESET => {
+                e.failures + 1
+            }
             _ => 1,
         };
         let step = (failures - 1) as usize;
@@ -283,7 +297,15 @@ impl Cooldowns {
 
     /// Steering before 429: a success that says the credential is spent cools (credential,
     /// model) until the advertised reset, without counting a failure.
-    pub fn steer(&self, credential: &str, fp: u64, model: Option<&str>, after: Duration, source: &'static str, now: Instant) {
+    pub fn steer(
+        &self,
+        credential: &str,
+        fp: u64,
+        model: Option<&str>,
+        after: Duration,
+        source: &'static str,
+        now: Instant,
+    ) {
         let scope = model.map_or(Scope::Credential, |m| Scope::Model(Arc::from(m)));
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
@@ -316,7 +338,10 @@ impl Cooldowns {
             if state.whole.as_ref().is_some_and(|e| e.until <= now) {
                 v.push(Scope::Credential);
             }
-            if let Some((m, _)) = model.and_then(|m| state.models.get_key_value(m)).filter(|(_, e)| e.until <= now) {
+            if let Some((m, _)) = model
+                .and_then(|m| state.models.get_key_value(m))
+                .filter(|(_, e)| e.until <= now)
+            {
                 v.push(Scope::Model(m.clone()));
             }
             v
@@ -370,7 +395,7 @@ impl Cooldowns {
                 )
             })
             .collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|w| std::cmp::Reverse(w.0));
         v.into_iter().map(|(_, w)| w).collect()
     }
 
@@ -384,9 +409,20 @@ impl Cooldowns {
         self.len() == 0
     }
 
-    fn publish(&self, cur: &Snapshot, credential: &str, fp: u64, scope: Scope, entry: Entry, now: Instant) {
+    fn publish(
+        &self,
+        cur: &Snapshot,
+        credential: &str,
+        fp: u64,
+        scope: Scope,
+        entry: Entry,
+        now: Instant,
+    ) {
         let mut next = cur.clone();
-        let exists = next.get(credential, fp).and_then(|s| s.slot(&scope)).is_some();
+        let exists = next
+            .get(credential, fp)
+            .and_then(|s| s.slot(&scope))
+            .is_some();
         if !exists && next.entries >= self.cap {
             evict(&mut next, self.cap, now);
         }
@@ -395,7 +431,11 @@ impl Cooldowns {
     }
 }
 
-fn ladder_step(name: &'static str, ladder: &[Duration], step: usize) -> (Duration, Cow<'static, str>) {
+fn ladder_step(
+    name: &'static str,
+    ladder: &[Duration],
+    step: usize,
+) -> (Duration, Cow<'static, str>) {
     let i = step.min(ladder.len().saturating_sub(1));
     let len = ladder.get(i).copied().unwrap_or(Duration::from_secs(30));
     (len, Cow::Owned(format!("{name}[{i}]")))
@@ -407,9 +447,12 @@ fn evict(s: &mut Snapshot, cap: usize, now: Instant) {
     let mut all: Vec<(bool, Instant, Arc<str>, Scope)> = s
         .creds
         .iter()
-        .flat_map(|(c, st)| st.iter().map(move |(scope, e)| (e.until > now, e.until, c.clone(), scope)))
+        .flat_map(|(c, st)| {
+            st.iter()
+                .map(move |(scope, e)| (e.until > now, e.until, c.clone(), scope))
+        })
         .collect();
-    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    all.sort_by_key(|a| (a.0, a.1));
     let free = (cap / 10).max(1);
     for (_, _, c, scope) in all.into_iter().take(free) {
         s.remove(&c, &scope);

@@ -34,6 +34,8 @@ pub struct Candidate {
     pub inject: Injection,
     /// `x-keygate-credential` value.
     pub id_header: HeaderValue,
+    /// Fingerprint of the secret (cooldown state belongs to one value of a credential).
+    pub fp: u64,
     /// Rank group: 0 oauth, 1 token, 2 api key (stored profiles), 3 environment.
     group: u8,
     /// Position within its source (env keys keep their priority order).
@@ -87,6 +89,7 @@ impl Candidate {
         };
         let id_header = HeaderValue::from_str(cred.id.as_str()).ok()?;
         Some(Self {
+            fp: crate::cooldown::fingerprint(cred.secret.expose()),
             cred,
             inject,
             id_header,
@@ -277,6 +280,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                             cred: existing.cred.clone(),
                             inject: existing.inject.clone(),
                             id_header: existing.id_header.clone(),
+                            fp: existing.fp,
                             group,
                             position: i as u32,
                             last_used: AtomicU64::new(0),

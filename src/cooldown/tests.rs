@@ -3,7 +3,11 @@ use crate::classify::RetryHint;
 
 fn store() -> Cooldowns {
     Cooldowns::new(Ladders {
-        backoff: vec![Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(300)],
+        backoff: vec![
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        ],
         billing: vec![
             Duration::from_secs(5 * 3600),
             Duration::from_secs(10 * 3600),
@@ -30,51 +34,151 @@ async fn rate_limit_is_model_scoped_and_honours_the_hint() {
     let c = store();
     let now = Instant::now();
     let (until, src) = c
-        .record_failure("a", FP, Some("m1"), &v(Reason::RateLimit, Some(20)), Some(429), now)
+        .record_failure(
+            "a",
+            FP,
+            Some("m1"),
+            &v(Reason::RateLimit, Some(20)),
+            Some(429),
+            now,
+        )
         .expect("window");
     assert_eq!(until, now + Duration::from_secs(20));
     assert_eq!(src, "retry-after");
     assert_eq!(c.blocked_until("a", FP, Some("m1"), now), Some(until));
-    assert_eq!(c.blocked_until("a", FP, Some("m2"), now), None, "other models still served");
+    assert_eq!(
+        c.blocked_until("a", FP, Some("m2"), now),
+        None,
+        "other models still served"
+    );
     assert_eq!(c.blocked_until("b", FP, Some("m1"), now), None);
     tokio::time::advance(Duration::from_secs(21)).await;
-    assert_eq!(c.blocked_until("a", FP, Some("m1"), Instant::now()), None, "window ended");
+    assert_eq!(
+        c.blocked_until("a", FP, Some("m1"), Instant::now()),
+        None,
+        "window ended"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn ladder_climbs_and_active_windows_are_never_extended() {
     let c = store();
     let t0 = Instant::now();
-    let (u1, s1) = c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, None), Some(429), t0).expect("w1");
-    assert_eq!((u1 - t0, s1.as_ref()), (Duration::from_secs(30), "backoff[0]"));
+    let (u1, s1) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, None),
+            Some(429),
+            t0,
+        )
+        .expect("w1");
+    assert_eq!(
+        (u1 - t0, s1.as_ref()),
+        (Duration::from_secs(30), "backoff[0]")
+    );
     // A failure inside the window (an in-flight burst) changes nothing.
-    assert!(c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, Some(3600)), Some(429), t0 + Duration::from_secs(1)).is_none());
+    assert!(c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, Some(3600)),
+            Some(429),
+            t0 + Duration::from_secs(1)
+        )
+        .is_none());
     assert_eq!(c.blocked_until("a", FP, Some("m"), t0), Some(u1));
     tokio::time::advance(Duration::from_secs(31)).await;
-    let (u2, s2) = c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, None), Some(429), Instant::now()).expect("w2");
-    assert_eq!((u2 - Instant::now(), s2.as_ref()), (Duration::from_secs(60), "backoff[1]"));
+    let (u2, s2) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, None),
+            Some(429),
+            Instant::now(),
+        )
+        .expect("w2");
+    assert_eq!(
+        (u2 - Instant::now(), s2.as_ref()),
+        (Duration::from_secs(60), "backoff[1]")
+    );
     tokio::time::advance(Duration::from_secs(61)).await;
-    let (_, s3) = c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, None), None, Instant::now()).expect("w3");
+    let (_, s3) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, None),
+            None,
+            Instant::now(),
+        )
+        .expect("w3");
     assert_eq!(s3, "backoff[2]");
     tokio::time::advance(Duration::from_secs(301)).await;
-    let (_, s4) = c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, None), None, Instant::now()).expect("w4");
+    let (_, s4) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, None),
+            None,
+            Instant::now(),
+        )
+        .expect("w4");
     assert_eq!(s4, "backoff[2]", "the last step repeats");
     // A success after the window resets the counter.
     tokio::time::advance(Duration::from_secs(301)).await;
     c.record_success("a", FP, Some("m"), Instant::now());
-    let (_, s5) = c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, None), None, Instant::now()).expect("w5");
+    let (_, s5) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, None),
+            None,
+            Instant::now(),
+        )
+        .expect("w5");
     assert_eq!(s5, "backoff[0]");
 }
 
 #[tokio::test(start_paused = true)]
 async fn counters_reset_after_a_day_without_failures() {
     let c = store();
-    c.record_failure("a", FP, None, &v(Reason::Auth, None), Some(401), Instant::now());
+    c.record_failure(
+        "a",
+        FP,
+        None,
+        &v(Reason::Auth, None),
+        Some(401),
+        Instant::now(),
+    );
     tokio::time::advance(Duration::from_secs(31)).await;
-    let (_, s) = c.record_failure("a", FP, None, &v(Reason::Auth, None), Some(401), Instant::now()).expect("w");
+    let (_, s) = c
+        .record_failure(
+            "a",
+            FP,
+            None,
+            &v(Reason::Auth, None),
+            Some(401),
+            Instant::now(),
+        )
+        .expect("w");
     assert_eq!(s, "backoff[1]");
     tokio::time::advance(COUNTER_RESET + Duration::from_secs(1)).await;
-    let (_, s) = c.record_failure("a", FP, None, &v(Reason::Auth, None), Some(401), Instant::now()).expect("w");
+    let (_, s) = c
+        .record_failure(
+            "a",
+            FP,
+            None,
+            &v(Reason::Auth, None),
+            Some(401),
+            Instant::now(),
+        )
+        .expect("w");
     assert_eq!(s, "backoff[0]");
 }
 
@@ -82,22 +186,71 @@ async fn counters_reset_after_a_day_without_failures() {
 async fn billing_and_auth_permanent_disable_every_model() {
     let c = store();
     let now = Instant::now();
-    let (u, s) = c.record_failure("a", FP, Some("m1"), &v(Reason::Billing, Some(10)), Some(402), now).expect("w");
-    assert_eq!((u - now, s.as_ref()), (Duration::from_secs(5 * 3600), "billing_backoff[0]"), "billing ignores short hints");
+    let (u, s) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m1"),
+            &v(Reason::Billing, Some(10)),
+            Some(402),
+            now,
+        )
+        .expect("w");
+    assert_eq!(
+        (u - now, s.as_ref()),
+        (Duration::from_secs(5 * 3600), "billing_backoff[0]"),
+        "billing ignores short hints"
+    );
     assert!(c.blocked_until("a", FP, Some("other"), now).is_some());
     assert!(c.blocked_until("a", FP, None, now).is_some());
-    let (u, s) = c.record_failure("b", FP, None, &v(Reason::AuthPermanent, None), Some(403), now).expect("w");
-    assert_eq!((u - now, s.as_ref()), (Duration::from_secs(600), "auth_permanent[0]"));
+    let (u, s) = c
+        .record_failure(
+            "b",
+            FP,
+            None,
+            &v(Reason::AuthPermanent, None),
+            Some(403),
+            now,
+        )
+        .expect("w");
+    assert_eq!(
+        (u - now, s.as_ref()),
+        (Duration::from_secs(600), "auth_permanent[0]")
+    );
     tokio::time::advance(Duration::from_secs(601)).await;
-    let (u, _) = c.record_failure("b", FP, None, &v(Reason::AuthPermanent, None), Some(403), Instant::now()).expect("w");
+    let (u, _) = c
+        .record_failure(
+            "b",
+            FP,
+            None,
+            &v(Reason::AuthPermanent, None),
+            Some(403),
+            Instant::now(),
+        )
+        .expect("w");
     assert_eq!(u - Instant::now(), Duration::from_secs(1200));
 }
 
 #[tokio::test(start_paused = true)]
 async fn reasons_that_mark_nothing() {
     let c = store();
-    for r in [Reason::Overloaded, Reason::ModelNotFound, Reason::Timeout, Reason::Format, Reason::Unknown] {
-        assert!(c.record_failure("a", FP, Some("m"), &v(r, Some(60)), Some(500), Instant::now()).is_none());
+    for r in [
+        Reason::Overloaded,
+        Reason::ModelNotFound,
+        Reason::Timeout,
+        Reason::Format,
+        Reason::Unknown,
+    ] {
+        assert!(c
+            .record_failure(
+                "a",
+                FP,
+                Some("m"),
+                &v(r, Some(60)),
+                Some(500),
+                Instant::now()
+            )
+            .is_none());
     }
     assert!(c.is_empty());
 }
@@ -106,7 +259,16 @@ async fn reasons_that_mark_nothing() {
 async fn hints_are_capped_at_a_day() {
     let c = store();
     let now = Instant::now();
-    let (u, _) = c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, Some(10 * 86_400)), Some(429), now).expect("w");
+    let (u, _) = c
+        .record_failure(
+            "a",
+            FP,
+            Some("m"),
+            &v(Reason::RateLimit, Some(10 * 86_400)),
+            Some(429),
+            now,
+        )
+        .expect("w");
     assert_eq!(u - now, MAX_COOLDOWN);
 }
 
@@ -114,10 +276,24 @@ async fn hints_are_capped_at_a_day() {
 async fn a_changed_secret_clears_the_state() {
     let c = store();
     let now = Instant::now();
-    c.record_failure("a", FP, Some("m"), &v(Reason::RateLimit, Some(60)), Some(429), now);
+    c.record_failure(
+        "a",
+        FP,
+        Some("m"),
+        &v(Reason::RateLimit, Some(60)),
+        Some(429),
+        now,
+    );
     assert!(c.blocked_until("a", FP, Some("m"), now).is_some());
     assert!(c.blocked_until("a", FP + 1, Some("m"), now).is_none());
-    c.record_failure("a", FP + 1, Some("x"), &v(Reason::RateLimit, Some(60)), Some(429), now);
+    c.record_failure(
+        "a",
+        FP + 1,
+        Some("x"),
+        &v(Reason::RateLimit, Some(60)),
+        Some(429),
+        now,
+    );
     assert_eq!(c.len(), 1, "the old fingerprint's entries were dropped");
 }
 
@@ -125,8 +301,18 @@ async fn a_changed_secret_clears_the_state() {
 async fn steering_cools_without_counting() {
     let c = store();
     let now = Instant::now();
-    c.steer("a", FP, Some("m"), Duration::from_secs(5), "x-ratelimit-reset-requests", now);
-    assert_eq!(c.blocked_until("a", FP, Some("m"), now), Some(now + Duration::from_secs(5)));
+    c.steer(
+        "a",
+        FP,
+        Some("m"),
+        Duration::from_secs(5),
+        "x-ratelimit-reset-requests",
+        now,
+    );
+    assert_eq!(
+        c.blocked_until("a", FP, Some("m"), now),
+        Some(now + Duration::from_secs(5))
+    );
     let w = c.windows(now);
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].source, "x-ratelimit-reset-requests");
@@ -139,7 +325,14 @@ async fn distinct_model_names_cannot_grow_the_map_past_its_cap() {
     let now = Instant::now();
     for i in 0..100_000u32 {
         let model = format!("model-{i}");
-        c.record_failure("a", FP, Some(&model), &v(Reason::RateLimit, Some(60)), Some(429), now);
+        c.record_failure(
+            "a",
+            FP,
+            Some(&model),
+            &v(Reason::RateLimit, Some(60)),
+            Some(429),
+            now,
+        );
         assert!(c.len() <= MAX_ENTRIES, "grew to {} at {i}", c.len());
     }
     assert!(c.len() > MAX_ENTRIES / 2);

@@ -2,10 +2,11 @@
 //!
 //! Owns [`ProxyBody`]: a full body for local answers, or an upstream `Incoming` passed on
 //! frame by frame (never collected), bounded by the request deadline. Frames held back
-//! while deciding whether to retry (the stream commit point) are replayed first. When the
-//! upstream breaks after bytes have reached the client, the stream ends with a
-//! protocol-correct error event followed by a body error, never a clean end of stream.
-//! It does not own classification (see `classify`); it only hands frames to an observer.
+//! while deciding whether to retry (an error body being classified, or a stream before its
+//! commit point) are replayed first. When the upstream breaks after bytes have reached the
+//! client, or ends without its terminal event, the stream ends with a protocol-correct
+//! error event followed by a body error, never a clean end of stream. It does not own
+//! classification: it hands every frame, by reference, to an [`Observer`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -38,8 +39,10 @@ pub enum StreamEnd {
 pub trait Observer: Send + 'static {
     /// Sees each data frame by reference.
     fn frame(&mut self, data: &Bytes);
-    /// Called exactly once, when the stream ends or is dropped.
-    fn end(&mut self, end: StreamEnd);
+    /// Called exactly once, when the stream ends or is dropped. For
+    /// [`StreamEnd::Complete`], returning `true` says the answer is incomplete (no terminal
+    /// event), so the client must get the error event instead of a clean end.
+    fn end(&mut self, end: StreamEnd) -> bool;
 }
 
 pin_project! {
@@ -62,8 +65,8 @@ pin_project! {
     /// An upstream body passed on frame by frame until a deadline.
     pub struct Passthrough {
         held: VecDeque<Bytes>,
-        #[pin]
-        inner: Incoming,
+        // `None` once the upstream has ended (possibly while frames were being held).
+        inner: Option<Incoming>,
         #[pin]
         deadline: Sleep,
         // Sent to the client when the upstream breaks after commit (no silent truncation).
@@ -87,9 +90,9 @@ enum State {
     Streaming,
     // The error event has been handed to hyper; yield once so it is flushed to the socket
     // before the body fails (a failing body makes hyper drop the connection at once).
-    Flushing(StreamEnd),
+    Flushing,
     // The next poll fails the body.
-    Failing(StreamEnd),
+    Failing,
     Done,
 }
 
@@ -113,11 +116,12 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream stream: `held` frames first, then the rest of `inner`, until `deadline`.
-    /// `error_event` is sent if the upstream breaks (SSE streams); `observer` sees frames.
+    /// An upstream stream: `held` frames first, then the rest of `inner` (`None` when it
+    /// already ended), until `deadline`. `error_event` is sent if the upstream breaks (SSE
+    /// streams); `observer` sees the frames that follow `held`.
     pub fn upstream(
         held: VecDeque<Bytes>,
-        inner: Incoming,
+        inner: Option<Incoming>,
         deadline: Instant,
         error_event: Option<Bytes>,
         observer: Option<Box<dyn Observer>>,
@@ -163,13 +167,10 @@ impl Body for ProxyBody {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Upstream { inner } => {
-                if inner.state != State::Streaming || !inner.held.is_empty() {
-                    SizeHint::default()
-                } else {
-                    inner.inner.size_hint()
-                }
-            }
+            Kind::Upstream { inner } => match (&inner.inner, inner.state) {
+                (Some(i), State::Streaming) if inner.held.is_empty() => i.size_hint(),
+                _ => SizeHint::default(),
+            },
         }
     }
 }
@@ -184,54 +185,55 @@ impl Passthrough {
         let mut this = self.project();
         match *this.state {
             State::Done => return Poll::Ready(None),
-            State::Flushing(end) => {
-                *this.state = State::Failing(end);
+            State::Flushing => {
+                *this.state = State::Failing;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            State::Failing(end) => {
+            State::Failing => {
                 *this.state = State::Done;
-                return Poll::Ready(Some(Err(match end {
-                    StreamEnd::Deadline => "request_timeout elapsed mid-stream".into(),
-                    _ => "upstream stream broke".into(),
-                })));
+                return Poll::Ready(Some(Err("upstream stream did not complete".into())));
             }
             State::Streaming => {}
         }
         if let Some(data) = this.held.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        let failure = match this.inner.as_mut().poll_frame(cx) {
+        let polled = match this.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        };
+        let end = match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
                     o.frame(data);
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(None) => {
-                *this.state = State::Done;
-                if let Some(mut o) = this.observer.take() {
-                    o.end(StreamEnd::Complete);
-                }
-                return Poll::Ready(None);
-            }
+            Poll::Ready(None) => StreamEnd::Complete,
             Poll::Ready(Some(Err(_))) => StreamEnd::UpstreamError,
             Poll::Pending => {
                 ready!(this.deadline.as_mut().poll(cx));
                 StreamEnd::Deadline
             }
         };
-        if let Some(mut o) = this.observer.take() {
-            o.end(failure);
+        *this.inner = None;
+        let incomplete = match this.observer.take() {
+            Some(mut o) => o.end(end),
+            None => false,
+        };
+        if end == StreamEnd::Complete && !incomplete {
+            *this.state = State::Done;
+            return Poll::Ready(None);
         }
         match this.error_event.take() {
             Some(event) => {
-                *this.state = State::Flushing(failure);
+                *this.state = State::Flushing;
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => {
                 *this.state = State::Done;
-                Poll::Ready(Some(Err("upstream stream broke".into())))
+                Poll::Ready(Some(Err("upstream stream did not complete".into())))
             }
         }
     }

@@ -9,9 +9,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -24,7 +27,9 @@ use super::error::ProxyError;
 use super::inject::{clean_query, clean_request_headers, clean_response_headers};
 use super::upstream::UpstreamClient;
 use crate::admin;
-use crate::config::{Config, ProviderConfig};
+use crate::classify::{self, ErrorBody, Reason, SseScanner, Verdict};
+use crate::config::{Config, OnAllCooling, ProviderConfig};
+use crate::cooldown::{Cooldowns, Ladders};
 use crate::inbound::{Gatekeeper, Outcome};
 use crate::pin;
 use crate::provider::{self, ModelFrom};
@@ -47,6 +52,12 @@ pub struct AppState {
     bases: HashMap<String, Box<str>>,
     /// Whether `/metrics` and `/_keygate/status` live on their own listener.
     pub admin_separate: bool,
+    /// Cooldown windows, shared by every agent (a rate limit belongs to the key).
+    pub cooldowns: Cooldowns,
+    /// Reasons that retry with the next candidate (`[rotation] rotate_on`).
+    rotate_on: Vec<Reason>,
+    /// Local per-credential request limits, per provider with `rpm`.
+    rpm: HashMap<String, DefaultKeyedRateLimiter<Arc<str>>>,
 }
 
 /// What the access log line says about a request.
@@ -78,6 +89,24 @@ impl AppState {
             })
             .collect();
         let admin_separate = config.admin.listen.is_some();
+        let cooldowns = Cooldowns::new(Ladders {
+            backoff: config.rotation.backoff.clone(),
+            billing: config.rotation.billing_backoff.clone(),
+        });
+        let rotate_on = config
+            .rotation
+            .rotate_on
+            .iter()
+            .filter_map(|r| Reason::parse(r))
+            .collect();
+        let rpm = config
+            .providers
+            .values()
+            .filter_map(|p| {
+                let n = NonZeroU32::new(p.rpm?)?;
+                Some((p.id.clone(), RateLimiter::keyed(Quota::per_minute(n))))
+            })
+            .collect();
         Self {
             config,
             gate,
@@ -85,6 +114,9 @@ impl AppState {
             client,
             bases,
             admin_separate,
+            cooldowns,
+            rotate_on,
+            rpm,
         }
     }
 }
@@ -127,7 +159,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    state: &AppState,
+    state: &Arc<AppState>,
     peer: SocketAddr,
     req: Request<Incoming>,
     access: &mut Access,
@@ -244,74 +276,456 @@ async fn proxy(
     }
 
     // 6. Attempts.
-    let rcfg = &state.config.rotation;
-    let max_attempts = match rcfg.max_attempts {
-        0 => candidates.len(),
-        n => (n as usize).min(candidates.len()),
+    let exchange = Exchange {
+        state,
+        provider,
+        base,
+        rest,
+        method: parts.method,
+        headers: clean_request_headers(&parts.headers, provider),
+        query: clean_query(parts.uri.query()),
+        body,
+        model: model.map(Arc::from),
+        deadline: start + state.config.server.request_timeout,
+        pinned: pinned.is_some(),
     };
-    let deadline = start + state.config.server.request_timeout;
-    let headers = clean_request_headers(&parts.headers, provider);
-    let query = clean_query(parts.uri.query());
-    let plain_uri = upstream_uri(base, rest, query.as_deref(), None)?;
+    exchange.run(candidates, access).await
+}
 
-    let mut attempts = 0u32;
-    let mut last: Option<Result<Response<ProxyBody>, ProxyError>> = None;
-    for cand in candidates.iter().take(max_attempts) {
-        attempts += 1;
-        access.attempts = attempts;
-        access.credential = Some(cand.cred.id.to_string());
-        state.registry.touch(cand);
+/// One request's attempts over its candidates.
+struct Exchange<'a> {
+    state: &'a Arc<AppState>,
+    provider: &'a ProviderConfig,
+    base: &'a str,
+    rest: &'a str,
+    method: http::Method,
+    headers: http::HeaderMap,
+    query: Option<String>,
+    body: Bytes,
+    model: Option<Arc<str>>,
+    deadline: Instant,
+    pinned: bool,
+}
 
-        let uri = match cand.inject.query() {
-            Some(q) => upstream_uri(base, rest, query.as_deref(), Some(q))?,
-            None => plain_uri.clone(),
+/// What one attempt came to.
+enum Attempt {
+    /// Hand this to the client.
+    Done(Response<ProxyBody>),
+    /// Failed with a reason that rotates (when another candidate is left); the response is
+    /// what the client gets if none is.
+    Failed(Response<ProxyBody>, Reason),
+    /// Failed before any answer (timeout, connection error).
+    Error(ProxyError, Reason),
+}
+
+impl Exchange<'_> {
+    async fn run(
+        self,
+        candidates: Vec<Arc<Candidate>>,
+        access: &mut Access,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let st = self.state;
+        let rcfg = &st.config.rotation;
+        let model = self.model.as_deref();
+        let max_attempts = match rcfg.max_attempts {
+            0 => usize::MAX,
+            n => n as usize,
         };
-        let mut up = Request::new(Full::new(body.clone()));
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.headers_mut() = headers.clone();
-        cand.inject.apply(up.headers_mut());
+        let plain_uri = upstream_uri(self.base, self.rest, self.query.as_deref(), None)?;
+        let start = Instant::now();
+        let wait_limit = start + rcfg.max_wait;
 
-        let wait_until = (Instant::now() + state.config.server.first_byte_timeout).min(deadline);
-        let resp = match tokio::time::timeout_at(wait_until, state.client.request(up)).await {
-            Err(_) => {
-                last = Some(Err(ProxyError::UpstreamTimeout(
-                    state.config.server.first_byte_timeout,
-                )));
+        let mut attempts = 0u32;
+        let mut last: Option<Attempt> = None;
+        let mut tried = vec![false; candidates.len()];
+        loop {
+            // Who may serve now: not cooling for this model, not disabled, under its rpm.
+            let now = Instant::now();
+            let limiter = st.rpm.get(&self.provider.id);
+            let mut soonest: Option<Instant> = None;
+            let mut next = None;
+            for (i, c) in candidates.iter().enumerate() {
+                if tried[i] {
+                    continue;
+                }
+                if !self.pinned {
+                    if let Some(until) =
+                        st.cooldowns
+                            .blocked_until(c.cred.id.as_str(), c.fp, model, now)
+                    {
+                        soonest = Some(soonest.map_or(until, |s: Instant| s.min(until)));
+                        continue;
+                    }
+                    if let Some(l) = limiter {
+                        let key: Arc<str> = Arc::from(c.cred.id.as_str());
+                        if let Err(not_until) = l.check_key(&key) {
+                            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                                &governor::clock::DefaultClock::default(),
+                            ));
+                            let until = now + wait;
+                            soonest = Some(soonest.map_or(until, |s: Instant| s.min(until)));
+                            continue;
+                        }
+                    }
+                }
+                next = Some(i);
                 break;
             }
+            let Some(i) = next else {
+                if let Some(done) = last {
+                    // Every candidate has had its attempt: the last answer goes back.
+                    return finish(done, attempts);
+                }
+                // Nothing attempted yet and everyone is cooling.
+                let soonest = soonest.unwrap_or(now);
+                if rcfg.on_all_cooling == OnAllCooling::Wait
+                    && soonest <= wait_limit.min(self.deadline)
+                {
+                    tracing::debug!(
+                        wait_ms = (soonest - now).as_millis() as u64,
+                        "all credentials cooling: waiting"
+                    );
+                    tokio::time::sleep_until(soonest).await;
+                    continue;
+                }
+                tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is cooling down");
+                return Err(ProxyError::AllCooling {
+                    provider: self.provider.id.clone(),
+                    retry_after: soonest.saturating_duration_since(now),
+                });
+            };
+            if attempts as usize >= max_attempts {
+                return last.map_or_else(
+                    || Err(no_credentials(self.provider)),
+                    |d| finish(d, attempts),
+                );
+            }
+            tried[i] = true;
+            let cand = &candidates[i];
+            attempts += 1;
+            access.attempts = attempts;
+            access.credential = Some(cand.cred.id.to_string());
+            st.registry.touch(cand);
+
+            let outcome = self.attempt(cand, &plain_uri, attempts).await?;
+            let reason = match &outcome {
+                Attempt::Done(_) => return finish(outcome, attempts),
+                Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
+            };
+            let more = !self.pinned && tried.iter().any(|t| !t);
+            if !(more && st.rotate_on.contains(&reason)) {
+                return finish(outcome, attempts);
+            }
+            tracing::debug!(credential = %cand.cred.id, reason = reason.as_str(), "rotating to the next credential");
+            last = Some(outcome);
+        }
+    }
+
+    /// Sends the request with one credential and decides what its answer means.
+    async fn attempt(
+        &self,
+        cand: &Candidate,
+        plain_uri: &Uri,
+        attempts: u32,
+    ) -> Result<Attempt, ProxyError> {
+        let st = self.state;
+        let server = &st.config.server;
+        let uri = match cand.inject.query() {
+            Some(q) => upstream_uri(self.base, self.rest, self.query.as_deref(), Some(q))?,
+            None => plain_uri.clone(),
+        };
+        let mut up = Request::new(Full::new(self.body.clone()));
+        *up.method_mut() = self.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = self.headers.clone();
+        cand.inject.apply(up.headers_mut());
+
+        let wait_until = (Instant::now() + server.first_byte_timeout).min(self.deadline);
+        let resp = match tokio::time::timeout_at(wait_until, st.client.request(up)).await {
+            Err(_) => {
+                return Ok(Attempt::Error(
+                    ProxyError::UpstreamTimeout(server.first_byte_timeout),
+                    Reason::Timeout,
+                ))
+            }
             Ok(Err(e)) => {
-                last = Some(Err(ProxyError::Upstream(error_chain(&e))));
-                break;
+                return Ok(Attempt::Error(
+                    ProxyError::Upstream(error_chain(&e)),
+                    Reason::Unknown,
+                ))
             }
             Ok(Ok(resp)) => resp,
         };
-        last = Some(Ok(passthrough(resp, cand, attempts, deadline, provider)));
-        break;
+        let (mut parts, incoming) = resp.into_parts();
+        clean_response_headers(&mut parts.headers);
+        parts
+            .headers
+            .insert("x-keygate-credential", cand.id_header.clone());
+        parts
+            .headers
+            .insert("x-keygate-attempts", HeaderValue::from(attempts));
+        let status = parts.status;
+        let is_sse = is_event_stream(&parts.headers);
+        let error_event = is_sse.then(|| sse_error_event(&self.provider.id));
+        let id = cand.cred.id.as_str();
+        let model = self.model.as_deref();
+
+        if !status.is_success() {
+            // Read the error body as it streams in, up to max_error_body, to classify it.
+            let (held, rest, collected) =
+                read_error_body(incoming, server.max_error_body, wait_until).await;
+            let verdict = classify::classify_response(
+                &self.provider.id,
+                status,
+                &parts.headers,
+                collected.as_bytes(),
+                SystemTime::now(),
+            );
+            self.mark(cand, &verdict, Some(status.as_u16()));
+            let body = ProxyBody::upstream(held, rest, self.deadline, None, None);
+            let resp = Response::from_parts(parts, body);
+            return Ok(Attempt::Failed(resp, verdict.reason));
+        }
+
+        // A success: steer away from a credential that says it is spent.
+        let now = Instant::now();
+        match classify::steering_hint(&parts.headers, SystemTime::now()) {
+            Some(h) if !h.after.is_zero() => {
+                st.cooldowns
+                    .steer(id, cand.fp, model, h.after, h.source, now);
+                tracing::info!(
+                    credential = id,
+                    model = model.unwrap_or("-"),
+                    cooldown_s = h.after.as_secs_f64(),
+                    source = h.source,
+                    "credential spent: cooling before the provider says 429"
+                );
+            }
+            _ => st.cooldowns.record_success(id, cand.fp, model, now),
+        }
+
+        if !is_sse {
+            return Ok(Attempt::Done(Response::from_parts(
+                parts,
+                ProxyBody::upstream(VecDeque::new(), Some(incoming), self.deadline, None, None),
+            )));
+        }
+        let mut scanner = SseScanner::new(&self.provider.id);
+        let mut held = VecDeque::new();
+        let mut rest = Some(incoming);
+        if st.config.rotation.peek_stream && !self.pinned {
+            // The commit point: hold the stream until its first content-bearing event, so an
+            // error event before it can still be retried on another credential.
+            let (h, r, err) =
+                peek_stream(rest.take(), &mut scanner, server.max_error_body, wait_until).await;
+            held = h;
+            rest = r;
+            if let Some(mut verdict) = err {
+                if verdict.hint.is_none() {
+                    verdict.hint = classify::retry_hint(
+                        &self.provider.id,
+                        &parts.headers,
+                        b"",
+                        SystemTime::now(),
+                    );
+                }
+                self.mark(cand, &verdict, None);
+                let resp = Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(held, rest, self.deadline, error_event, None),
+                );
+                return Ok(Attempt::Failed(resp, verdict.reason));
+            }
+        }
+        let watch = StreamWatch {
+            state: self.state.clone(),
+            scanner,
+            credential: cand.cred.id.to_string(),
+            fp: cand.fp,
+            model: self.model.clone(),
+            provider: self.provider.id.clone(),
+        };
+        let body = ProxyBody::upstream(
+            held,
+            rest,
+            self.deadline,
+            error_event,
+            Some(Box::new(watch)),
+        );
+        Ok(Attempt::Done(Response::from_parts(parts, body)))
     }
-    last.unwrap_or_else(|| Err(no_credentials(provider)))
+
+    /// Opens the cooldown window a verdict calls for.
+    fn mark(&self, cand: &Candidate, verdict: &Verdict, status: Option<u16>) {
+        mark(
+            self.state,
+            cand.cred.id.as_str(),
+            cand.fp,
+            self.model.as_deref(),
+            verdict,
+            status,
+        );
+    }
 }
 
-/// The upstream answer as the client will see it: headers cleaned and tagged, body streamed.
-fn passthrough(
-    resp: Response<Incoming>,
-    cand: &Candidate,
-    attempts: u32,
-    deadline: Instant,
-    provider: &ProviderConfig,
-) -> Response<ProxyBody> {
-    let (mut parts, incoming) = resp.into_parts();
-    clean_response_headers(&mut parts.headers);
-    let is_sse = is_event_stream(&parts.headers);
-    parts
-        .headers
-        .insert("x-keygate-credential", cand.id_header.clone());
-    parts
-        .headers
-        .insert("x-keygate-attempts", HeaderValue::from(attempts));
-    let error_event = is_sse.then(|| sse_error_event(&provider.id));
-    let body = ProxyBody::upstream(VecDeque::new(), incoming, deadline, error_event, None);
-    Response::from_parts(parts, body)
+fn mark(
+    state: &AppState,
+    credential: &str,
+    fp: u64,
+    model: Option<&str>,
+    verdict: &Verdict,
+    status: Option<u16>,
+) {
+    if let Some((until, source)) =
+        state
+            .cooldowns
+            .record_failure(credential, fp, model, verdict, status, Instant::now())
+    {
+        tracing::info!(
+            credential,
+            model = model.unwrap_or("*"),
+            reason = verdict.reason.as_str(),
+            cooldown_s = until.saturating_duration_since(Instant::now()).as_secs_f64(),
+            source = %source,
+            "credential cooling down"
+        );
+    }
+}
+
+fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> {
+    match a {
+        Attempt::Done(mut r) | Attempt::Failed(mut r, _) => {
+            r.headers_mut()
+                .insert("x-keygate-attempts", HeaderValue::from(attempts));
+            Ok(r)
+        }
+        Attempt::Error(e, _) => Err(e),
+    }
+}
+
+/// Reads up to `limit` bytes of an error body before `until`. Returns the frames read (to
+/// replay), the rest of the body (`None` when it ended), and the bytes to classify.
+async fn read_error_body(
+    mut body: Incoming,
+    limit: usize,
+    until: Instant,
+) -> (VecDeque<Bytes>, Option<Incoming>, ErrorBody) {
+    let mut held = VecDeque::new();
+    let mut collected = ErrorBody::new(limit);
+    loop {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    let more = collected.feed(&data);
+                    held.push_back(data);
+                    if !more {
+                        return (held, Some(body), collected);
+                    }
+                }
+            }
+            Ok(None) | Ok(Some(Err(_))) => return (held, None, collected),
+            Err(_) => return (held, Some(body), collected),
+        }
+    }
+}
+
+/// Holds a 2xx stream until its first content-bearing event, an error event, `limit`
+/// bytes, the end, or `until`. Returns the held frames, the rest, and an error verdict
+/// when an error event came before the commit point.
+async fn peek_stream(
+    body: Option<Incoming>,
+    scanner: &mut SseScanner,
+    limit: usize,
+    until: Instant,
+) -> (VecDeque<Bytes>, Option<Incoming>, Option<Verdict>) {
+    let mut held = VecDeque::new();
+    let Some(mut body) = body else {
+        return (held, None, None);
+    };
+    let mut seen = 0usize;
+    loop {
+        match tokio::time::timeout_at(until, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let r = scanner.feed(&data);
+                seen += data.len();
+                held.push_back(data);
+                if let Some(e) = r.error.filter(|e| !e.after_content) {
+                    return (held, Some(body), Some(e.verdict));
+                }
+                if r.first_content || scanner.saw_content() || seen >= limit {
+                    return (held, Some(body), None);
+                }
+            }
+            Ok(None) => {
+                let r = scanner.finish();
+                let err = r.error.filter(|e| !e.after_content).map(|e| e.verdict);
+                return (held, None, err);
+            }
+            Ok(Some(Err(_))) | Err(_) => return (held, Some(body), None),
+        }
+    }
+}
+
+/// Watches a committed stream: errors inside it still open cooldowns, and an answer that
+/// ends without its terminal event is reported incomplete.
+struct StreamWatch {
+    state: Arc<AppState>,
+    scanner: SseScanner,
+    credential: String,
+    fp: u64,
+    model: Option<Arc<str>>,
+    provider: String,
+}
+
+impl super::body::Observer for StreamWatch {
+    fn frame(&mut self, data: &Bytes) {
+        let r = self.scanner.feed(data);
+        if let Some(e) = r.error {
+            mark(
+                &self.state,
+                &self.credential,
+                self.fp,
+                self.model.as_deref(),
+                &e.verdict,
+                None,
+            );
+        }
+    }
+
+    fn end(&mut self, end: super::body::StreamEnd) -> bool {
+        use super::body::StreamEnd;
+        match end {
+            StreamEnd::Complete => {
+                let r = self.scanner.finish();
+                if let Some(e) = r.error {
+                    mark(
+                        &self.state,
+                        &self.credential,
+                        self.fp,
+                        self.model.as_deref(),
+                        &e.verdict,
+                        None,
+                    );
+                }
+                // A stream that carried content but no terminal event was cut short.
+                let incomplete = self.scanner.saw_content()
+                    && !self.scanner.saw_terminal()
+                    && self.scanner.first_error().is_none();
+                if incomplete {
+                    tracing::warn!(provider = %self.provider, credential = %self.credential, "upstream stream ended without its terminal event");
+                }
+                incomplete
+            }
+            StreamEnd::UpstreamError | StreamEnd::Deadline => {
+                tracing::warn!(provider = %self.provider, credential = %self.credential, ?end, "upstream stream broke after commit");
+                false
+            }
+            StreamEnd::ClientGone => false,
+        }
+    }
 }
 
 fn is_event_stream(headers: &http::HeaderMap) -> bool {

@@ -4,18 +4,20 @@
 //! - `GET /healthz` — liveness: always 200 while the process serves.
 //! - `GET /readyz` — 200 when every provider with a `[providers.*]` entry has at least one
 //!   usable credential for agent `main`; else 503 naming what is missing.
+//! - `GET /metrics` — Prometheus text (SPEC §8); open, like the health paths.
 //! - `GET /_keygate/status` — credentials per provider (masked), explicit order and
 //!   exclusions; needs the admin token (`Authorization: Bearer` or `x-keygate-admin-token`):
 //!   401 without it, 404 when no admin token is configured.
 //!
-//! With `[admin] listen` set, `/_keygate/status` is served only on that listener; the
-//! health paths are answered on both. This module only reads shared state.
+//! With `[admin] listen` set, `/_keygate/status` and `/metrics` are served only on that
+//! listener; the health paths are answered on both. This module only reads shared state.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use serde_json::json;
 
+use crate::cooldown::Scope;
 use crate::proxy::{AppState, ProxyBody, ProxyError};
 
 /// Answers a reserved path, or returns `None` for anything that should be proxied.
@@ -28,6 +30,8 @@ pub async fn reserved<B>(
     let resp = match req.uri().path() {
         "/healthz" => json_response(StatusCode::OK, json!({ "status": "ok" })),
         "/readyz" => readyz(state),
+        "/metrics" if private => metrics(state),
+        "/metrics" => ProxyError::NotFound.into_response(None),
         "/_keygate/status" if private => status(state, req),
         "/_keygate/status" => ProxyError::NotFound.into_response(None),
         p if p.starts_with("/_keygate/") => ProxyError::NotFound.into_response(None),
@@ -42,6 +46,22 @@ pub async fn handle_admin<B>(state: &AppState, req: Request<B>) -> Response<Prox
         Some(r) => r,
         None => ProxyError::NotFound.into_response(None),
     }
+}
+
+fn metrics(state: &AppState) -> Response<ProxyBody> {
+    let now = tokio::time::Instant::now();
+    let cooling: Vec<String> = state
+        .cooldowns
+        .windows(now)
+        .into_iter()
+        .map(|w| w.credential)
+        .collect();
+    let mut r = Response::new(ProxyBody::full(Bytes::from(state.metrics.render(&cooling))));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 fn readyz(state: &AppState) -> Response<ProxyBody> {
@@ -132,9 +152,46 @@ fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
             }),
         );
     }
+    let now = tokio::time::Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let cooldowns: Vec<_> = state
+        .cooldowns
+        .windows(now)
+        .into_iter()
+        .map(|w| {
+            let (model, lane) = match &w.scope {
+                Scope::Model(m) => (Some(m.to_string()), "cooldown"),
+                Scope::Credential => (None, "cooldown"),
+                Scope::Disabled => (None, "disabled"),
+            };
+            let provider = pool
+                .by_id
+                .get(&w.credential)
+                .map(|c| c.cred.provider.to_string());
+            json!({
+                "credential": w.credential,
+                "provider": provider,
+                "model": model.unwrap_or_else(|| "all".to_owned()),
+                "lane": lane,
+                "reason": w.reason.as_str(),
+                "until": (wall + w.remaining).as_millis() as u64,
+                "remainingSeconds": w.remaining.as_secs_f64(),
+                "source": w.source,
+                "failures": w.failures,
+                "lastStatus": w.last_status,
+            })
+        })
+        .collect();
     json_response(
         StatusCode::OK,
-        json!({ "agent": "main", "providers": providers, "warnings": pool.warnings }),
+        json!({
+            "agent": "main",
+            "providers": providers,
+            "cooldowns": cooldowns,
+            "warnings": pool.warnings,
+        }),
     )
 }
 

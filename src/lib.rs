@@ -30,6 +30,7 @@ pub mod config;
 pub mod cooldown;
 pub mod credentials;
 pub mod inbound;
+pub mod metrics;
 pub mod pin;
 pub mod provider;
 pub mod proxy;
@@ -58,8 +59,11 @@ pub fn build_state(
     let gate = inbound::Gatekeeper::new(&config.gateway, mode);
     let client = proxy::upstream::client(&config.server);
     let config = Arc::new(config);
-    let registry = resolver::Registry::new(config.clone(), state_dir, env);
+    let metrics = Arc::new(metrics::Metrics::new(
+        config.providers.keys().map(String::as_str),
+    ));
+    let registry = resolver::Registry::new(config.clone(), state_dir, env, metrics.clone());
     Ok(Arc::new(proxy::AppState::new(
-        config, gate, registry, client,
+        config, gate, registry, client, metrics,
     )))
 }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
@@ -20,6 +20,7 @@ use crate::config::{Config, ProviderConfig, Strategy};
 use crate::credentials::env::{self, EnvSnapshot};
 use crate::credentials::store;
 use crate::credentials::{dedup, Credential, Kind, Source};
+use crate::metrics::{CredentialCounters, Metrics};
 use crate::proxy::inject::Injection;
 
 /// Bound on cached agent pools (agent ids can come from a trusted proxy's header).
@@ -36,6 +37,8 @@ pub struct Candidate {
     pub id_header: HeaderValue,
     /// Fingerprint of the secret (cooldown state belongs to one value of a credential).
     pub fp: u64,
+    /// Attempt counters for `/metrics`, attached when the pool is registered.
+    counters: OnceLock<Arc<CredentialCounters>>,
     /// Rank group: 0 oauth, 1 token, 2 api key (stored profiles), 3 environment.
     group: u8,
     /// Position within its source (env keys keep their priority order).
@@ -74,6 +77,7 @@ pub struct Registry {
     epoch: Instant,
     agents: ArcSwap<HashMap<String, Arc<AgentPool>>>,
     load_lock: Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 // === impl Candidate ===
@@ -90,6 +94,7 @@ impl Candidate {
         let id_header = HeaderValue::from_str(cred.id.as_str()).ok()?;
         Some(Self {
             fp: crate::cooldown::fingerprint(cred.secret.expose()),
+            counters: OnceLock::new(),
             cred,
             inject,
             id_header,
@@ -97,6 +102,13 @@ impl Candidate {
             position,
             last_used: AtomicU64::new(0),
         })
+    }
+
+    /// Counts an attempt for `/metrics` (`None` = success).
+    pub fn count_attempt(&self, outcome: Option<crate::classify::Reason>) {
+        if let Some(c) = self.counters.get() {
+            c.attempt(outcome);
+        }
     }
 
     /// When this credential was last used (ns since the registry epoch; 0 = never).
@@ -109,7 +121,12 @@ impl Candidate {
 
 impl Registry {
     /// A registry reading `<state_dir>/agents/<agent>/agent/*` with this environment.
-    pub fn new(config: Arc<Config>, state_dir: PathBuf, env: EnvSnapshot) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        state_dir: PathBuf,
+        env: EnvSnapshot,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             config,
             state_dir,
@@ -117,6 +134,7 @@ impl Registry {
             epoch: Instant::now(),
             agents: ArcSwap::from_pointee(HashMap::new()),
             load_lock: Mutex::new(()),
+            metrics,
         }
     }
 
@@ -140,6 +158,12 @@ impl Registry {
             return p.clone();
         }
         let pool = Arc::new(build_pool(&self.config, &self.state_dir, agent, &self.env));
+        for c in pool.by_id.values() {
+            c.counters.get_or_init(|| {
+                self.metrics
+                    .credential(&c.cred.provider, c.cred.id.as_str())
+            });
+        }
         for w in &pool.warnings {
             tracing::warn!(agent, warning = %w, "credential store");
         }
@@ -281,6 +305,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                             inject: existing.inject.clone(),
                             id_header: existing.id_header.clone(),
                             fp: existing.fp,
+                            counters: OnceLock::new(),
                             group,
                             position: i as u32,
                             last_used: AtomicU64::new(0),

@@ -474,3 +474,62 @@ async fn load_with_two_keys_always_limited() {
         );
     }
 }
+
+#[tokio::test]
+async fn metrics_and_status_show_the_rotation() {
+    let mock = MockProvider::start().await;
+    mock.on_key(A, anthropic_429());
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&mock.url(), &["anthropic"]))
+            .env("KEYGATE_TOKEN", GW)
+            .env("KEYGATE_ADMIN_TOKEN", "admin-secret-token")
+            .env("ANTHROPIC_API_KEYS", &format!("{A},{B}")),
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+
+    let m = support::keygate::send(Method::GET, &kg.url("/metrics"), &[], Bytes::new()).await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = m.text();
+    for line in [
+        "keygate_requests_total{provider=\"anthropic\",status=\"200\"} 1",
+        "keygate_rotations_total{provider=\"anthropic\",reason=\"rate_limit\"} 1",
+        "keygate_upstream_attempts_total{provider=\"anthropic\",credential=\"env:ANTHROPIC_API_KEYS#1\",outcome=\"rate_limit\"} 1",
+        "keygate_upstream_attempts_total{provider=\"anthropic\",credential=\"env:ANTHROPIC_API_KEYS#2\",outcome=\"success\"} 1",
+        "keygate_cooldowns_active{provider=\"anthropic\"} 1",
+        "keygate_upstream_duration_seconds_count{provider=\"anthropic\"} 2",
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    assert!(!text.contains(A) && !text.contains(B) && !text.contains(GW));
+
+    let s =
+        support::keygate::send(Method::GET, &kg.url("/_keygate/status"), &[], Bytes::new()).await;
+    assert_eq!(s.status, StatusCode::UNAUTHORIZED);
+    let s = support::keygate::send(
+        Method::GET,
+        &kg.url("/_keygate/status"),
+        &[("authorization", "Bearer admin-secret-token")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(s.status, StatusCode::OK);
+    let v = s.json();
+    let w = &v["cooldowns"][0];
+    assert_eq!(w["credential"], "env:ANTHROPIC_API_KEYS#1");
+    assert_eq!(w["model"], "claude-sonnet-4-5");
+    assert_eq!(w["reason"], "rate_limit");
+    assert_eq!(w["source"], "retry-after");
+    assert_eq!(w["failures"], 1);
+    assert_eq!(w["lastStatus"], 429);
+    let creds = &v["providers"]["anthropic"]["credentials"];
+    assert_eq!(creds[0]["secret"], "api_key …0001");
+    assert!(!s.text().contains(A) && !s.text().contains(B));
+}

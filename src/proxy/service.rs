@@ -31,6 +31,7 @@ use crate::classify::{self, ErrorBody, Reason, SseScanner, Verdict};
 use crate::config::{Config, OnAllCooling, ProviderConfig};
 use crate::cooldown::{Cooldowns, Ladders};
 use crate::inbound::{Gatekeeper, Outcome};
+use crate::metrics::Metrics;
 use crate::pin;
 use crate::provider::{self, ModelFrom};
 use crate::resolver::{Candidate, Registry};
@@ -58,6 +59,8 @@ pub struct AppState {
     rotate_on: Vec<Reason>,
     /// Local per-credential request limits, per provider with `rpm`.
     rpm: HashMap<String, DefaultKeyedRateLimiter<Arc<str>>>,
+    /// Prometheus series.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the access log line says about a request.
@@ -79,6 +82,7 @@ impl AppState {
         gate: Gatekeeper,
         registry: Registry,
         client: UpstreamClient,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let bases = config
             .providers
@@ -117,6 +121,7 @@ impl AppState {
             cooldowns,
             rotate_on,
             rpm,
+            metrics,
         }
     }
 }
@@ -142,6 +147,10 @@ pub async fn handle(
                 e.into_response(access.provider.as_deref())
             }
         };
+        let elapsed = start.elapsed();
+        state
+            .metrics
+            .request(access.provider.as_deref(), resp.status().as_u16(), elapsed);
         tracing::info!(
             provider = access.provider.as_deref().unwrap_or("-"),
             model = access.model.as_deref().unwrap_or("-"),
@@ -149,7 +158,7 @@ pub async fn handle(
             attempts = access.attempts,
             status = resp.status().as_u16(),
             error = access.error.unwrap_or("-"),
-            latency_ms = start.elapsed().as_secs_f64() * 1e3,
+            latency_ms = elapsed.as_secs_f64() * 1e3,
             "request"
         );
         Ok(resp)
@@ -409,14 +418,19 @@ impl Exchange<'_> {
 
             let outcome = self.attempt(cand, &plain_uri, attempts).await?;
             let reason = match &outcome {
-                Attempt::Done(_) => return finish(outcome, attempts),
+                Attempt::Done(_) => {
+                    cand.count_attempt(None);
+                    return finish(outcome, attempts);
+                }
                 Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
             };
+            cand.count_attempt(Some(reason));
             let more = !self.pinned && tried.iter().any(|t| !t);
             if !(more && st.rotate_on.contains(&reason)) {
                 return finish(outcome, attempts);
             }
             tracing::debug!(credential = %cand.cred.id, reason = reason.as_str(), "rotating to the next credential");
+            st.metrics.rotation(&self.provider.id, reason);
             last = Some(outcome);
         }
     }
@@ -440,8 +454,11 @@ impl Exchange<'_> {
         *up.headers_mut() = self.headers.clone();
         cand.inject.apply(up.headers_mut());
 
-        let wait_until = (Instant::now() + server.first_byte_timeout).min(self.deadline);
-        let resp = match tokio::time::timeout_at(wait_until, st.client.request(up)).await {
+        let sent = Instant::now();
+        let wait_until = (sent + server.first_byte_timeout).min(self.deadline);
+        let answer = tokio::time::timeout_at(wait_until, st.client.request(up)).await;
+        st.metrics.upstream(&self.provider.id, sent.elapsed());
+        let resp = match answer {
             Err(_) => {
                 return Ok(Attempt::Error(
                     ProxyError::UpstreamTimeout(server.first_byte_timeout),

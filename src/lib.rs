@@ -45,6 +45,9 @@ pub use server::{run, Listeners};
 /// Builds the shared request-path state for a listen address: checks the inbound auth
 /// mode against it (SPEC §4) and prepares the credential registry and upstream client.
 ///
+/// `env` is the process environment: `<state-dir>/.env` is layered under it on every
+/// (re)load of the credential files.
+///
 /// Returns the refusal message when the mode is not allowed on this address.
 pub fn build_state(
     config: config::Config,
@@ -62,7 +65,12 @@ pub fn build_state(
     let metrics = Arc::new(metrics::Metrics::new(
         config.providers.keys().map(String::as_str),
     ));
-    let registry = resolver::Registry::new(config.clone(), state_dir, env, metrics.clone());
+    let registry = Arc::new(resolver::Registry::new(
+        config.clone(),
+        state_dir,
+        env,
+        metrics.clone(),
+    ));
     Ok(Arc::new(proxy::AppState::new(
         config, gate, registry, client, metrics,
     )))

@@ -67,6 +67,28 @@ pub struct AgentPool {
     pub by_id: HashMap<String, Arc<Candidate>>,
     /// Problems met while loading (named entries, never secrets).
     pub warnings: Vec<String>,
+    /// A state file existed but did not parse (a reload then keeps the last good pool).
+    pub broken: bool,
+    /// The files this pool was built from, with their signatures at build time.
+    sources: Vec<(PathBuf, Option<FileSig>)>,
+}
+
+/// What changes when a file is rewritten: size, modification time, inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileSig(u64, i128, u64);
+
+fn file_sig(path: &Path) -> Option<FileSig> {
+    let m = std::fs::metadata(path).ok()?;
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some(FileSig(m.len(), mtime, ino))
 }
 
 /// The pools of all agents seen so far, loaded lazily from the state directory.
@@ -157,13 +179,7 @@ impl Registry {
         if let Some(p) = self.agents.load().get(agent) {
             return p.clone();
         }
-        let pool = Arc::new(build_pool(&self.config, &self.state_dir, agent, &self.env));
-        for c in pool.by_id.values() {
-            c.counters.get_or_init(|| {
-                self.metrics
-                    .credential(&c.cred.provider, c.cred.id.as_str())
-            });
-        }
+        let pool = self.build(agent);
         for w in &pool.warnings {
             tracing::warn!(agent, warning = %w, "credential store");
         }
@@ -174,6 +190,103 @@ impl Registry {
             self.agents.store(Arc::new(next));
         }
         pool
+    }
+
+    fn build(&self, agent: &str) -> Arc<AgentPool> {
+        // `.env` is re-read on every build, so an edit to it is picked up by a reload; it
+        // never overrides the process environment.
+        let dotenv = self.state_dir.join(".env");
+        let env = match self.env.clone().with_dotenv_file(&dotenv) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the .env file");
+                self.env.clone()
+            }
+        };
+        let mut pool = build_pool(&self.config, &self.state_dir, agent, &env);
+        let dir = store::agent_dir(&self.state_dir, agent);
+        pool.sources = [
+            dir.join("auth-profiles.json"),
+            dir.join("auth-state.json"),
+            dotenv,
+        ]
+        .into_iter()
+        .chain(claude_credentials_path(&self.env))
+        .map(|p| {
+            let sig = file_sig(&p);
+            (p, sig)
+        })
+        .collect();
+        for c in pool.by_id.values() {
+            c.counters.get_or_init(|| {
+                self.metrics
+                    .credential(&c.cred.provider, c.cred.id.as_str())
+            });
+        }
+        Arc::new(pool)
+    }
+
+    /// Rebuilds the pools whose files changed since they were built. A new version that
+    /// does not parse leaves the last good pool in place (and says why). In-flight requests
+    /// keep the pool they started with. Returns how many pools were replaced.
+    pub fn reload_changed(&self) -> usize {
+        let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.agents.load_full();
+        let mut next: Option<HashMap<String, Arc<AgentPool>>> = None;
+        let mut replaced = 0;
+        for (agent, pool) in current.iter() {
+            if !pool.sources.iter().any(|(p, sig)| file_sig(p) != *sig) {
+                continue;
+            }
+            let fresh = self.build(agent);
+            let target = next.get_or_insert_with(|| HashMap::clone(&current));
+            if fresh.broken && !pool.broken {
+                for w in &fresh.warnings {
+                    tracing::warn!(agent = %agent, warning = %w, "credential files changed but do not parse: keeping the last good version");
+                }
+                // Keep serving the old credentials; remember the new signatures so the
+                // warning is not repeated on every poll.
+                let kept = AgentPool {
+                    providers: clone_providers(&pool.providers),
+                    by_id: pool.by_id.clone(),
+                    warnings: pool.warnings.clone(),
+                    broken: false,
+                    sources: fresh.sources.clone(),
+                };
+                target.insert(agent.clone(), Arc::new(kept));
+                continue;
+            }
+            tracing::info!(agent = %agent, "credential files changed: reloaded");
+            for w in &fresh.warnings {
+                tracing::warn!(agent = %agent, warning = %w, "credential store");
+            }
+            target.insert(agent.clone(), fresh);
+            replaced += 1;
+        }
+        if let Some(n) = next {
+            self.agents.store(Arc::new(n));
+        }
+        replaced
+    }
+
+    /// Polls the credential files every `every` until `stop` turns true.
+    pub async fn watch(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let this = self.clone();
+                    // File metadata and JSON parsing are blocking work.
+                    let _ = tokio::task::spawn_blocking(move || this.reload_changed()).await;
+                }
+                _ = stop.changed() => return,
+            }
+        }
     }
 
     /// Drops every cached pool so the next request re-reads the files.
@@ -213,12 +326,14 @@ impl Registry {
 pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnapshot) -> AgentPool {
     let dir = store::agent_dir(state_dir, agent);
     let mut warnings = Vec::new();
+    let mut broken = false;
     let profiles = match store::load_profiles(&dir.join("auth-profiles.json"), env) {
         Ok(set) => {
             warnings.extend(set.warnings);
             set.profiles
         }
         Err(e) => {
+            broken = true;
             warnings.push(e.to_string());
             Vec::new()
         }
@@ -226,6 +341,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     let state = match store::load_auth_state(&dir.join("auth-state.json")) {
         Ok(s) => s,
         Err(e) => {
+            broken = true;
             warnings.push(e.to_string());
             store::AuthState::default()
         }
@@ -328,7 +444,37 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         );
     }
     pool.warnings = warnings;
+    pool.broken = broken;
     pool
+}
+
+fn clone_providers(p: &HashMap<String, ProviderPool>) -> HashMap<String, ProviderPool> {
+    p.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                ProviderPool {
+                    candidates: v.candidates.clone(),
+                    explicit: v.explicit,
+                    excluded: v.excluded.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Where Claude Code keeps its credentials (`KEYGATE_CLAUDE_CREDENTIALS`, else
+/// `~/.claude/.credentials.json`).
+pub fn claude_credentials_path(env: &EnvSnapshot) -> Option<PathBuf> {
+    if let Some(p) = env
+        .get("KEYGATE_CLAUDE_CREDENTIALS")
+        .filter(|p| !p.is_empty())
+    {
+        return Some(PathBuf::from(p));
+    }
+    env.get("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| Path::new(h).join(".claude").join(".credentials.json"))
 }
 
 fn kind_group(kind: Kind) -> u8 {

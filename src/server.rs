@@ -21,6 +21,9 @@ use crate::admin;
 use crate::proxy::service::handle;
 use crate::proxy::AppState;
 
+/// How often credential files are checked for changes.
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
 /// Pre-bound listeners (tests bind `127.0.0.1:0` and read the port back).
 pub struct Listeners {
     /// The proxy listener.
@@ -33,6 +36,9 @@ pub struct Listeners {
 pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let grace = state.config.server.shutdown_grace;
     let graceful = GracefulShutdown::new();
+    // Credential files are re-read within 2 s of a change (SPEC §6).
+    let (stop_watch, watch_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx));
     let builder = Arc::new(connection_builder());
     tokio::pin!(shutdown);
     let admin = listeners.admin;
@@ -51,6 +57,8 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     }
     drop(listeners.main);
     drop(admin);
+    let _ = stop_watch.send(true);
+    let _ = watcher.await;
     tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: draining connections");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),

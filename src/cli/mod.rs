@@ -72,6 +72,8 @@ pub enum ConfigCommand {
 pub struct Context {
     /// Process environment plus `<state-dir>/.env`.
     pub env: EnvSnapshot,
+    /// The process environment alone (`serve` re-reads `.env` on changes).
+    pub process_env: EnvSnapshot,
     /// The state directory.
     pub state_dir: PathBuf,
     /// The config path, if any.
@@ -126,7 +128,10 @@ pub fn main() -> ExitCode {
                 .map(|h| PathBuf::from(h).join(".openclaw"))
         })
         .unwrap_or_else(|| PathBuf::from(".openclaw"));
-    let env = match process_env.with_dotenv_file(&state_dir.join(".env")) {
+    let env = match process_env
+        .clone()
+        .with_dotenv_file(&state_dir.join(".env"))
+    {
         Ok(env) => env,
         Err(e) => {
             eprintln!("error: {e}");
@@ -142,6 +147,7 @@ pub fn main() -> ExitCode {
     }
     let cx = Context {
         env,
+        process_env,
         state_dir,
         config_path: cli.config.clone(),
         agent: cli.agent.clone(),

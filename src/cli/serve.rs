@@ -45,7 +45,12 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         },
     };
     let admin_listen = config.admin.listen;
-    let state = match crate::build_state(config, cx.state_dir.clone(), cx.env.clone(), &listen) {
+    let state = match crate::build_state(
+        config,
+        cx.state_dir.clone(),
+        cx.process_env.clone(),
+        &listen,
+    ) {
         Ok(s) => s,
         Err(msg) => {
             eprintln!("error: {msg}");

@@ -46,7 +46,7 @@ pub struct AppState {
     /// Inbound authentication.
     pub gate: Gatekeeper,
     /// Credential pools per agent.
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     /// The pooled upstream client.
     pub client: UpstreamClient,
     /// `scheme://authority[/prefix]` per provider, precomputed.
@@ -80,7 +80,7 @@ impl AppState {
     pub fn new(
         config: Arc<Config>,
         gate: Gatekeeper,
-        registry: Registry,
+        registry: Arc<Registry>,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
     ) -> Self {

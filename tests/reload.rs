@@ -1,0 +1,122 @@
+//! Hot reload (SPEC §6): changed credential files take effect within 2 s without a restart;
+//! a broken new version keeps the last good one.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::keygate::{post_json, providers_at, Keygate, Opts};
+use support::mock::MockProvider;
+
+const GW: &str = "gw-reload-token";
+
+const PROFILES: &str = r#"{"version":1,"profiles":{
+  "anthropic:a":{"type":"api_key","provider":"anthropic","key":"sk-test-reload-a-0001"},
+  "anthropic:b":{"type":"api_key","provider":"anthropic","key":"sk-test-reload-b-0002"}}}"#;
+
+fn write(path: &Path, text: &str) {
+    // Write-then-rename, as every well-behaved writer (keygate's own CLI included) does.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+async fn credential_used(kg: &Keygate) -> String {
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude"}),
+    )
+    .await;
+    a.header("x-keygate-credential").unwrap_or("-").to_owned()
+}
+
+/// Polls (bounded) until the proxy uses `want`.
+async fn eventually_uses(kg: &Keygate, want: &str) -> bool {
+    for _ in 0..40 {
+        if credential_used(kg).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn order_change_on_disk_takes_effect_without_restart() {
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&mock.url(), &["anthropic"]))
+            .env("KEYGATE_TOKEN", GW)
+            .profiles(PROFILES)
+            .auth_state(r#"{"version":1,"order":{"anthropic":["anthropic:a"]}}"#),
+    )
+    .await;
+    assert_eq!(credential_used(&kg).await, "anthropic:a");
+    let dir = kg.state_path().join("agents/main/agent");
+    write(
+        &dir.join("auth-state.json"),
+        r#"{"version":1,"order":{"anthropic":["anthropic:b"]}}"#,
+    );
+    assert!(
+        eventually_uses(&kg, "anthropic:b").await,
+        "the new order was not picked up"
+    );
+
+    // A broken profiles file keeps the last good version.
+    write(
+        &dir.join("auth-profiles.json"),
+        "{ \"version\": 1, \"profiles\": { oops",
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        credential_used(&kg).await,
+        "anthropic:b",
+        "still serving the last good credentials"
+    );
+
+    // Fixing it (with a new key for b) is picked up, and b now sends the new secret.
+    write(
+        &dir.join("auth-profiles.json"),
+        &PROFILES.replace("sk-test-reload-b-0002", "sk-test-reload-b-NEW9"),
+    );
+    for _ in 0..40 {
+        credential_used(&kg).await;
+        if mock.last_request().and_then(|r| r.key) == Some("sk-test-reload-b-NEW9".into()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the fixed profiles file was not picked up");
+}
+
+#[tokio::test]
+async fn dotenv_changes_are_picked_up() {
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&mock.url(), &["anthropic"]))
+            .env("KEYGATE_TOKEN", GW)
+            .file(".env", "# no keys yet\n"),
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude"}),
+    )
+    .await;
+    assert_eq!(a.status, 401);
+    write(
+        &kg.state_path().join(".env"),
+        "ANTHROPIC_API_KEY=sk-test-from-dotenv-0003\n",
+    );
+    assert!(eventually_uses(&kg, "env:ANTHROPIC_API_KEY").await);
+    assert_eq!(
+        mock.last_request().and_then(|r| r.key).as_deref(),
+        Some("sk-test-from-dotenv-0003")
+    );
+}

@@ -533,3 +533,89 @@ async fn metrics_and_status_show_the_rotation() {
     assert_eq!(creds[0]["secret"], "api_key …0001");
     assert!(!s.text().contains(A) && !s.text().contains(B));
 }
+
+#[tokio::test]
+async fn round_robin_spreads_load_over_the_pool() {
+    let mock = MockProvider::start().await;
+    let kg = keygate(
+        &mock,
+        "[rotation]\nstrategy = \"round_robin\"\n",
+        "ANTHROPIC",
+        &[A, B, C],
+    )
+    .await;
+    for _ in 0..9 {
+        let a = post_json(
+            &kg.url("/anthropic/v1/messages"),
+            &[("x-api-key", GW)],
+            &json!({"model": "m"}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let counts: Vec<usize> = [A, B, C].iter().map(|k| mock.requests_for_key(k)).collect();
+    assert_eq!(counts, vec![3, 3, 3], "least recently used first");
+}
+
+#[tokio::test]
+async fn a_key_at_its_local_rpm_is_skipped_not_failed() {
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(format!(
+                "{}rpm = 1\n",
+                providers_at(&mock.url(), &["openai"])
+            ))
+            .env("KEYGATE_TOKEN", GW)
+            .env("OPENAI_API_KEYS", &format!("{A},{B}")),
+    )
+    .await;
+    let url = kg.url("/openai/v1/chat/completions");
+    let used: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let a = post_json(&url, &[("x-api-key", GW)], &json!({"model": "m"})).await;
+            v.push(format!(
+                "{} {}",
+                a.status.as_u16(),
+                a.header("x-keygate-credential").unwrap_or("-")
+            ));
+        }
+        v
+    };
+    assert_eq!(used[0], "200 env:OPENAI_API_KEYS#1");
+    assert_eq!(
+        used[1], "200 env:OPENAI_API_KEYS#2",
+        "A is at its rpm: skipped"
+    );
+    assert!(used[2].starts_with("429"), "both at their rpm: {}", used[2]);
+    assert_eq!(
+        mock.requests().len(),
+        2,
+        "no upstream attempt over the local limit"
+    );
+}
+
+#[tokio::test]
+async fn max_attempts_bounds_the_rotation() {
+    let mock = MockProvider::start().await;
+    for k in [A, B] {
+        mock.on_key(k, anthropic_429());
+    }
+    let kg = keygate(
+        &mock,
+        "[rotation]\nmax_attempts = 2\n",
+        "ANTHROPIC",
+        &[A, B, C],
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "m"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.header("x-keygate-attempts"), Some("2"));
+    assert_eq!(mock.requests_for_key(C), 0);
+}

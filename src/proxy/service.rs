@@ -176,6 +176,13 @@ async fn proxy(
     let start = Instant::now();
     let (parts, body) = req.into_parts();
 
+    // The provider is known from the path before auth, only to answer errors in its shape.
+    if let Ok((p, _)) = route(parts.uri.path()) {
+        if let Some(p) = state.config.provider(p) {
+            access.provider = Some(p.id.clone());
+        }
+    }
+
     // 1. Who is asking.
     let agent = match state.gate.check(peer.ip(), &parts) {
         Outcome::Allowed { agent } => agent,

@@ -517,6 +517,8 @@ async fn upstream_that_never_answers_gets_504() {
     )
     .await;
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.header("x-keygate-attempts"), Some("1"));
+    assert_eq!(a.header("x-keygate-credential"), Some("env:OPENAI_API_KEY"));
     assert!(a.json()["error"]["message"]
         .as_str()
         .expect("msg")
@@ -668,5 +670,28 @@ async fn shutdown_lets_in_flight_streams_finish() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn client_gone_before_the_answer_cancels_the_upstream_request() {
+    let mock = MockProvider::start().await;
+    mock.set_default(Behaviour::Hang);
+    let kg = standard(&mock).await;
+    let req = request(
+        Method::POST,
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW), ("content-type", "application/json")],
+        Bytes::from(json!({"model": "claude-sonnet-4-5"}).to_string()),
+    );
+    let pending = tokio::spawn(async move { client().request(req).await });
+    assert!(
+        mock.wait_requests(1, Duration::from_secs(10)).await,
+        "request reached the mock"
+    );
+    pending.abort();
+    assert!(
+        mock.wait_disconnects(1, Duration::from_secs(10)).await,
+        "the upstream request outlived its client"
     );
 }

@@ -144,7 +144,21 @@ pub async fn handle(
             Ok(resp) => resp,
             Err(e) => {
                 access.error = Some(e.metric_label());
-                e.into_response(access.provider.as_deref())
+                let mut r = e.into_response(access.provider.as_deref());
+                // Errors after attempts (timeouts, refused connections) still say how many
+                // attempts were made and with which credential.
+                if access.attempts > 0 {
+                    let h = r.headers_mut();
+                    h.insert("x-keygate-attempts", HeaderValue::from(access.attempts));
+                    if let Some(v) = access
+                        .credential
+                        .as_deref()
+                        .and_then(|c| HeaderValue::from_str(c).ok())
+                    {
+                        h.insert("x-keygate-credential", v);
+                    }
+                }
+                r
             }
         };
         let elapsed = start.elapsed();

@@ -1,0 +1,200 @@
+//! OAuth refresh for `oauth` profiles (SPEC §5).
+//!
+//! Owns the refresh of an access token that expires within [`REFRESH_MARGIN`]: one refresh
+//! at a time per profile (a per-profile async mutex), re-reading the file first in case
+//! another process already refreshed, the standard `refresh_token` grant against the
+//! provider's configured `token_url` (JSON, or form-encoded with `form = true`), and the
+//! atomic write-back through the store. Credentials managed by another tool (the Claude
+//! Code sync, `anthropic:claude-cli`) are never refreshed here. It does not own when a
+//! refresh failure cools the credential (the proxy classifies it as `auth`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
+
+use crate::config::OAuthConfig;
+use crate::credentials::store;
+use crate::proxy::upstream::UpstreamClient;
+use crate::secret::Secret;
+
+/// Refresh when the access token expires within this margin.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Budget for one token-endpoint exchange.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest token-endpoint answer read.
+const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
+/// The id of the Claude Code credential, which keygate never refreshes.
+pub const CLAUDE_CLI_ID: &str = "anthropic:claude-cli";
+
+/// A fresh access token.
+#[derive(Clone, Debug)]
+pub struct Fresh {
+    /// The access token.
+    pub access: Secret,
+    /// Its expiry (epoch ms).
+    pub expires_ms: i64,
+}
+
+/// Refreshes oauth profiles, one refresh at a time per profile.
+#[derive(Default)]
+pub struct Refresher {
+    // Bounded by the number of oauth profiles in the state files.
+    locks: Mutex<HashMap<(PathBuf, String), Arc<tokio::sync::Mutex<Option<Fresh>>>>>,
+}
+
+/// Whether a token expiring at `expires_ms` needs a refresh at `now_ms`.
+pub fn needs_refresh(expires_ms: Option<i64>, now_ms: i64) -> bool {
+    expires_ms.is_some_and(|e| e - now_ms <= REFRESH_MARGIN.as_millis() as i64)
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+// === impl Refresher ===
+
+impl Refresher {
+    /// A fresh access token for `profile` in the file at `path`, refreshing it if needed.
+    /// The error is the reason, without any secret; the caller words the SPEC message.
+    pub async fn fresh_token(
+        &self,
+        client: &UpstreamClient,
+        cfg: Option<&OAuthConfig>,
+        path: &Path,
+        profile: &str,
+    ) -> Result<Fresh, String> {
+        let slot = {
+            let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry((path.to_owned(), profile.to_owned()))
+                .or_default()
+                .clone()
+        };
+        let mut cached = slot.lock().await;
+        if let Some(f) = cached.as_ref().filter(|f| !needs_refresh(Some(f.expires_ms), now_ms())) {
+            return Ok(f.clone());
+        }
+        // Another process may have refreshed already: the file is the truth.
+        let entry = read_entry(path, profile).await?;
+        let access = entry.get("access").and_then(Value::as_str).unwrap_or_default();
+        let expires = entry.get("expires").and_then(Value::as_f64).map(|e| e as i64);
+        if !access.is_empty() && !needs_refresh(expires, now_ms()) {
+            let f = Fresh {
+                access: Secret::new(access),
+                expires_ms: expires.unwrap_or(i64::MAX),
+            };
+            *cached = Some(f.clone());
+            return Ok(f);
+        }
+        let refresh = entry
+            .get("refresh")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+            .ok_or("the profile has no refresh token")?
+            .to_owned();
+        let cfg = cfg.ok_or("no [providers.<p>.oauth] token_url is configured")?;
+        let (access, new_refresh, expires_in) = exchange(client, cfg, &refresh).await?;
+        let expires_ms = now_ms() + (expires_in * 1000.0) as i64;
+        let write_path = path.to_owned();
+        let id = profile.to_owned();
+        let access_value = access.clone();
+        tokio::task::spawn_blocking(move || {
+            store::update_profiles(&write_path, |profiles| -> Result<(), store::StoreError> {
+                if let Some(Value::Object(p)) = profiles.get_mut(&id) {
+                    p.insert("access".into(), Value::from(access_value));
+                    if let Some(r) = new_refresh {
+                        p.insert("refresh".into(), Value::from(r));
+                    }
+                    p.insert("expires".into(), Value::from(expires_ms));
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|_| "the write-back task failed".to_owned())?
+        .map_err(|e| format!("cannot write the refreshed token: {e}"))?;
+        tracing::info!(profile, "oauth token refreshed");
+        let f = Fresh {
+            access: Secret::new(access),
+            expires_ms,
+        };
+        *cached = Some(f.clone());
+        Ok(f)
+    }
+}
+
+async fn read_entry(path: &Path, profile: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let top: Value = serde_json::from_str(&text).map_err(|e| {
+        format!("{} does not parse (line {}, column {})", path.display(), e.line(), e.column())
+    })?;
+    match top.get("profiles").and_then(|p| p.get(profile)) {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        _ => Err(format!("profile {profile} is no longer in {}", path.display())),
+    }
+}
+
+/// The `refresh_token` grant. Returns (access token, new refresh token, expires_in seconds).
+async fn exchange(client: &UpstreamClient, cfg: &OAuthConfig, refresh: &str) -> Result<(String, Option<String>, f64), String> {
+    let (body, content_type) = if cfg.form {
+        let mut form = String::from("grant_type=refresh_token&refresh_token=");
+        form.push_str(&encode(refresh));
+        if let Some(id) = &cfg.client_id {
+            form.push_str("&client_id=");
+            form.push_str(&encode(id));
+        }
+        (form.into_bytes(), "application/x-www-form-urlencoded")
+    } else {
+        let mut v = serde_json::json!({ "grant_type": "refresh_token", "refresh_token": refresh });
+        if let Some(id) = &cfg.client_id {
+            v["client_id"] = Value::from(id.as_str());
+        }
+        (serde_json::to_vec(&v).unwrap_or_default(), "application/json")
+    };
+    let mut req = Request::new(Full::new(Bytes::from(body)));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = cfg.token_url.clone();
+    req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    let resp = tokio::time::timeout(REFRESH_TIMEOUT, client.request(req))
+        .await
+        .map_err(|_| "the token endpoint did not answer in time".to_owned())?
+        .map_err(|e| format!("the token endpoint is unreachable ({e})"))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE)
+        .collect()
+        .await
+        .map_err(|_| "the token endpoint's answer could not be read".to_owned())?
+        .to_bytes();
+    if !status.is_success() {
+        // The error code only (e.g. invalid_grant): descriptions may echo the token.
+        let code = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "error".into());
+        return Err(format!("the token endpoint answered {} ({code})", status.as_u16()));
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|_| "the token endpoint's answer is not JSON".to_owned())?;
+    let access = v
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+        .ok_or("the token endpoint's answer has no access_token")?;
+    let expires_in = v.get("expires_in").and_then(Value::as_f64).unwrap_or(3600.0).max(0.0);
+    let new_refresh = v.get("refresh_token").and_then(Value::as_str).map(str::to_owned);
+    Ok((access.to_owned(), new_refresh, expires_in))
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

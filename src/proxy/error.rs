@@ -57,6 +57,14 @@ pub enum ProxyError {
         /// What to do.
         hint: String,
     },
+    /// An oauth profile could not be refreshed (and nothing else could serve).
+    #[error("OAuth token refresh failed for {provider}: {reason}. Please re-authenticate.")]
+    OAuthRefresh {
+        /// Provider id.
+        provider: String,
+        /// Why, without secrets.
+        reason: String,
+    },
     /// Every candidate is cooling down or disabled.
     #[error("No available credential for {provider} (all in cooldown or unavailable).")]
     AllCooling {
@@ -87,9 +95,9 @@ impl ProxyError {
             }
             ProxyError::UnknownProvider(_) | ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Unauthorized(_) | ProxyError::NoCredentials { .. } => {
-                StatusCode::UNAUTHORIZED
-            }
+            ProxyError::Unauthorized(_)
+            | ProxyError::NoCredentials { .. }
+            | ProxyError::OAuthRefresh { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::LockedOut { .. } | ProxyError::AllCooling { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -112,6 +120,7 @@ impl ProxyError {
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::LockedOut { .. } => "locked_out",
             ProxyError::NoCredentials { .. } => "no_credentials",
+            ProxyError::OAuthRefresh { .. } => "oauth_refresh_failed",
             ProxyError::AllCooling { .. } => "all_cooling",
             ProxyError::NoBaseUrl(_) => "no_base_url",
             ProxyError::Upstream(_) => "upstream_error",

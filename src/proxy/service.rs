@@ -24,12 +24,14 @@ use tracing::Instrument;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
-use super::inject::{clean_query, clean_request_headers, clean_response_headers};
+use super::inject::{clean_query, clean_request_headers, clean_response_headers, Injection};
 use super::upstream::UpstreamClient;
 use crate::admin;
 use crate::classify::{self, ErrorBody, Reason, SseScanner, Verdict};
 use crate::config::{Config, OnAllCooling, ProviderConfig};
 use crate::cooldown::{Cooldowns, Ladders};
+use crate::credentials::oauth::{self, Refresher};
+use crate::credentials::{store, Kind, Source};
 use crate::inbound::{Gatekeeper, Outcome};
 use crate::metrics::Metrics;
 use crate::pin;
@@ -61,6 +63,8 @@ pub struct AppState {
     rpm: HashMap<String, DefaultKeyedRateLimiter<Arc<str>>>,
     /// Prometheus series.
     pub metrics: Arc<Metrics>,
+    /// OAuth refreshes, one at a time per profile.
+    pub refresher: Refresher,
 }
 
 /// What the access log line says about a request.
@@ -122,6 +126,7 @@ impl AppState {
             rotate_on,
             rpm,
             metrics,
+            refresher: Refresher::default(),
         }
     }
 }
@@ -318,6 +323,7 @@ async fn proxy(
         model: model.map(Arc::from),
         deadline: start + state.config.server.request_timeout,
         pinned: pinned.is_some(),
+        agent: &agent,
     };
     exchange.run(candidates, access).await
 }
@@ -335,6 +341,7 @@ struct Exchange<'a> {
     model: Option<Arc<str>>,
     deadline: Instant,
     pinned: bool,
+    agent: &'a str,
 }
 
 /// What one attempt came to.
@@ -346,6 +353,8 @@ enum Attempt {
     Failed(Response<ProxyBody>, Reason),
     /// Failed before any answer (timeout, connection error).
     Error(ProxyError, Reason),
+    /// Not sent: the credential could not be made usable (OAuth refresh failed).
+    Skip(ProxyError),
 }
 
 impl Exchange<'_> {
@@ -367,6 +376,7 @@ impl Exchange<'_> {
 
         let mut attempts = 0u32;
         let mut last: Option<Attempt> = None;
+        let mut skipped: Option<ProxyError> = None;
         let mut tried = vec![false; candidates.len()];
         loop {
             // Who may serve now: not cooling for this model, not disabled, under its rpm.
@@ -406,6 +416,9 @@ impl Exchange<'_> {
                     // Every candidate has had its attempt: the last answer goes back.
                     return finish(done, attempts);
                 }
+                if let Some(e) = skipped {
+                    return Err(e);
+                }
                 // Nothing attempted yet and everyone is cooling.
                 let soonest = soonest.unwrap_or(now);
                 if rcfg.on_all_cooling == OnAllCooling::Wait
@@ -444,6 +457,15 @@ impl Exchange<'_> {
                     return finish(outcome, attempts);
                 }
                 Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
+                Attempt::Skip(_) => {
+                    // Not sent: the next credential serves and this one is not an attempt.
+                    attempts -= 1;
+                    access.attempts = attempts;
+                    if let Attempt::Skip(e) = outcome {
+                        skipped = Some(e);
+                    }
+                    continue;
+                }
             };
             cand.count_attempt(Some(reason));
             let more = !self.pinned && tried.iter().any(|t| !t);
@@ -465,7 +487,41 @@ impl Exchange<'_> {
     ) -> Result<Attempt, ProxyError> {
         let st = self.state;
         let server = &st.config.server;
-        let uri = match cand.inject.query() {
+        // An oauth profile about to expire is refreshed first (SPEC §5).
+        let refreshed;
+        let inject = if needs_oauth_refresh(cand) {
+            let path = store::agent_dir(st.registry.state_dir(), self.agent).join(store::PROFILES_FILE);
+            match st
+                .refresher
+                .fresh_token(&st.client, self.provider.oauth.as_ref(), &path, cand.cred.id.as_str())
+                .await
+            {
+                Ok(fresh) => {
+                    let mut cred = cand.cred.clone();
+                    cred.secret = fresh.access;
+                    cred.expires_ms = Some(fresh.expires_ms);
+                    refreshed = Injection::new(self.provider, &cred)
+                        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+                    &refreshed
+                }
+                Err(reason) => {
+                    let verdict = Verdict {
+                        reason: Reason::Auth,
+                        hint: None,
+                    };
+                    self.mark(cand, &verdict, None);
+                    let e = ProxyError::OAuthRefresh {
+                        provider: self.provider.id.clone(),
+                        reason,
+                    };
+                    tracing::warn!(credential = %cand.cred.id, error = %e, "oauth refresh failed");
+                    return Ok(Attempt::Skip(e));
+                }
+            }
+        } else {
+            &cand.inject
+        };
+        let uri = match inject.query() {
             Some(q) => upstream_uri(self.base, self.rest, self.query.as_deref(), Some(q))?,
             None => plain_uri.clone(),
         };
@@ -473,7 +529,7 @@ impl Exchange<'_> {
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = self.headers.clone();
-        cand.inject.apply(up.headers_mut());
+        inject.apply(up.headers_mut());
 
         let sent = Instant::now();
         let wait_until = (sent + server.first_byte_timeout).min(self.deadline);
@@ -503,8 +559,10 @@ impl Exchange<'_> {
             .headers
             .insert("x-keygate-attempts", HeaderValue::from(attempts));
         let status = parts.status;
-        let is_sse = is_event_stream(&parts.headers);
-        let error_event = is_sse.then(|| sse_error_event(&self.provider.id));
+        let stream = stream_kind(&parts.headers);
+        // Only SSE has a text error event to end a broken stream with; a broken AWS
+        // event-stream (binary frames) just ends with a body error.
+        let error_event = (stream == Some(StreamKind::Sse)).then(|| sse_error_event(&self.provider.id));
         let id = cand.cred.id.as_str();
         let model = self.model.as_deref();
 
@@ -542,7 +600,7 @@ impl Exchange<'_> {
             _ => st.cooldowns.record_success(id, cand.fp, model, now),
         }
 
-        if !is_sse {
+        if stream.is_none() {
             return Ok(Attempt::Done(Response::from_parts(
                 parts,
                 ProxyBody::upstream(VecDeque::new(), Some(incoming), self.deadline, None, None),
@@ -637,8 +695,16 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
                 .insert("x-keygate-attempts", HeaderValue::from(attempts));
             Ok(r)
         }
-        Attempt::Error(e, _) => Err(e),
+        Attempt::Error(e, _) | Attempt::Skip(e) => Err(e),
     }
+}
+
+/// An oauth profile (not one managed by another tool) whose token expires soon.
+fn needs_oauth_refresh(cand: &Candidate) -> bool {
+    cand.cred.kind == Kind::OAuth
+        && cand.cred.source == Source::Profile
+        && cand.cred.id.as_str() != oauth::CLAUDE_CLI_ID
+        && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
 }
 
 /// Reads up to `limit` bytes of an error body before `until`. Returns the frames read (to
@@ -766,11 +832,24 @@ impl super::body::Observer for StreamWatch {
     }
 }
 
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+/// The streamed answers keygate looks into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamKind {
+    /// `text/event-stream`.
+    Sse,
+    /// AWS `application/vnd.amazon.eventstream` (Bedrock), binary frames.
+    AwsEventStream,
+}
+
+fn stream_kind(headers: &http::HeaderMap) -> Option<StreamKind> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?.trim_start();
+    if ct.starts_with("text/event-stream") {
+        Some(StreamKind::Sse)
+    } else if ct.starts_with("application/vnd.amazon.eventstream") {
+        Some(StreamKind::AwsEventStream)
+    } else {
+        None
+    }
 }
 
 /// The event that ends a broken stream in the provider's own protocol, so SDKs raise an

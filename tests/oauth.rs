@@ -1,0 +1,136 @@
+//! OAuth refresh (SPEC §5) against a mock token endpoint.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+use support::keygate::{post_json, Keygate, Opts};
+use support::mock::{Behaviour, MockProvider};
+
+const GW: &str = "gw-oauth-token";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn profiles(expires: i64) -> String {
+    json!({"version": 1, "profiles": {
+        "anthropic:oauth": {"type": "oauth", "provider": "anthropic", "access": "old-access-token-0001",
+                             "refresh": "refresh-token-0001", "expires": expires, "email": "dev@example.com"}
+    }})
+    .to_string()
+}
+
+fn config(api: &MockProvider, token: &MockProvider) -> String {
+    format!(
+        "[providers.anthropic]\nbase_url = \"{}\"\n[providers.anthropic.oauth]\ntoken_url = \"{}/v1/oauth/token\"\nclient_id = \"test-client\"\n",
+        api.url(),
+        token.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_refreshed_once_under_concurrency() {
+    let api = MockProvider::start().await;
+    let token = MockProvider::start().await;
+    token.set_default(Behaviour::status(
+        200,
+        r#"{"access_token":"new-access-token-0002","refresh_token":"refresh-token-0002","expires_in":3600,"token_type":"Bearer"}"#,
+    ));
+    let kg = Keygate::start(
+        Opts::default()
+            .config(config(&api, &token))
+            .env("KEYGATE_TOKEN", GW)
+            .profiles(&profiles(now_ms() - 60_000)),
+    )
+    .await;
+    let url = kg.url("/anthropic/v1/messages");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            post_json(&url, &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5", "max_tokens": 1})).await
+        }));
+    }
+    for t in tasks {
+        let a = t.await.expect("task");
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.header("x-keygate-credential"), Some("anthropic:oauth"));
+    }
+    assert_eq!(token.requests().len(), 1, "exactly one refresh");
+    let grant = token.requests()[0].json();
+    assert_eq!(grant["grant_type"], "refresh_token");
+    assert_eq!(grant["refresh_token"], "refresh-token-0001");
+    assert_eq!(grant["client_id"], "test-client");
+    for r in api.requests() {
+        assert_eq!(r.header("authorization"), Some("Bearer new-access-token-0002"));
+        assert!(r.header("anthropic-beta").is_some_and(|b| b.contains("oauth-2025-04-20")));
+    }
+    let path = kg.state_path().join("agents/main/agent/auth-profiles.json");
+    let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let p = &stored["profiles"]["anthropic:oauth"];
+    assert_eq!(p["access"], "new-access-token-0002");
+    assert_eq!(p["refresh"], "refresh-token-0002");
+    assert!(p["expires"].as_i64().expect("expires") > now_ms() + 3_000_000);
+    assert_eq!(p["email"], "dev@example.com", "other fields kept");
+    assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
+    let api = MockProvider::start().await;
+    let token = MockProvider::start().await;
+    token.set_default(Behaviour::status(400, r#"{"error":"invalid_grant","error_description":"refresh token refresh-token-0001 revoked"}"#));
+    let kg = Keygate::start(
+        Opts::default()
+            .config(config(&api, &token))
+            .env("KEYGATE_TOKEN", GW)
+            .env("ANTHROPIC_API_KEY", "sk-ant-api03-fallback-key-0003")
+            .profiles(&profiles(now_ms() - 60_000)),
+    )
+    .await;
+    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-keygate-credential"), Some("env:ANTHROPIC_API_KEY"));
+    assert_eq!(api.keys(), vec![Some("sk-ant-api03-fallback-key-0003".to_owned())]);
+    // The profile now cools as `auth`: the next request does not try the refresh again.
+    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(token.requests().len(), 1);
+
+    // With nothing else to serve, the client gets the SPEC message.
+    let kg2 = Keygate::start(
+        Opts::default()
+            .config(config(&api, &token))
+            .env("KEYGATE_TOKEN", GW)
+            .profiles(&profiles(now_ms() - 60_000)),
+    )
+    .await;
+    let a = post_json(&kg2.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    assert_eq!(a.status, 401);
+    let msg = a.json()["error"]["message"].as_str().expect("msg").to_owned();
+    assert!(msg.starts_with("OAuth token refresh failed for anthropic: "), "{msg}");
+    assert!(msg.ends_with(". Please re-authenticate."), "{msg}");
+    assert!(!msg.contains("refresh-token-0001"), "no secret in the message: {msg}");
+}
+
+#[tokio::test]
+async fn a_token_that_is_still_valid_is_not_refreshed() {
+    let api = MockProvider::start().await;
+    let token = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(config(&api, &token))
+            .env("KEYGATE_TOKEN", GW)
+            .profiles(&profiles(now_ms() + 3_600_000)),
+    )
+    .await;
+    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    assert_eq!(a.status, 200);
+    assert!(token.requests().is_empty());
+    assert_eq!(api.last_request().expect("req").header("authorization"), Some("Bearer old-access-token-0001"));
+}

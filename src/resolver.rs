@@ -189,7 +189,8 @@ impl Registry {
 pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnapshot) -> AgentPool {
     let dir = store::agent_dir(state_dir, agent);
     let mut warnings = Vec::new();
-    let profiles = match store::load_profiles(&dir.join("auth-profiles.json"), env) {
+    let profiles = match store::load_agent_profiles(state_dir, agent, env, &config.secret_providers)
+    {
         Ok(set) => {
             warnings.extend(set.warnings);
             set.profiles

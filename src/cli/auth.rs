@@ -419,6 +419,17 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
         return unknown_provider(config, &provider);
     };
     let dir = store::agent_dir(&cx.state_dir, &cx.agent);
+    // Validate the store first: a broken auth-profiles.json must be fixed before the order
+    // that refers to it changes.
+    let set = match store::load_agent_profiles(
+        &cx.state_dir,
+        &cx.agent,
+        &cx.env,
+        &config.secret_providers,
+    ) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     match cmd {
         OrderCommand::Get { json, .. } => {
             let state = match store::load_auth_state(&state_path(cx)) {
@@ -450,15 +461,6 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         OrderCommand::Set { ids, .. } => {
-            let set = match store::load_agent_profiles(
-                &cx.state_dir,
-                &cx.agent,
-                &cx.env,
-                &config.secret_providers,
-            ) {
-                Ok(s) => s,
-                Err(e) => return fail(e),
-            };
             let mut list: Vec<String> = Vec::with_capacity(ids.len());
             for id in ids {
                 let id = id.trim().to_owned();

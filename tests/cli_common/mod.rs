@@ -91,7 +91,11 @@ pub fn mode(p: &Path) -> u32 {
 pub fn write_file(p: &Path, text: &str, mode: u32) {
     if let Some(d) = p.parent() {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d).unwrap();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .unwrap();
     }
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();

@@ -1,15 +1,16 @@
-//! OpenClaw-compatible state files (SPEC §6): loading.
+//! OpenClaw-compatible state files (SPEC §6): loading, and (in [`write`]) writing.
 //!
 //! Owns: where an agent's files live ([`agent_dir`]), reading `auth-profiles.json` into
 //! [`Profile`]s — canonical `{ "version": 1, "profiles": { … } }` and the legacy flat shape,
 //! leniently (`mode` → `type`, `apiKey` → `key`, bad entries skipped with a warning that
-//! names them) — resolving `env` secret references ([`resolve_ref`]), and reading
-//! `auth-state.json` ([`AuthState`]: explicit orders plus every other member kept as found).
+//! names them) — resolving secret references ([`resolve_ref`]: `env` here, `file`/`exec`
+//! through `secret_ref`), reading `auth-state.json` ([`AuthState`]: explicit orders plus
+//! every other member kept as found), the Claude Code credentials as `anthropic:claude-cli`
+//! ([`load_agent_profiles`]), and the write discipline ([`write`]: lock, re-read, atomic
+//! 0600 replace, legacy rewrite for `doctor --fix`).
 //!
-//! It does not own: writes, locking and `doctor --fix` (later), `file`/`exec` secret
-//! providers (`secret_ref`, which extends [`resolve_ref`]), OAuth refresh and the Claude
-//! Code sync (`oauth`), or the choice between candidates (`resolver`). No secret value ever
-//! appears in a warning or an error from this module.
+//! It does not own: OAuth refresh (`oauth`), hot reload, or the choice between candidates
+//! (`resolver`). No secret value ever appears in a warning or an error from this module.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

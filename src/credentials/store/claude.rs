@@ -94,3 +94,75 @@ pub fn load_claude_cli(env: &EnvSnapshot) -> Result<Option<Profile>, String> {
         display_name: None,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::store::{load_agent_profiles, Expires};
+
+    #[test]
+    fn reads_claude_code_credentials_as_a_managed_profile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().to_str().unwrap().to_owned();
+        let env = EnvSnapshot::from_pairs([("HOME", home.as_str())]);
+        assert_eq!(
+            claude_credentials_path(&env),
+            Some(tmp.path().join(".claude/.credentials.json"))
+        );
+        assert!(load_claude_cli(&env).unwrap().is_none());
+
+        std::fs::create_dir(tmp.path().join(".claude")).unwrap();
+        let file = tmp.path().join(".claude/.credentials.json");
+        std::fs::write(
+            &file,
+            r#"{"claudeAiOauth":{"accessToken":" acc-token ","expiresAt":1798761600000}}"#,
+        )
+        .unwrap();
+        let p = load_claude_cli(&env).unwrap().unwrap();
+        assert_eq!((p.id.as_str(), p.kind), (CLAUDE_CLI_PROFILE, Kind::Token));
+        assert_eq!(p.secret.as_ref().map(Secret::expose), Ok("acc-token"));
+        assert_eq!(p.expires, Expires::At(1_798_761_600_000));
+
+        std::fs::write(
+            &file,
+            r#"{"claudeAiOauth":{"accessToken":"a","refreshToken":"r"}}"#,
+        )
+        .unwrap();
+        let set = load_agent_profiles(&tmp.path().join("state"), "main", &env, &Default::default())
+            .unwrap();
+        assert_eq!(set.profiles[0].kind, Kind::OAuth);
+        assert_eq!(set.managed_ids, [CLAUDE_CLI_PROFILE]);
+
+        std::fs::write(&file, r#"{"claudeAiOauth":{"refreshToken":"secret-r"}}"#).unwrap();
+        let err = load_claude_cli(&env).unwrap_err();
+        assert!(
+            err.contains("accessToken") && !err.contains("secret-r"),
+            "{err}"
+        );
+
+        // The override wins; a stored profile with that id wins over the file.
+        let other = tmp.path().join("cc.json");
+        std::fs::write(&other, r#"{"claudeAiOauth":{"accessToken":"b"}}"#).unwrap();
+        let env = EnvSnapshot::from_pairs([
+            ("HOME", home.as_str()),
+            ("KEYGATE_CLAUDE_CREDENTIALS", other.to_str().unwrap()),
+        ]);
+        assert_eq!(
+            load_claude_cli(&env)
+                .unwrap()
+                .unwrap()
+                .secret
+                .unwrap()
+                .expose(),
+            "b"
+        );
+        let dir = crate::credentials::store::agent_dir(&tmp.path().join("state"), "main");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("auth-profiles.json"), r#"{"profiles":{"anthropic:claude-cli":{"type":"api_key","provider":"anthropic","key":"stored"}}}"#).unwrap();
+        let set = load_agent_profiles(&tmp.path().join("state"), "main", &env, &Default::default())
+            .unwrap();
+        assert_eq!(set.profiles.len(), 1);
+        assert_eq!(set.profiles[0].kind, Kind::ApiKey);
+        assert!(set.managed_ids.is_empty());
+    }
+}

@@ -314,3 +314,121 @@ fn jitter(attempt: u32) -> Duration {
         ^ attempt.wrapping_mul(40_503);
     Duration::from_millis(20 + u64::from(seed % 81))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn update_creates_private_dirs_and_files_and_keeps_unknown_members() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a/b/auth-profiles.json");
+        update_profiles(&path, |p| {
+            p.insert(
+                "x:1".into(),
+                serde_json::json!({"type": "api_key", "provider": "x", "key": "k", "extra": 1}),
+            );
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700);
+        assert_eq!(mode(&tmp.path().join("a/b")), 0o700);
+        update_profiles(&path, |p| {
+            p.insert(
+                "x:2".into(),
+                serde_json::json!({"type": "token", "provider": "x", "token": "t"}),
+            );
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["profiles"]["x:1"]["extra"], 1);
+        assert_eq!(doc["profiles"]["x:2"]["token"], "t");
+        // No temp files left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}"); // the file and its .lock
+    }
+
+    #[test]
+    fn unparseable_and_legacy_files_are_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("auth-profiles.json");
+        for text in [
+            "{\"profiles\": {,}}",
+            "{\"openai\": {\"apiKey\": \"k\"}}",
+            "{\"profiles\": 3}",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = update_profiles(&path, |_| Ok::<_, StoreError>(())).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Parse { .. } | StoreError::LegacyFlat { .. }
+                ),
+                "{err:?}"
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+        // The closure's own error: nothing written.
+        std::fs::write(&path, "{\"profiles\": {}}").unwrap();
+        let err = update_profiles(&path, |p| {
+            p.insert("a".into(), Value::Null);
+            Err::<(), _>(StoreError::Locked { path: path.clone() })
+        });
+        assert!(err.is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"profiles\": {}}"
+        );
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("auth-state.json");
+        let held = lock(&path).unwrap();
+        let other = File::open(lock_path(&path)).unwrap();
+        assert!(
+            rustix::fs::flock(&other, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_err()
+        );
+        drop(held);
+        assert!(
+            rustix::fs::flock(&other, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+        );
+    }
+
+    #[test]
+    fn legacy_entries_convert_by_type_or_inference() {
+        let obj = |v: Value| canonical_entry("p", &v).map(Value::Object);
+        assert_eq!(
+            obj(serde_json::json!({"apiKey": "k", "junk": 1})),
+            Some(serde_json::json!({"type": "api_key", "provider": "p", "key": "k"}))
+        );
+        assert_eq!(
+            obj(serde_json::json!({"mode": "token", "token": "t", "expires": 5, "email": "e"})),
+            Some(
+                serde_json::json!({"type": "token", "provider": "p", "token": "t", "expires": 5, "email": "e"})
+            )
+        );
+        assert_eq!(
+            obj(serde_json::json!({"access": "a", "refresh": "r", "expires": 5})),
+            Some(
+                serde_json::json!({"type": "oauth", "provider": "p", "access": "a", "refresh": "r", "expires": 5})
+            )
+        );
+        assert_eq!(obj(serde_json::json!({"something": "else"})), None);
+        assert_eq!(obj(serde_json::json!("string")), None);
+    }
+}

@@ -211,7 +211,7 @@ impl Registry {
             dotenv,
         ]
         .into_iter()
-        .chain(claude_credentials_path(&self.env))
+        .chain(store::claude_credentials_path(&self.env))
         .map(|p| {
             let sig = file_sig(&p);
             (p, sig)
@@ -327,7 +327,8 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     let dir = store::agent_dir(state_dir, agent);
     let mut warnings = Vec::new();
     let mut broken = false;
-    let profiles = match store::load_profiles(&dir.join("auth-profiles.json"), env) {
+    let profiles = match store::load_agent_profiles(state_dir, agent, env, &config.secret_providers)
+    {
         Ok(set) => {
             warnings.extend(set.warnings);
             set.profiles
@@ -461,20 +462,6 @@ fn clone_providers(p: &HashMap<String, ProviderPool>) -> HashMap<String, Provide
             )
         })
         .collect()
-}
-
-/// Where Claude Code keeps its credentials (`KEYGATE_CLAUDE_CREDENTIALS`, else
-/// `~/.claude/.credentials.json`).
-pub fn claude_credentials_path(env: &EnvSnapshot) -> Option<PathBuf> {
-    if let Some(p) = env
-        .get("KEYGATE_CLAUDE_CREDENTIALS")
-        .filter(|p| !p.is_empty())
-    {
-        return Some(PathBuf::from(p));
-    }
-    env.get("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|h| Path::new(h).join(".claude").join(".credentials.json"))
 }
 
 fn kind_group(kind: Kind) -> u8 {

@@ -53,7 +53,12 @@ async fn expired_token_is_refreshed_once_under_concurrency() {
     for _ in 0..20 {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
-            post_json(&url, &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5", "max_tokens": 1})).await
+            post_json(
+                &url,
+                &[("x-api-key", GW)],
+                &json!({"model": "claude-sonnet-4-5", "max_tokens": 1}),
+            )
+            .await
         }));
     }
     for t in tasks {
@@ -67,17 +72,26 @@ async fn expired_token_is_refreshed_once_under_concurrency() {
     assert_eq!(grant["refresh_token"], "refresh-token-0001");
     assert_eq!(grant["client_id"], "test-client");
     for r in api.requests() {
-        assert_eq!(r.header("authorization"), Some("Bearer new-access-token-0002"));
-        assert!(r.header("anthropic-beta").is_some_and(|b| b.contains("oauth-2025-04-20")));
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer new-access-token-0002")
+        );
+        assert!(r
+            .header("anthropic-beta")
+            .is_some_and(|b| b.contains("oauth-2025-04-20")));
     }
     let path = kg.state_path().join("agents/main/agent/auth-profiles.json");
-    let stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
     let p = &stored["profiles"]["anthropic:oauth"];
     assert_eq!(p["access"], "new-access-token-0002");
     assert_eq!(p["refresh"], "refresh-token-0002");
     assert!(p["expires"].as_i64().expect("expires") > now_ms() + 3_000_000);
     assert_eq!(p["email"], "dev@example.com", "other fields kept");
-    assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[tokio::test]
@@ -93,12 +107,28 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
             .profiles(&profiles(now_ms() - 60_000)),
     )
     .await;
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5"}),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_eq!(a.header("x-keygate-credential"), Some("env:ANTHROPIC_API_KEY"));
-    assert_eq!(api.keys(), vec![Some("sk-ant-api03-fallback-key-0003".to_owned())]);
+    assert_eq!(
+        a.header("x-keygate-credential"),
+        Some("env:ANTHROPIC_API_KEY")
+    );
+    assert_eq!(
+        api.keys(),
+        vec![Some("sk-ant-api03-fallback-key-0003".to_owned())]
+    );
     // The profile now cools as `auth`: the next request does not try the refresh again.
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5"}),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(token.requests().len(), 1);
 
@@ -110,12 +140,26 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
             .profiles(&profiles(now_ms() - 60_000)),
     )
     .await;
-    let a = post_json(&kg2.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    let a = post_json(
+        &kg2.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5"}),
+    )
+    .await;
     assert_eq!(a.status, 401);
-    let msg = a.json()["error"]["message"].as_str().expect("msg").to_owned();
-    assert!(msg.starts_with("OAuth token refresh failed for anthropic: "), "{msg}");
+    let msg = a.json()["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .to_owned();
+    assert!(
+        msg.starts_with("OAuth token refresh failed for anthropic: "),
+        "{msg}"
+    );
     assert!(msg.ends_with(". Please re-authenticate."), "{msg}");
-    assert!(!msg.contains("refresh-token-0001"), "no secret in the message: {msg}");
+    assert!(
+        !msg.contains("refresh-token-0001"),
+        "no secret in the message: {msg}"
+    );
 }
 
 #[tokio::test]
@@ -129,8 +173,16 @@ async fn a_token_that_is_still_valid_is_not_refreshed() {
             .profiles(&profiles(now_ms() + 3_600_000)),
     )
     .await;
-    let a = post_json(&kg.url("/anthropic/v1/messages"), &[("x-api-key", GW)], &json!({"model": "claude-sonnet-4-5"})).await;
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5"}),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert!(token.requests().is_empty());
-    assert_eq!(api.last_request().expect("req").header("authorization"), Some("Bearer old-access-token-0001"));
+    assert_eq!(
+        api.last_request().expect("req").header("authorization"),
+        Some("Bearer old-access-token-0001")
+    );
 }

@@ -120,3 +120,57 @@ async fn dotenv_changes_are_picked_up() {
         Some("sk-test-from-dotenv-0003")
     );
 }
+
+#[tokio::test]
+async fn order_set_cli_on_a_running_proxy_changes_the_next_credential() {
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&mock.url(), &["anthropic"]))
+            .env("KEYGATE_TOKEN", GW)
+            .profiles(PROFILES),
+    )
+    .await;
+    let first = credential_used(&kg).await;
+    assert!(first.starts_with("anthropic:"), "{first}");
+    let other = if first == "anthropic:a" {
+        "anthropic:b"
+    } else {
+        "anthropic:a"
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "--state-dir",
+            kg.state_path().to_str().expect("utf8"),
+            "models",
+            "auth",
+            "order",
+            "set",
+            "--provider",
+            "anthropic",
+            other,
+        ])
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .expect("run keygate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Within the reload window every request goes to `other`, whatever least-recently-used
+    // would pick (without the order, a and b alternate).
+    let mut streak = 0;
+    for _ in 0..60 {
+        if credential_used(&kg).await == other {
+            streak += 1;
+            if streak == 6 {
+                return;
+            }
+        } else {
+            streak = 0;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("the order set by the CLI was not picked up");
+}

@@ -12,8 +12,18 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, LogFormat};
 use crate::credentials::env::EnvSnapshot;
 
+mod auth;
 mod config_check;
+mod doctor;
+mod models;
+mod probe;
 mod serve;
+
+pub use auth::{
+    AuthCommand, ListArgs, OrderCommand, PasteKeyArgs, PasteTokenArgs, RemoveArgs, SetupTokenArgs,
+};
+pub use doctor::DoctorArgs;
+pub use models::{ModelsCommand, StatusArgs};
 
 /// Exit code for usage errors (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -53,6 +63,14 @@ pub enum LogFormatArg {
 pub enum Command {
     /// Run the proxy.
     Serve(serve::ServeArgs),
+    /// Credentials: status (with --check and --probe) and auth (paste, order, list, remove).
+    Models {
+        /// What to do.
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Check config, state files, permissions, expiry, legacy formats, Claude Code credentials.
+    Doctor(DoctorArgs),
     /// Configuration tools.
     Config {
         /// What to do.
@@ -161,5 +179,7 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check::run(&cx),
+        Command::Models { command } => models::run(&cx, command),
+        Command::Doctor(args) => doctor::run(&cx, args),
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use crate::secret::Secret;
 
 pub mod env;
+pub mod oauth;
+pub mod secret_ref;
 pub mod store;
 
 /// A credential id as shown in logs, headers, status and cooldowns: a profile id as stored

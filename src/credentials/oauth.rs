@@ -29,8 +29,6 @@ pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest token-endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
-/// The id of the Claude Code credential, which keygate never refreshes.
-pub const CLAUDE_CLI_ID: &str = "anthropic:claude-cli";
 
 /// A fresh access token.
 #[derive(Clone, Debug)]
@@ -41,11 +39,14 @@ pub struct Fresh {
     pub expires_ms: i64,
 }
 
+/// One profile's refresh slot: held during a refresh, caching its result.
+type Slot = Arc<tokio::sync::Mutex<Option<Fresh>>>;
+
 /// Refreshes oauth profiles, one refresh at a time per profile.
 #[derive(Default)]
 pub struct Refresher {
-    // Bounded by the number of oauth profiles in the state files.
-    locks: Mutex<HashMap<(PathBuf, String), Arc<tokio::sync::Mutex<Option<Fresh>>>>>,
+    // Keyed by (profiles file, profile id): bounded by the oauth profiles on disk.
+    locks: Mutex<HashMap<(PathBuf, String), Slot>>,
 }
 
 /// Whether a token expiring at `expires_ms` needs a refresh at `now_ms`.
@@ -79,13 +80,22 @@ impl Refresher {
                 .clone()
         };
         let mut cached = slot.lock().await;
-        if let Some(f) = cached.as_ref().filter(|f| !needs_refresh(Some(f.expires_ms), now_ms())) {
+        if let Some(f) = cached
+            .as_ref()
+            .filter(|f| !needs_refresh(Some(f.expires_ms), now_ms()))
+        {
             return Ok(f.clone());
         }
         // Another process may have refreshed already: the file is the truth.
         let entry = read_entry(path, profile).await?;
-        let access = entry.get("access").and_then(Value::as_str).unwrap_or_default();
-        let expires = entry.get("expires").and_then(Value::as_f64).map(|e| e as i64);
+        let access = entry
+            .get("access")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let expires = entry
+            .get("expires")
+            .and_then(Value::as_f64)
+            .map(|e| e as i64);
         if !access.is_empty() && !needs_refresh(expires, now_ms()) {
             let f = Fresh {
                 access: Secret::new(access),
@@ -107,16 +117,19 @@ impl Refresher {
         let id = profile.to_owned();
         let access_value = access.clone();
         tokio::task::spawn_blocking(move || {
-            store::update_profiles(&write_path, |profiles| -> Result<(), store::StoreError> {
-                if let Some(Value::Object(p)) = profiles.get_mut(&id) {
-                    p.insert("access".into(), Value::from(access_value));
-                    if let Some(r) = new_refresh {
-                        p.insert("refresh".into(), Value::from(r));
+            store::write::update_profiles(
+                &write_path,
+                |profiles| -> Result<(), store::StoreError> {
+                    if let Some(Value::Object(p)) = profiles.get_mut(&id) {
+                        p.insert("access".into(), Value::from(access_value));
+                        if let Some(r) = new_refresh {
+                            p.insert("refresh".into(), Value::from(r));
+                        }
+                        p.insert("expires".into(), Value::from(expires_ms));
                     }
-                    p.insert("expires".into(), Value::from(expires_ms));
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
         })
         .await
         .map_err(|_| "the write-back task failed".to_owned())?
@@ -136,16 +149,28 @@ async fn read_entry(path: &Path, profile: &str) -> Result<serde_json::Map<String
         .await
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let top: Value = serde_json::from_str(&text).map_err(|e| {
-        format!("{} does not parse (line {}, column {})", path.display(), e.line(), e.column())
+        format!(
+            "{} does not parse (line {}, column {})",
+            path.display(),
+            e.line(),
+            e.column()
+        )
     })?;
     match top.get("profiles").and_then(|p| p.get(profile)) {
         Some(Value::Object(m)) => Ok(m.clone()),
-        _ => Err(format!("profile {profile} is no longer in {}", path.display())),
+        _ => Err(format!(
+            "profile {profile} is no longer in {}",
+            path.display()
+        )),
     }
 }
 
 /// The `refresh_token` grant. Returns (access token, new refresh token, expires_in seconds).
-async fn exchange(client: &UpstreamClient, cfg: &OAuthConfig, refresh: &str) -> Result<(String, Option<String>, f64), String> {
+async fn exchange(
+    client: &UpstreamClient,
+    cfg: &OAuthConfig,
+    refresh: &str,
+) -> Result<(String, Option<String>, f64), String> {
     let (body, content_type) = if cfg.form {
         let mut form = String::from("grant_type=refresh_token&refresh_token=");
         form.push_str(&encode(refresh));
@@ -159,13 +184,18 @@ async fn exchange(client: &UpstreamClient, cfg: &OAuthConfig, refresh: &str) -> 
         if let Some(id) = &cfg.client_id {
             v["client_id"] = Value::from(id.as_str());
         }
-        (serde_json::to_vec(&v).unwrap_or_default(), "application/json")
+        (
+            serde_json::to_vec(&v).unwrap_or_default(),
+            "application/json",
+        )
     };
     let mut req = Request::new(Full::new(Bytes::from(body)));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = cfg.token_url.clone();
-    req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    req.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    req.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    req.headers_mut()
+        .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     let resp = tokio::time::timeout(REFRESH_TIMEOUT, client.request(req))
         .await
         .map_err(|_| "the token endpoint did not answer in time".to_owned())?
@@ -182,16 +212,27 @@ async fn exchange(client: &UpstreamClient, cfg: &OAuthConfig, refresh: &str) -> 
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| "error".into());
-        return Err(format!("the token endpoint answered {} ({code})", status.as_u16()));
+        return Err(format!(
+            "the token endpoint answered {} ({code})",
+            status.as_u16()
+        ));
     }
-    let v: Value = serde_json::from_slice(&body).map_err(|_| "the token endpoint's answer is not JSON".to_owned())?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|_| "the token endpoint's answer is not JSON".to_owned())?;
     let access = v
         .get("access_token")
         .and_then(Value::as_str)
         .filter(|a| !a.is_empty())
         .ok_or("the token endpoint's answer has no access_token")?;
-    let expires_in = v.get("expires_in").and_then(Value::as_f64).unwrap_or(3600.0).max(0.0);
-    let new_refresh = v.get("refresh_token").and_then(Value::as_str).map(str::to_owned);
+    let expires_in = v
+        .get("expires_in")
+        .and_then(Value::as_f64)
+        .unwrap_or(3600.0)
+        .max(0.0);
+    let new_refresh = v
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     Ok((access.to_owned(), new_refresh, expires_in))
 }
 

@@ -1,15 +1,16 @@
-//! OpenClaw-compatible state files (SPEC §6): loading.
+//! OpenClaw-compatible state files (SPEC §6): loading, and (in [`write`]) writing.
 //!
 //! Owns: where an agent's files live ([`agent_dir`]), reading `auth-profiles.json` into
 //! [`Profile`]s — canonical `{ "version": 1, "profiles": { … } }` and the legacy flat shape,
 //! leniently (`mode` → `type`, `apiKey` → `key`, bad entries skipped with a warning that
-//! names them) — resolving `env` secret references ([`resolve_ref`]), and reading
-//! `auth-state.json` ([`AuthState`]: explicit orders plus every other member kept as found).
+//! names them) — resolving secret references ([`resolve_ref`]: `env` here, `file`/`exec`
+//! through `secret_ref`), reading `auth-state.json` ([`AuthState`]: explicit orders plus
+//! every other member kept as found), the Claude Code credentials as `anthropic:claude-cli`
+//! ([`load_agent_profiles`]), and the write discipline ([`write`]: lock, re-read, atomic
+//! 0600 replace, legacy rewrite for `doctor --fix`).
 //!
-//! It does not own: writes, locking and `doctor --fix` (later), `file`/`exec` secret
-//! providers (`secret_ref`, which extends [`resolve_ref`]), OAuth refresh and the Claude
-//! Code sync (`oauth`), or the choice between candidates (`resolver`). No secret value ever
-//! appears in a warning or an error from this module.
+//! It does not own: OAuth refresh (`oauth`), hot reload, or the choice between candidates
+//! (`resolver`). No secret value ever appears in a warning or an error from this module.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::env::EnvSnapshot;
+use super::secret_ref::SecretProviders;
 use super::{Credential, CredentialId, Kind, Source};
 use crate::secret::Secret;
 
@@ -38,6 +40,9 @@ pub struct ProfileSet {
     pub warnings: Vec<String>,
     /// The file is in the legacy flat shape (`doctor --fix` rewrites it).
     pub legacy_flat: bool,
+    /// Ids of profiles managed by another tool (the Claude Code sync, `anthropic:claude-cli`):
+    /// keygate never refreshes nor writes them.
+    pub managed_ids: Vec<String>,
 }
 
 /// One stored profile.
@@ -151,7 +156,37 @@ pub enum StoreError {
         /// What is wrong (never the file's content).
         message: String,
     },
+    /// A write (temp file, rename, directory, lock file) failed.
+    #[error("cannot write {path}: {source}; check that the directory is writable by this user")]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another writer held the lock through every retry.
+    #[error(
+        "{path} is locked by another keygate process (gave up after 50 tries); try again, or remove the lock file if no keygate is running"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A write was asked of a legacy flat `auth-profiles.json`.
+    #[error(
+        "{path} is in the legacy flat format; run `keygate doctor --fix` to rewrite it in the canonical shape first"
+    )]
+    LegacyFlat {
+        /// The file.
+        path: PathBuf,
+    },
 }
+
+mod claude;
+pub mod write;
+
+pub use claude::{claude_credentials_path, load_claude_cli, CLAUDE_CLI_PROFILE};
 
 /// Used only to locate a non-object `profiles` member for the error position.
 #[derive(Deserialize)]
@@ -165,13 +200,45 @@ pub fn agent_dir(state_dir: &Path, agent: &str) -> PathBuf {
     state_dir.join("agents").join(agent).join("agent")
 }
 
+/// Loads an agent's profiles as every command and the proxy see them:
+/// `<state>/agents/<agent>/agent/auth-profiles.json`, plus the Claude Code credentials as
+/// `anthropic:claude-cli` ([`load_claude_cli`]) unless a stored profile has that id. A
+/// Claude Code file that cannot be read is a warning, never an error.
+///
+/// Errors as for [`load_profiles`].
+pub fn load_agent_profiles(
+    state_dir: &Path,
+    agent: &str,
+    env: &EnvSnapshot,
+    secrets: &SecretProviders,
+) -> Result<ProfileSet, StoreError> {
+    let path = agent_dir(state_dir, agent).join(PROFILES_FILE);
+    let mut set = load_profiles(&path, env, secrets)?;
+    if !set.profiles.iter().any(|p| p.id == CLAUDE_CLI_PROFILE) {
+        match load_claude_cli(env) {
+            Ok(Some(p)) => {
+                set.managed_ids.push(p.id.clone());
+                set.profiles.push(p);
+                set.profiles.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+            Ok(None) => {}
+            Err(w) => set.warnings.push(w),
+        }
+    }
+    Ok(set)
+}
+
 /// Loads `auth-profiles.json`. A missing file is an empty set.
 ///
 /// Errors: [`StoreError::Io`] when it exists but cannot be read, [`StoreError::Parse`] when
 /// it is not a JSON object (with line and column).
-pub fn load_profiles(path: &Path, env: &EnvSnapshot) -> Result<ProfileSet, StoreError> {
+pub fn load_profiles(
+    path: &Path,
+    env: &EnvSnapshot,
+    secrets: &SecretProviders,
+) -> Result<ProfileSet, StoreError> {
     match read_optional(path)? {
-        Some(text) => load_profiles_from_str(&text, path, env),
+        Some(text) => load_profiles_from_str(&text, path, env, secrets),
         None => Ok(ProfileSet::default()),
     }
 }
@@ -182,6 +249,7 @@ pub fn load_profiles_from_str(
     text: &str,
     path_for_messages: &Path,
     env: &EnvSnapshot,
+    secrets: &SecretProviders,
 ) -> Result<ProfileSet, StoreError> {
     let mut top: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| parse_error(path_for_messages, &e))?;
@@ -198,7 +266,7 @@ pub fn load_profiles_from_str(
             ));
         }
         for (id, entry) in &entries {
-            match parse_entry(id, entry, None, env) {
+            match parse_entry(id, entry, None, env, secrets) {
                 Ok(p) => set.profiles.push(p),
                 Err(why) => set.warnings.push(skipped(id, &why)),
             }
@@ -215,7 +283,7 @@ pub fn load_profiles_from_str(
                 continue;
             }
             let id = format!("{provider}:default");
-            match parse_entry(&id, entry, Some(provider), env) {
+            match parse_entry(&id, entry, Some(provider), env, secrets) {
                 Ok(p) => set.profiles.push(p),
                 Err(why) => set.warnings.push(skipped(&id, &why)),
             }
@@ -276,11 +344,16 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
 }
 
 /// Resolves a secret reference. The one place every reference goes through: `env` reads
-/// the snapshot; `file` and `exec` are not configured yet (`secret_ref` extends this).
+/// the snapshot; `file` and `exec` go through [`super::secret_ref::resolve`] with the
+/// config's `[secrets.providers]`.
 ///
 /// Errors (the reason, never a secret): empty id, variable unset or empty, provider not
-/// configured.
-pub fn resolve_ref(r: &SecretRef, env: &EnvSnapshot) -> Result<Secret, String> {
+/// configured, and every `file`/`exec` rule of SPEC §6.
+pub fn resolve_ref(
+    r: &SecretRef,
+    env: &EnvSnapshot,
+    secrets: &SecretProviders,
+) -> Result<Secret, String> {
     match r.source {
         SecretSource::Env => {
             if r.id.is_empty() {
@@ -291,11 +364,7 @@ pub fn resolve_ref(r: &SecretRef, env: &EnvSnapshot) -> Result<Secret, String> {
                 _ => Err(format!("env var {} is not set", r.id)),
             }
         }
-        SecretSource::File | SecretSource::Exec => Err(format!(
-            "secret provider {} (source {}) is not configured",
-            r.provider,
-            r.source.as_str()
-        )),
+        SecretSource::File | SecretSource::Exec => super::secret_ref::resolve(r, secrets, env),
     }
 }
 
@@ -438,6 +507,7 @@ fn parse_entry(
     entry: &Value,
     legacy_provider: Option<&str>,
     env: &EnvSnapshot,
+    secrets: &SecretProviders,
 ) -> Result<Profile, String> {
     if id.trim().is_empty() {
         return Err("its id is empty".to_owned());
@@ -463,12 +533,12 @@ fn parse_entry(
 
     let (secret, expires, refresh) = match kind {
         Kind::ApiKey => (
-            secret_field(obj, &["key", "apiKey"], "keyRef", env),
+            secret_field(obj, &["key", "apiKey"], "keyRef", env, secrets),
             Expires::None,
             None,
         ),
         Kind::Token => (
-            secret_field(obj, &["token"], "tokenRef", env),
+            secret_field(obj, &["token"], "tokenRef", env, secrets),
             parse_expires(obj.get("expires")),
             None,
         ),
@@ -543,8 +613,10 @@ fn secret_field(
     literal_keys: &[&str],
     ref_key: &str,
     env: &EnvSnapshot,
+    secrets: &SecretProviders,
 ) -> Result<Secret, ProfileProblem> {
-    let unresolved = |r: &SecretRef| resolve_ref(r, env).map_err(ProfileProblem::UnresolvedRef);
+    let unresolved =
+        |r: &SecretRef| resolve_ref(r, env, secrets).map_err(ProfileProblem::UnresolvedRef);
     let mut bad_ref = None;
     match obj.get(ref_key) {
         None | Some(Value::Null) => {}

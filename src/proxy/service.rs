@@ -490,10 +490,16 @@ impl Exchange<'_> {
         // An oauth profile about to expire is refreshed first (SPEC §5).
         let refreshed;
         let inject = if needs_oauth_refresh(cand) {
-            let path = store::agent_dir(st.registry.state_dir(), self.agent).join(store::PROFILES_FILE);
+            let path =
+                store::agent_dir(st.registry.state_dir(), self.agent).join(store::PROFILES_FILE);
             match st
                 .refresher
-                .fresh_token(&st.client, self.provider.oauth.as_ref(), &path, cand.cred.id.as_str())
+                .fresh_token(
+                    &st.client,
+                    self.provider.oauth.as_ref(),
+                    &path,
+                    cand.cred.id.as_str(),
+                )
                 .await
             {
                 Ok(fresh) => {
@@ -562,7 +568,8 @@ impl Exchange<'_> {
         let stream = stream_kind(&parts.headers);
         // Only SSE has a text error event to end a broken stream with; a broken AWS
         // event-stream (binary frames) just ends with a body error.
-        let error_event = (stream == Some(StreamKind::Sse)).then(|| sse_error_event(&self.provider.id));
+        let error_event =
+            (stream == Some(StreamKind::Sse)).then(|| sse_error_event(&self.provider.id));
         let id = cand.cred.id.as_str();
         let model = self.model.as_deref();
 
@@ -703,7 +710,7 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
 fn needs_oauth_refresh(cand: &Candidate) -> bool {
     cand.cred.kind == Kind::OAuth
         && cand.cred.source == Source::Profile
-        && cand.cred.id.as_str() != oauth::CLAUDE_CLI_ID
+        && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
         && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
 }
 
@@ -842,7 +849,11 @@ enum StreamKind {
 }
 
 fn stream_kind(headers: &http::HeaderMap) -> Option<StreamKind> {
-    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?.trim_start();
+    let ct = headers
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?
+        .trim_start();
     if ct.starts_with("text/event-stream") {
         Some(StreamKind::Sse)
     } else if ct.starts_with("application/vnd.amazon.eventstream") {

@@ -1,5 +1,7 @@
 use super::*;
 
+static NONE: SecretProviders = SecretProviders::new();
+
 const SECRET: &str = "sk-ant-api03-TOPSECRET-value";
 
 fn env(pairs: &[(&str, &str)]) -> EnvSnapshot {
@@ -7,7 +9,7 @@ fn env(pairs: &[(&str, &str)]) -> EnvSnapshot {
 }
 
 fn load(text: &str, e: &EnvSnapshot) -> ProfileSet {
-    load_profiles_from_str(text, Path::new("/s/auth-profiles.json"), e).unwrap()
+    load_profiles_from_str(text, Path::new("/s/auth-profiles.json"), e, &NONE).unwrap()
 }
 
 fn one(text: &str, e: &EnvSnapshot) -> Profile {
@@ -189,13 +191,13 @@ fn secret_refs_and_templates() {
         (
             r#""keyRef":{"source":"file","provider":"vault","id":"/a/b"}"#,
             Err(ProfileProblem::UnresolvedRef(
-                "secret provider vault (source file) is not configured".into(),
+                "secret provider \"vault\" is not configured; add [secrets.providers.vault] to the config".into(),
             )),
         ),
         (
             r#""keyRef":{"source":"exec","provider":"op","id":"x"}"#,
             Err(ProfileProblem::UnresolvedRef(
-                "secret provider op (source exec) is not configured".into(),
+                "secret provider \"op\" is not configured; add [secrets.providers.op] to the config".into(),
             )),
         ),
         (r#""key":{"source":"env","id":"SET_VAR"}"#, Ok("v1")),
@@ -338,8 +340,8 @@ fn empty_objects_are_empty_canonical_stores() {
 fn parse_errors_carry_line_and_column_and_no_content() {
     let text =
         format!("{{\n  \"profiles\": {{\n    \"a\": {{ \"key\": \"{SECRET}\" }},,\n  }}\n}}");
-    let err =
-        load_profiles_from_str(&text, Path::new("/s/auth-profiles.json"), &env(&[])).unwrap_err();
+    let err = load_profiles_from_str(&text, Path::new("/s/auth-profiles.json"), &env(&[]), &NONE)
+        .unwrap_err();
     let StoreError::Parse { line, column, .. } = &err else {
         panic!("{err:?}")
     };
@@ -352,8 +354,8 @@ fn parse_errors_carry_line_and_column_and_no_content() {
     assert!(!msg.contains("TOPSECRET"), "{msg}");
 
     // Wrong top-level type: serde's message would quote the string; ours does not.
-    let err =
-        load_profiles_from_str(&format!("\"{SECRET}\""), Path::new("f"), &env(&[])).unwrap_err();
+    let err = load_profiles_from_str(&format!("\"{SECRET}\""), Path::new("f"), &env(&[]), &NONE)
+        .unwrap_err();
     assert!(!err.to_string().contains("TOPSECRET"), "{err}");
     assert!(matches!(err, StoreError::Parse { line: 1, .. }));
 
@@ -362,6 +364,7 @@ fn parse_errors_carry_line_and_column_and_no_content() {
         "{\n \"version\": 1,\n \"profiles\": [1]\n}",
         Path::new("f"),
         &env(&[]),
+        &NONE,
     )
     .unwrap_err();
     assert!(matches!(err, StoreError::Parse { line: 3, .. }), "{err:?}");
@@ -370,14 +373,14 @@ fn parse_errors_carry_line_and_column_and_no_content() {
 #[test]
 fn missing_file_is_empty_and_unreadable_is_io() {
     let dir = tempfile::tempdir().unwrap();
-    let set = load_profiles(&dir.path().join(PROFILES_FILE), &env(&[])).unwrap();
+    let set = load_profiles(&dir.path().join(PROFILES_FILE), &env(&[]), &NONE).unwrap();
     assert!(set.profiles.is_empty() && set.warnings.is_empty());
     assert_eq!(
         load_auth_state(&dir.path().join(AUTH_STATE_FILE)).unwrap(),
         AuthState::default()
     );
     // A directory where the file should be.
-    let err = load_profiles(dir.path(), &env(&[])).unwrap_err();
+    let err = load_profiles(dir.path(), &env(&[]), &NONE).unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
 }
 
@@ -390,7 +393,7 @@ fn load_profiles_reads_the_file() {
         r#"{"profiles":{"x:a":{"type":"api_key","provider":"x","key":"k"}}}"#,
     )
     .unwrap();
-    let set = load_profiles(&path, &env(&[])).unwrap();
+    let set = load_profiles(&path, &env(&[]), &NONE).unwrap();
     assert_eq!(set.profiles[0].id, "x:a");
 }
 

@@ -1,0 +1,372 @@
+//! `keygate doctor [--fix]`: check config, state files, permissions, expiry, legacy
+//! formats and Claude Code credentials; `--fix` repairs what it safely can.
+//!
+//! Checks, per agent (the selected one and every `<state>/agents/*/agent`): the config
+//! parses; `auth-profiles.json` / `auth-state.json` parse (a problem naming file, line and
+//! column otherwise); the legacy flat format; permissions (files with any group/other bits,
+//! directories other than 0700 for the state dir and agent dirs); profiles with an unusable
+//! secret (missing, unresolved reference, OAuth + SecretRef) or invalid/past `expires`
+//! (problems), tokens expiring within 24 h (warning); orders naming nothing; the Claude Code
+//! credentials; Claude-Code-only tokens (hint); duplicate environment keys (warning).
+//!
+//! `--fix`: rewrites a legacy flat file canonically (backup beside it), sets files to 0600
+//! and directories to 0700. It never changes a file it cannot parse (not even its mode).
+//! Exit 0 when nothing is left to fix (warnings allowed), 1 when problems remain.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::models::{now_ms, profile_health, when, Health};
+use super::Context;
+use crate::config::Config;
+use crate::credentials::env::env_credentials;
+use crate::credentials::store::{self, write, Expires, AUTH_STATE_FILE, PROFILES_FILE};
+use crate::credentials::Kind;
+
+/// Warn window for expiring tokens.
+const WARN: Duration = Duration::from_secs(24 * 3600);
+
+/// `doctor` flags.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Repair: rewrite a legacy flat auth-profiles.json (keeping a .bak), tighten permissions.
+    #[arg(long)]
+    pub fix: bool,
+}
+
+#[derive(Default)]
+struct Report {
+    problems: usize,
+    fixed: usize,
+}
+
+impl Report {
+    fn problem(&mut self, msg: impl std::fmt::Display) {
+        self.problems += 1;
+        println!("problem: {msg}");
+    }
+    fn warn(&mut self, msg: impl std::fmt::Display) {
+        println!("warning: {msg}");
+    }
+    fn info(&mut self, msg: impl std::fmt::Display) {
+        println!("ok: {msg}");
+    }
+    fn fixed(&mut self, msg: impl std::fmt::Display) {
+        self.fixed += 1;
+        println!("fixed: {msg}");
+    }
+}
+
+/// Runs the checks (and fixes).
+pub(super) fn run(cx: &Context, args: DoctorArgs) -> ExitCode {
+    let mut r = Report::default();
+    let config = match cx.load_config() {
+        Ok(c) => {
+            match &c.path {
+                Some(p) => r.info(format!("config {} is valid", p.display())),
+                None => r.info("no config file: built-in defaults"),
+            }
+            c
+        }
+        Err(e) => {
+            r.problem(format!("{e}"));
+            Config::defaults()
+        }
+    };
+
+    if cx.state_dir.exists() {
+        check_mode(&mut r, &cx.state_dir, true, args.fix, true);
+        let dotenv = cx.state_dir.join(".env");
+        if dotenv.exists() {
+            check_mode(&mut r, &dotenv, false, args.fix, true);
+        }
+    } else {
+        r.info(format!(
+            "state directory {} does not exist yet (it is created on the first write)",
+            cx.state_dir.display()
+        ));
+    }
+
+    let mut agents = vec![cx.agent.clone()];
+    if let Ok(rd) = std::fs::read_dir(cx.state_dir.join("agents")) {
+        let mut found: Vec<String> = rd
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("agent").is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|a| crate::config::valid_agent_id(a) && a != &cx.agent)
+            .collect();
+        found.sort();
+        agents.extend(found);
+    }
+    for agent in &agents {
+        check_agent(&mut r, cx, &config, agent, args.fix);
+    }
+    check_claude(&mut r, cx);
+    check_env(&mut r, cx, &config);
+
+    println!();
+    match (r.problems, r.fixed) {
+        (0, 0) => println!("doctor: no problems found"),
+        (0, n) => println!("doctor: fixed {n} problem(s); nothing else to fix"),
+        (p, _) if args.fix => println!("doctor: {p} problem(s) remain that --fix cannot repair"),
+        (p, _) => println!(
+            "doctor: {p} problem(s); run `keygate doctor --fix` to repair what can be repaired"
+        ),
+    }
+    if r.problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Checks (and with `fix` repairs) a file's or directory's mode. `fixable` is false for a
+/// file that does not parse.
+fn check_mode(r: &mut Report, path: &Path, dir: bool, fix: bool, fixable: bool) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    let (bad, want) = if dir {
+        (mode != 0o700, 0o700)
+    } else {
+        (mode & 0o077 != 0, 0o600)
+    };
+    if !bad {
+        return;
+    }
+    let what = if dir { "directory" } else { "file" };
+    if fix && fixable {
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)) {
+            Ok(()) => r.fixed(format!(
+                "{what} {} had mode {mode:03o}; set to {want:03o}",
+                path.display()
+            )),
+            Err(e) => r.problem(format!(
+                "{what} {} has mode {mode:03o} and cannot be changed: {e}",
+                path.display()
+            )),
+        }
+    } else {
+        r.problem(format!(
+            "{what} {} has mode {mode:03o}; it should be {want:03o} (run `keygate doctor --fix` or `chmod {want:o} {}`)",
+            path.display(),
+            path.display()
+        ));
+    }
+}
+
+fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: bool) {
+    let dir = store::agent_dir(&cx.state_dir, agent);
+    if !dir.exists() {
+        if agent == cx.agent {
+            r.info(format!(
+                "agent {agent}: no state files yet ({})",
+                dir.display()
+            ));
+        }
+        return;
+    }
+    for d in [dir.parent().map(Path::to_path_buf), Some(dir.clone())]
+        .into_iter()
+        .flatten()
+    {
+        check_mode(r, &d, true, fix, true);
+    }
+    let profiles_path = dir.join(PROFILES_FILE);
+    let state_path = dir.join(AUTH_STATE_FILE);
+
+    // auth-profiles.json
+    let mut parsed = false;
+    if profiles_path.exists() {
+        match store::load_profiles(&profiles_path, &cx.env, &config.secret_providers) {
+            Err(e) => r.problem(e),
+            Ok(set) => {
+                parsed = true;
+                if set.legacy_flat {
+                    if fix {
+                        match write::fix_legacy_flat(&profiles_path) {
+                            Ok(Some(f)) => {
+                                r.fixed(format!(
+                                    "{} was in the legacy flat format; rewrote it canonically ({}); the original is {}",
+                                    profiles_path.display(),
+                                    f.converted.join(", "),
+                                    f.backup.display()
+                                ));
+                                for d in f.dropped {
+                                    r.warn(format!("legacy entry \"{d}\" has no recognisable type and was not carried over; it is still in the backup"));
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => r.problem(e),
+                        }
+                    } else {
+                        r.problem(format!(
+                            "{} is in the legacy flat format (no \"profiles\" key); run `keygate doctor --fix` to rewrite it",
+                            profiles_path.display()
+                        ));
+                    }
+                }
+                for w in set
+                    .warnings
+                    .iter()
+                    .filter(|w| !w.contains("legacy flat format"))
+                {
+                    r.warn(w);
+                }
+                let now = now_ms();
+                let warn_ms = i64::try_from(WARN.as_millis()).unwrap_or(i64::MAX);
+                for p in &set.profiles {
+                    let (health, _, detail) = profile_health(p, now, warn_ms);
+                    let detail = detail.unwrap_or_default();
+                    match health {
+                        Health::Missing => r.problem(format!(
+                            "agent {agent}: auth profile \"{}\" is unusable: {detail}",
+                            p.id
+                        )),
+                        Health::Expired => r.problem(format!(
+                            "agent {agent}: auth profile \"{}\" ({}) {detail}; paste a new one with `keygate models auth paste-token --provider {} --profile-id {}`",
+                            p.id, p.kind.as_str(), p.provider, p.id
+                        )),
+                        Health::InvalidExpires => r.problem(format!(
+                            "agent {agent}: auth profile \"{}\": {detail}",
+                            p.id
+                        )),
+                        Health::Expiring => {
+                            if let Expires::At(ms) = p.expires {
+                                r.warn(format!(
+                                    "agent {agent}: auth profile \"{}\" expires {}",
+                                    p.id,
+                                    when(ms, now)
+                                ));
+                            }
+                        }
+                        Health::Ok | Health::Static => {}
+                    }
+                    if p.kind == Kind::ApiKey
+                        && p.secret
+                            .as_ref()
+                            .is_ok_and(|s| s.expose().contains("sk-ant-oat"))
+                    {
+                        r.warn(format!(
+                            "agent {agent}: auth profile \"{}\" is stored as an api_key but holds a Claude subscription token (sk-ant-oat…); keygate sends it as a Bearer token, but store it with `keygate models auth setup-token` so its kind is right",
+                            p.id
+                        ));
+                    }
+                }
+                if !set.profiles.is_empty() || !set.warnings.is_empty() {
+                    r.info(format!(
+                        "agent {agent}: {} stored profile(s) in {}",
+                        set.profiles.len(),
+                        profiles_path.display()
+                    ));
+                }
+            }
+        }
+        check_mode(r, &profiles_path, false, fix, parsed);
+    }
+
+    // auth-state.json
+    if state_path.exists() {
+        match store::load_auth_state(&state_path) {
+            Err(e) => {
+                r.problem(e);
+                check_mode(r, &state_path, false, fix, false);
+            }
+            Ok(state) => {
+                for w in &state.warnings {
+                    r.warn(w);
+                }
+                for provider in state.order.keys() {
+                    if config.provider(provider).is_none() {
+                        r.warn(format!(
+                            "{}: order.{provider} is for a provider the config does not define",
+                            state_path.display()
+                        ));
+                    }
+                }
+                check_mode(r, &state_path, false, fix, true);
+            }
+        }
+    }
+}
+
+fn check_claude(r: &mut Report, cx: &Context) {
+    let path: Option<PathBuf> = store::claude_credentials_path(&cx.env);
+    match store::load_claude_cli(&cx.env) {
+        Ok(Some(p)) => {
+            let state = match p.expires {
+                Expires::At(ms) if ms <= now_ms() && p.refresh.is_none() => {
+                    format!("its access token expired {}", when(ms, now_ms()))
+                }
+                Expires::At(ms) if ms <= now_ms() => format!(
+                    "its access token expired {}; Claude Code refreshes it when it runs (keygate never does)",
+                    when(ms, now_ms())
+                ),
+                Expires::At(ms) => format!("valid, expires {}", when(ms, now_ms())),
+                _ => "no expiry recorded".to_owned(),
+            };
+            r.info(format!(
+                "Claude Code credentials {} appear as auth profile \"{}\" ({}, {state})",
+                path.map(|p| p.display().to_string()).unwrap_or_default(),
+                p.id,
+                p.kind.as_str()
+            ));
+        }
+        Ok(None) => {}
+        Err(w) => r.warn(w),
+    }
+}
+
+fn check_env(r: &mut Report, cx: &Context, config: &Config) {
+    let set =
+        store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
+            .unwrap_or_default();
+    for (id, pc) in &config.providers {
+        let env = env_credentials(id, &pc.env_prefix, &cx.env);
+        // Duplicate env keys: the same value under two ids.
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for c in &env {
+            let v = c.secret.expose().trim();
+            match seen.iter().find(|(s, _)| *s == v) {
+                Some((_, first)) => r.warn(format!(
+                    "{} holds the same key as {first}; only {first} is used — remove the duplicate",
+                    c.id
+                )),
+                None => seen.push((v, c.id.as_str())),
+            }
+        }
+        for p in set.profiles.iter().filter(|p| &p.provider == id) {
+            if let Ok(s) = &p.secret {
+                if let Some((_, e)) = seen.iter().find(|(v, _)| *v == s.expose().trim()) {
+                    r.warn(format!(
+                        "{e} holds the same key as auth profile \"{}\"; only one of them is used",
+                        p.id
+                    ));
+                }
+            }
+        }
+        if id == "anthropic" {
+            let profiles: Vec<_> = set
+                .profiles
+                .iter()
+                .filter(|p| p.provider == "anthropic" && p.secret.is_ok())
+                .collect();
+            let any = !profiles.is_empty() || !env.is_empty();
+            let is_oat = |kind: Kind, s: &str| kind != Kind::ApiKey || s.contains("sk-ant-oat");
+            let all_cc = profiles
+                .iter()
+                .all(|p| p.secret.as_ref().is_ok_and(|s| is_oat(p.kind, s.expose())))
+                && env.iter().all(|c| is_oat(c.kind, c.secret.expose()));
+            if any && all_cc {
+                r.warn(
+                    "every anthropic credential is a Claude subscription token (setup-token / OAuth / Claude Code): Anthropic accepts those only for Claude Code requests, and other clients get \"This credential is only authorized for use with Claude Code and cannot be used for other API requests.\"; add an API key (`keygate models auth paste-api-key --provider anthropic`) for other clients",
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! `keygate models status` (with `--check` and `--probe`) and the `models auth` dispatch.
+//!
+//! Owns the status view of an agent's credentials: per provider, every stored profile
+//! (Claude Code's included) and environment key with its kind, source, masked secret,
+//! expiry, health and position in the order the proxy would try them, plus the rows an
+//! explicit order excludes. `--check` turns health into exit codes (SPEC §1). It does not
+//! own the probe requests (`probe`), the writing commands (`auth`), nor the proxy's live
+//! cooldowns (in memory of a running `serve`; see `/_keygate/status`).
+//!
+//! JSON (`--json`) field names are camelCase: `agent`, `stateDir`, `warnings`,
+//! `providers[]` {`provider`, `configured`, `order`, `orderSource`, `missing`,
+//! `credentials[]` {`id`, `provider`, `kind`, `source`, `secret` (masked), `expires`
+//! (epoch ms), `expiresAt` (RFC 3339), `health`, `position`, `reasonCode`, `detail`,
+//! `managedBy`}}, `check` {`result`, `exitCode`}, and with `--probe` `probes[]` (see
+//! `probe`).
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::{auth, probe, Context, EXIT_USAGE};
+use crate::config::{parse_duration, Config};
+use crate::credentials::env::{env_credentials, resolve_env_id};
+use crate::credentials::store::{
+    self, Expires, Profile, ProfileProblem, ProfileSet, AUTH_STATE_FILE,
+};
+use crate::credentials::{Credential, Kind, Source};
+
+/// Detail of an `excluded_by_auth_order` row (SPEC §1).
+pub(super) const EXCLUDED_DETAIL: &str = "Excluded by auth.order for this provider.";
+
+/// `keygate models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Show every credential per provider: id, kind, source, masked secret, expiry, order position.
+    Status(StatusArgs),
+    /// Manage stored credentials (auth-profiles.json) and the explicit order (auth-state.json).
+    Auth {
+        /// What to do.
+        #[command(subcommand)]
+        command: auth::AuthCommand,
+    },
+}
+
+/// `models status` flags.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this provider.
+    #[arg(long, value_name = "P")]
+    pub provider: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 if a credential is expired or missing (or a configured provider has none), 2 if one expires within --warn-within.
+    #[arg(long)]
+    pub check: bool,
+    /// Warn window for --check (e.g. 24h, 7d).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_dur)]
+    pub warn_within: Duration,
+    /// Send one minimal real request per credential and report how the provider answers.
+    #[arg(long)]
+    pub probe: bool,
+    /// Probe only this provider.
+    #[arg(long, value_name = "P")]
+    pub probe_provider: Option<String>,
+    /// Probe only these credential ids (repeat or comma-separate).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub probe_profile: Vec<String>,
+    /// Time limit per probe request.
+    #[arg(long, value_name = "DUR", default_value = "8s", value_parser = parse_dur)]
+    pub probe_timeout: Duration,
+    /// Probes in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub probe_concurrency: u32,
+}
+
+/// Health of one credential for `--check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Health {
+    /// An api key, or a token without `expires`.
+    Static,
+    /// Not expiring within the window, or oauth with a refresh token.
+    Ok,
+    /// Expires within the warn window.
+    Expiring,
+    /// Past `expires` and not refreshable.
+    Expired,
+    /// `expires` is not a finite number > 0.
+    InvalidExpires,
+    /// No usable secret (missing, unresolved reference, OAuth + SecretRef).
+    Missing,
+}
+
+/// One credential row of the status view.
+#[derive(Clone, Debug)]
+pub(super) struct Row {
+    pub(super) provider: String,
+    pub(super) id: String,
+    pub(super) kind: Kind,
+    pub(super) source: Source,
+    /// `…WXYZ`, when a secret is available.
+    pub(super) masked: Option<String>,
+    pub(super) expires: Expires,
+    pub(super) health: Health,
+    /// 1-based position in the order the proxy tries credentials; `None` when not used.
+    pub(super) position: Option<usize>,
+    /// Why the row is not used or not usable (`excluded_by_auth_order`, `unresolved_ref`, …).
+    pub(super) reason_code: Option<&'static str>,
+    pub(super) detail: Option<String>,
+    /// `claude-code` for the synced Claude Code profile.
+    pub(super) managed_by: Option<&'static str>,
+    /// The usable credential (for probes).
+    pub(super) cred: Option<Credential>,
+}
+
+/// The status of one provider.
+#[derive(Clone, Debug)]
+pub(super) struct ProviderStatus {
+    pub(super) provider: String,
+    pub(super) configured: bool,
+    pub(super) known: bool,
+    pub(super) order: Option<Vec<String>>,
+    pub(super) order_source: Option<&'static str>,
+    pub(super) rows: Vec<Row>,
+}
+
+/// The whole status view of an agent.
+#[derive(Clone, Debug)]
+pub(super) struct StatusView {
+    pub(super) providers: Vec<ProviderStatus>,
+    pub(super) warnings: Vec<String>,
+}
+
+/// Runs `models ...`.
+pub(super) fn run(cx: &Context, cmd: ModelsCommand) -> ExitCode {
+    match cmd {
+        ModelsCommand::Status(args) => status(cx, args),
+        ModelsCommand::Auth { command } => auth::run(cx, command),
+    }
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 30s, 12h or 7d"))
+}
+
+/// Milliseconds since the epoch now.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Loads the config for a command; prints the error and gives exit 64 when it is invalid.
+pub(super) fn config_or_exit(cx: &Context) -> Result<Config, ExitCode> {
+    cx.load_config().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Prints an error and gives exit 1.
+pub(super) fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+fn status(cx: &Context, args: StatusArgs) -> ExitCode {
+    let config = match config_or_exit(cx) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for p in [&args.provider, &args.probe_provider].into_iter().flatten() {
+        if config.provider(p).is_none() {
+            return unknown_provider(&config, p);
+        }
+    }
+    let view = match build_view(
+        cx,
+        &config,
+        args.provider.as_deref(),
+        now_ms(),
+        args.warn_within,
+    ) {
+        Ok(v) => v,
+        Err(msg) => return fail(msg),
+    };
+    let (result, check_code) = check_result(&view);
+
+    let probes = if args.probe {
+        match probe::run(&config, &view, &args) {
+            Ok(p) => Some(p),
+            Err(msg) => return fail(msg),
+        }
+    } else {
+        None
+    };
+
+    if args.json {
+        let mut doc = view_json(cx, &view);
+        doc["check"] = json!({ "result": result, "exitCode": check_code });
+        if let Some(p) = &probes {
+            doc["probes"] = Value::Array(p.iter().map(probe::ProbeRow::to_json).collect());
+        }
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print_view(cx, &view);
+        if let Some(p) = &probes {
+            println!();
+            probe::print(p);
+        }
+        if args.check {
+            println!();
+            println!("check: {result}");
+        }
+    }
+    if args.check {
+        ExitCode::from(check_code)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The "unknown provider" usage error.
+pub(super) fn unknown_provider(config: &Config, p: &str) -> ExitCode {
+    let known: Vec<&str> = config.providers.keys().map(String::as_str).collect();
+    eprintln!(
+        "error: unknown provider \"{p}\"; known providers: {}; add [providers.{p}] to the config for a custom one",
+        known.join(", ")
+    );
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// `--check`: (`ok` | `expiring` | `expired` | `missing`, exit code 0/2/1).
+pub(super) fn check_result(view: &StatusView) -> (&'static str, u8) {
+    let mut worst = "ok";
+    let mut code = 0;
+    for p in &view.providers {
+        if p.configured && !p.rows.iter().any(|r| r.cred.is_some()) {
+            return ("missing", 1);
+        }
+        for r in p
+            .rows
+            .iter()
+            .filter(|r| r.reason_code != Some("excluded_by_auth_order"))
+        {
+            match r.health {
+                Health::Missing => return ("missing", 1),
+                Health::Expired | Health::InvalidExpires => {
+                    worst = "expired";
+                    code = 1;
+                }
+                Health::Expiring if code == 0 => {
+                    worst = "expiring";
+                    code = 2;
+                }
+                _ => {}
+            }
+        }
+    }
+    (worst, code)
+}
+
+/// Builds the status view: every provider with a credential or a `[providers.*]` entry (or
+/// just `only`).
+///
+/// Errors: `auth-profiles.json` or `auth-state.json` cannot be read or parsed (the message
+/// names file, line and column).
+pub(super) fn build_view(
+    cx: &Context,
+    config: &Config,
+    only: Option<&str>,
+    now_ms: i64,
+    warn: Duration,
+) -> Result<StatusView, String> {
+    let dir = store::agent_dir(&cx.state_dir, &cx.agent);
+    let set: ProfileSet =
+        store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
+            .map_err(|e| e.to_string())?;
+    let state = store::load_auth_state(&dir.join(AUTH_STATE_FILE)).map_err(|e| e.to_string())?;
+    let mut warnings = set.warnings.clone();
+    warnings.extend(state.warnings.iter().cloned());
+    let warn_ms = i64::try_from(warn.as_millis()).unwrap_or(i64::MAX);
+
+    let mut names: Vec<String> = Vec::new();
+    for (id, p) in &config.providers {
+        let has_profiles = set.profiles.iter().any(|x| &x.provider == id);
+        let has_env = !env_credentials(id, &p.env_prefix, &cx.env).is_empty();
+        if p.configured || has_profiles || has_env || only == Some(id.as_str()) {
+            names.push(id.clone());
+        }
+    }
+    for p in &set.profiles {
+        if config.provider(&p.provider).is_none() && !names.contains(&p.provider) {
+            warnings.push(format!(
+                "auth profile \"{}\" is for provider \"{}\", which the config does not define; it is never used",
+                p.id, p.provider
+            ));
+            names.push(p.provider.clone());
+        }
+    }
+    if let Some(o) = only {
+        names.retain(|n| n == o);
+    }
+
+    let mut providers = Vec::with_capacity(names.len());
+    for name in names {
+        let pc = config.provider(&name);
+        let mut rows: Vec<Row> = set
+            .profiles
+            .iter()
+            .filter(|p| p.provider == name)
+            .map(|p| profile_row(p, &set, now_ms, warn_ms))
+            .collect();
+        // Stored profiles by kind (oauth, token, api_key), as the resolver ranks them.
+        rows.sort_by_key(|r| kind_rank(r.kind));
+        if let Some(pc) = pc {
+            rows.extend(
+                env_credentials(&name, &pc.env_prefix, &cx.env)
+                    .into_iter()
+                    .map(env_row),
+            );
+        }
+        let (order, order_source) =
+            match (state.order.get(&name), pc.and_then(|p| p.order.as_ref())) {
+                (Some(o), _) => (Some(o.clone()), Some("auth-state")),
+                (None, Some(o)) => (Some(o.clone()), Some("config")),
+                (None, None) => (None, None),
+            };
+        if let Some(order) = &order {
+            apply_explicit_order(&name, pc, order, &mut rows, cx, &mut warnings);
+        } else {
+            assign_positions(&mut rows);
+        }
+        providers.push(ProviderStatus {
+            configured: pc.is_some_and(|p| p.configured),
+            known: pc.is_some(),
+            provider: name,
+            order,
+            order_source,
+            rows,
+        });
+    }
+    Ok(StatusView {
+        providers,
+        warnings,
+    })
+}
+
+fn kind_rank(k: Kind) -> u8 {
+    match k {
+        Kind::OAuth => 0,
+        Kind::Token => 1,
+        Kind::ApiKey => 2,
+    }
+}
+
+/// Positions without an explicit order: usable rows in base order, duplicates (same
+/// secret as an earlier row) skipped.
+fn assign_positions(rows: &mut [Row]) {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut next = 1;
+    for r in rows.iter_mut() {
+        let Some(c) = &r.cred else { continue };
+        let v = c.secret.expose().trim().to_owned();
+        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == v) {
+            r.detail = Some(format!("Same secret as {first}; only the first is used."));
+            r.reason_code = Some("duplicate");
+            continue;
+        }
+        seen.push((v, r.id.clone()));
+        r.position = Some(next);
+        next += 1;
+    }
+}
+
+/// Positions with an explicit order: only listed credentials, in that order; every other
+/// row is `excluded_by_auth_order`.
+fn apply_explicit_order(
+    provider: &str,
+    pc: Option<&crate::config::ProviderConfig>,
+    order: &[String],
+    rows: &mut Vec<Row>,
+    cx: &Context,
+    warnings: &mut Vec<String>,
+) {
+    let mut next = 1;
+    let mut seen: Vec<String> = Vec::new();
+    for oid in order {
+        if let Some(r) = rows.iter_mut().find(|r| &r.id == oid) {
+            if let Some(c) = &r.cred {
+                let v = c.secret.expose().trim().to_owned();
+                if seen.contains(&v) {
+                    r.reason_code = Some("duplicate");
+                    r.detail = Some("Same secret as an earlier credential of the order.".into());
+                } else {
+                    seen.push(v);
+                    r.position = Some(next);
+                    next += 1;
+                }
+            }
+            continue;
+        }
+        // An env id the default scan does not list (e.g. hidden by OPENCLAW_LIVE_*_KEY).
+        if let Some(c) = pc.and_then(|pc| resolve_env_id(oid, provider, &pc.env_prefix, &cx.env)) {
+            let mut r = env_row(c);
+            r.position = Some(next);
+            next += 1;
+            rows.push(r);
+            continue;
+        }
+        warnings.push(format!(
+            "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
+        ));
+    }
+    for r in rows.iter_mut() {
+        if !order.contains(&r.id) {
+            r.position = None;
+            r.reason_code = Some("excluded_by_auth_order");
+            r.detail = Some(EXCLUDED_DETAIL.to_owned());
+        }
+    }
+    rows.sort_by_key(|r| r.position.unwrap_or(usize::MAX));
+}
+
+fn profile_row(p: &Profile, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row {
+    let managed_by = set
+        .managed_ids
+        .iter()
+        .any(|m| m == &p.id)
+        .then_some("claude-code");
+    let (health, reason_code, detail) = profile_health(p, now_ms, warn_ms);
+    Row {
+        provider: p.provider.clone(),
+        id: p.id.clone(),
+        kind: p.kind,
+        source: Source::Profile,
+        masked: p.secret.as_ref().ok().map(|s| s.masked()),
+        expires: p.expires,
+        health,
+        position: None,
+        reason_code,
+        detail,
+        managed_by,
+        cred: p.credential(),
+    }
+}
+
+/// Health of a stored profile (SPEC §1 `--check`), with the reason code a probe would give
+/// it when no call can be made.
+pub(super) fn profile_health(
+    p: &Profile,
+    now_ms: i64,
+    warn_ms: i64,
+) -> (Health, Option<&'static str>, Option<String>) {
+    match &p.secret {
+        Err(ProfileProblem::UnresolvedRef(why)) => {
+            return (Health::Missing, Some("unresolved_ref"), Some(why.clone()))
+        }
+        Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
+            return (
+                Health::Missing,
+                Some("unresolved_ref"),
+                Some(format!(
+                    "OAuth + SecretRef is not supported: profile \"{}\": {e}",
+                    p.id
+                )),
+            )
+        }
+        Err(e @ ProfileProblem::MissingSecret) => {
+            return (
+                Health::Missing,
+                Some("missing_credential"),
+                Some(e.to_string()),
+            )
+        }
+        Ok(_) => {}
+    }
+    if p.kind == Kind::ApiKey {
+        return (Health::Static, None, None);
+    }
+    match p.expires {
+        Expires::None => (Health::Static, None, None),
+        Expires::Invalid => (
+            Health::InvalidExpires,
+            Some("invalid_expires"),
+            Some("\"expires\" is not a positive epoch-millisecond number".into()),
+        ),
+        Expires::At(_) if p.kind == Kind::OAuth && p.refresh.is_some() => (Health::Ok, None, None),
+        Expires::At(ms) if ms <= now_ms => (
+            Health::Expired,
+            Some("expired"),
+            Some(format!("expired {}", when(ms, now_ms))),
+        ),
+        Expires::At(ms) if ms - now_ms <= warn_ms => (Health::Expiring, None, None),
+        Expires::At(_) => (Health::Ok, None, None),
+    }
+}
+
+fn env_row(c: Credential) -> Row {
+    Row {
+        provider: c.provider.to_string(),
+        id: c.id.to_string(),
+        kind: c.kind,
+        source: Source::Env,
+        masked: Some(c.secret.masked()),
+        expires: Expires::None,
+        health: Health::Static,
+        position: None,
+        reason_code: None,
+        detail: None,
+        managed_by: None,
+        cred: Some(c),
+    }
+}
+
+/// "in 3h 2m" / "2h ago", to the minute.
+pub(super) fn when(ms: i64, now_ms: i64) -> String {
+    let d = Duration::from_secs(((ms - now_ms).unsigned_abs() / 60_000) * 60);
+    let text = if d.is_zero() {
+        "<1m".to_owned()
+    } else {
+        humantime::format_duration(d).to_string()
+    };
+    if ms >= now_ms {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// RFC 3339 of epoch ms (seconds precision).
+pub(super) fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Health {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Health::Static => "static",
+            Health::Ok => "ok",
+            Health::Expiring => "expiring",
+            Health::Expired => "expired",
+            Health::InvalidExpires => "invalid_expires",
+            Health::Missing => "missing",
+        }
+    }
+}
+
+impl Row {
+    fn to_json(&self) -> Value {
+        let (expires, expires_at) = match self.expires {
+            Expires::At(ms) => (json!(ms), json!(rfc3339(ms))),
+            Expires::Invalid => (json!("invalid"), Value::Null),
+            Expires::None => (Value::Null, Value::Null),
+        };
+        json!({
+            "id": self.id,
+            "provider": self.provider,
+            "kind": self.kind.as_str(),
+            "source": self.source.as_str(),
+            "secret": self.masked,
+            "expires": expires,
+            "expiresAt": expires_at,
+            "health": self.health.as_str(),
+            "position": self.position,
+            "reasonCode": self.reason_code,
+            "detail": self.detail,
+            "managedBy": self.managed_by,
+        })
+    }
+}
+
+fn view_json(cx: &Context, view: &StatusView) -> Value {
+    let providers: Vec<Value> = view
+        .providers
+        .iter()
+        .map(|p| {
+            json!({
+                "provider": p.provider,
+                "configured": p.configured,
+                "known": p.known,
+                "order": p.order,
+                "orderSource": p.order_source,
+                "missing": !p.rows.iter().any(|r| r.cred.is_some()),
+                "credentials": p.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "agent": cx.agent,
+        "stateDir": cx.state_dir.display().to_string(),
+        "providers": providers,
+        "warnings": view.warnings,
+    })
+}
+
+fn print_view(cx: &Context, view: &StatusView) {
+    println!(
+        "agent {} (state {})",
+        cx.agent,
+        store::agent_dir(&cx.state_dir, &cx.agent).display()
+    );
+    let now = now_ms();
+    for p in &view.providers {
+        println!();
+        let mut head = p.provider.clone();
+        if p.configured {
+            head.push_str(" (configured)");
+        }
+        if let (Some(o), Some(src)) = (&p.order, p.order_source) {
+            head.push_str(&format!(" order from {src}: {}", o.join(", ")));
+        }
+        println!("{head}");
+        if p.rows.is_empty() {
+            println!("  (no credentials) — add one with `keygate models auth paste-api-key --provider {}`", p.provider);
+            continue;
+        }
+        println!(
+            "  {:<4} {:<32} {:<8} {:<8} {:<8} {:<28} {:<10} NOTE",
+            "POS", "ID", "KIND", "SOURCE", "SECRET", "EXPIRES", "HEALTH"
+        );
+        for r in &p.rows {
+            let expires = match r.expires {
+                Expires::At(ms) => format!("{} ({})", rfc3339(ms), when(ms, now)),
+                Expires::Invalid => "invalid".to_owned(),
+                Expires::None => "-".to_owned(),
+            };
+            let mut note = r.reason_code.map(str::to_owned).unwrap_or_default();
+            if let Some(d) = &r.detail {
+                if !note.is_empty() {
+                    note.push_str(": ");
+                }
+                note.push_str(d);
+            }
+            if let Some(m) = r.managed_by {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                note.push_str(&format!("managed by {m}"));
+            }
+            println!(
+                "  {:<4} {:<32} {:<8} {:<8} {:<8} {:<28} {:<10} {}",
+                r.position.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                r.id,
+                r.kind.as_str(),
+                r.source.as_str(),
+                r.masked.as_deref().unwrap_or("-"),
+                expires,
+                r.health.as_str(),
+                note
+            );
+        }
+    }
+    for w in &view.warnings {
+        eprintln!("warning: {w}");
+    }
+}

@@ -15,7 +15,9 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use serde_json::json;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
 
 use crate::cooldown::Scope;
 use crate::proxy::{AppState, ProxyBody, ProxyError};
@@ -23,7 +25,7 @@ use crate::proxy::{AppState, ProxyBody, ProxyError};
 /// Answers a reserved path, or returns `None` for anything that should be proxied.
 /// `private` says whether the admin-only endpoints are served on this listener.
 pub async fn reserved<B>(
-    state: &AppState,
+    state: &Arc<AppState>,
     req: &Request<B>,
     private: bool,
 ) -> Option<Response<ProxyBody>> {
@@ -32,7 +34,7 @@ pub async fn reserved<B>(
         "/readyz" => readyz(state),
         "/metrics" if private => metrics(state),
         "/metrics" => ProxyError::NotFound.into_response(None),
-        "/_keygate/status" if private => status(state, req),
+        "/_keygate/status" if private => status(state, req).await,
         "/_keygate/status" => ProxyError::NotFound.into_response(None),
         p if p.starts_with("/_keygate/") => ProxyError::NotFound.into_response(None),
         _ => return None,
@@ -41,7 +43,7 @@ pub async fn reserved<B>(
 }
 
 /// Serves a request on the dedicated admin listener: reserved paths only.
-pub async fn handle_admin<B>(state: &AppState, req: Request<B>) -> Response<ProxyBody> {
+pub async fn handle_admin<B>(state: &Arc<AppState>, req: Request<B>) -> Response<ProxyBody> {
     match reserved(state, &req, true).await {
         Some(r) => r,
         None => ProxyError::NotFound.into_response(None),
@@ -92,7 +94,7 @@ fn readyz(state: &AppState) -> Response<ProxyBody> {
     }
 }
 
-fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
+async fn status<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<ProxyBody> {
     let Some(token) = &state.config.admin.token else {
         return ProxyError::NotFound.into_response(None);
     };
@@ -115,65 +117,62 @@ fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
         )
         .into_response(None);
     }
-    let pool = state.registry.agent("main");
-    let mut providers = serde_json::Map::new();
-    for (id, p) in &state.config.providers {
-        let Some(pp) = pool.providers.get(id) else {
-            continue;
-        };
-        if pp.candidates.is_empty() && !p.configured && pp.excluded.is_empty() {
-            continue;
-        }
-        let creds: Vec<_> = pp
-            .candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                json!({
-                    "id": c.cred.id.as_str(),
-                    "kind": c.cred.kind.as_str(),
-                    "source": c.cred.source.as_str(),
-                    "secret": format!("{} {}", c.cred.kind.as_str(), c.cred.secret.masked()),
-                    "expires": c.cred.expires_ms,
-                    "orderPosition": pp.explicit.then_some(i + 1),
-                })
-            })
-            .collect();
-        providers.insert(
-            id.clone(),
-            json!({
-                "credentials": creds,
-                "explicitOrder": pp.explicit,
-                "excluded": pp.excluded.iter().map(|e| json!({
-                    "id": e,
-                    "reasonCode": "excluded_by_auth_order",
-                    "detail": "Excluded by auth.order for this provider.",
-                })).collect::<Vec<_>>(),
-            }),
-        );
+    let agent = req
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("agent="))
+        .unwrap_or("main")
+        .to_owned();
+    if !crate::config::valid_agent_id(&agent) {
+        return ProxyError::BadRequest("invalid agent id".into()).into_response(None);
     }
+    // The same document as `models status --json` (it reads the state files: off the
+    // async threads), plus the in-memory cooldowns.
+    let st = state.clone();
+    let doc = tokio::task::spawn_blocking(move || {
+        let env = st
+            .registry
+            .env()
+            .clone()
+            .with_dotenv_file(&st.registry.state_dir().join(".env"))
+            .unwrap_or_else(|_| st.registry.env().clone());
+        crate::cli::models::status_document(st.registry.state_dir(), &agent, &env, &st.config)
+    })
+    .await;
+    let mut doc = match doc {
+        Ok(Ok(d)) => d,
+        Ok(Err(msg)) => {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": { "message": msg } }),
+            )
+        }
+        Err(_) => {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": { "message": "status task failed" } }),
+            )
+        }
+    };
     let now = tokio::time::Instant::now();
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let cooldowns: Vec<_> = state
+    let windows: Vec<Value> = state
         .cooldowns
         .windows(now)
         .into_iter()
         .map(|w| {
             let (model, lane) = match &w.scope {
-                Scope::Model(m) => (Some(m.to_string()), "cooldown"),
-                Scope::Credential => (None, "cooldown"),
-                Scope::Disabled => (None, "disabled"),
+                Scope::Model(m) => (m.to_string(), "cooldown"),
+                Scope::Credential => ("all".to_owned(), "cooldown"),
+                Scope::Disabled => ("all".to_owned(), "disabled"),
             };
-            let provider = pool
-                .by_id
-                .get(&w.credential)
-                .map(|c| c.cred.provider.to_string());
             json!({
                 "credential": w.credential,
-                "provider": provider,
-                "model": model.unwrap_or_else(|| "all".to_owned()),
+                "model": model,
                 "lane": lane,
                 "reason": w.reason.as_str(),
                 "until": (wall + w.remaining).as_millis() as u64,
@@ -184,15 +183,28 @@ fn status<B>(state: &AppState, req: &Request<B>) -> Response<ProxyBody> {
             })
         })
         .collect();
-    json_response(
-        StatusCode::OK,
-        json!({
-            "agent": "main",
-            "providers": providers,
-            "cooldowns": cooldowns,
-            "warnings": pool.warnings,
-        }),
-    )
+    // Each credential row also lists its own windows.
+    if let Some(providers) = doc.get_mut("providers").and_then(Value::as_array_mut) {
+        for p in providers {
+            if let Some(creds) = p.get_mut("credentials").and_then(Value::as_array_mut) {
+                for c in creds {
+                    let id = c
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mine: Vec<Value> = windows
+                        .iter()
+                        .filter(|w| w["credential"] == id.as_str())
+                        .cloned()
+                        .collect();
+                    c["cooldowns"] = Value::Array(mine);
+                }
+            }
+        }
+    }
+    doc["cooldowns"] = Value::Array(windows);
+    json_response(StatusCode::OK, doc)
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {

@@ -529,8 +529,27 @@ async fn metrics_and_status_show_the_rotation() {
     assert_eq!(w["source"], "retry-after");
     assert_eq!(w["failures"], 1);
     assert_eq!(w["lastStatus"], 429);
-    let creds = &v["providers"]["anthropic"]["credentials"];
-    assert_eq!(creds[0]["secret"], "api_key …0001");
+    let anthropic = v["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .find(|p| p["provider"] == "anthropic")
+        .expect("anthropic row");
+    let creds = anthropic["credentials"].as_array().expect("credentials");
+    let a_row = creds
+        .iter()
+        .find(|c| c["id"] == "env:ANTHROPIC_API_KEYS#1")
+        .expect("A's row");
+    assert_eq!(a_row["secret"], "…0001");
+    assert_eq!(a_row["kind"], "api_key");
+    assert_eq!(
+        a_row["cooldowns"][0]["reason"], "rate_limit",
+        "the row carries its cooldown"
+    );
+    assert_eq!(
+        v["check"]["exitCode"], 0,
+        "the same document as `models status --json`"
+    );
     assert!(!s.text().contains(A) && !s.text().contains(B));
 }
 

@@ -15,7 +15,7 @@ use crate::credentials::env::EnvSnapshot;
 mod auth;
 mod config_check;
 mod doctor;
-mod models;
+pub(crate) mod models;
 mod probe;
 mod serve;
 

@@ -658,3 +658,25 @@ fn print_view(cx: &Context, view: &StatusView) {
         eprintln!("warning: {w}");
     }
 }
+
+/// The `models status --json` document for an agent, as a running proxy serves it on
+/// `/_keygate/status` (the proxy adds its in-memory cooldowns). Reads the state files.
+pub(crate) fn status_document(
+    state_dir: &std::path::Path,
+    agent: &str,
+    env: &crate::credentials::env::EnvSnapshot,
+    config: &Config,
+) -> Result<Value, String> {
+    let cx = Context {
+        env: env.clone(),
+        process_env: env.clone(),
+        state_dir: state_dir.to_owned(),
+        config_path: None,
+        agent: agent.to_owned(),
+    };
+    let view = build_view(&cx, config, None, now_ms(), Duration::from_secs(24 * 3600))?;
+    let (result, code) = check_result(&view);
+    let mut doc = view_json(&cx, &view);
+    doc["check"] = json!({ "result": result, "exitCode": code });
+    Ok(doc)
+}

@@ -192,6 +192,8 @@ pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> H
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::ACCEPT_ENCODING
+            // keygate already read the whole body: the upstream gets it at once.
+            || name == header::EXPECT
             || name.as_str().starts_with("x-keygate-")
             || named_by_connection
                 .iter()

@@ -108,7 +108,8 @@ impl Body for MockBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.exact.map_or_else(SizeHint::default, SizeHint::with_exact)
+        self.exact
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -144,7 +145,10 @@ impl Answers {
 // === impl Mock ===
 
 impl Mock {
-    async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<MockBody>, Infallible> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/__stats") => return Ok(json_response(self.stats_json())),
             (&Method::POST, "/__reset") => {
@@ -201,7 +205,10 @@ impl Mock {
                 let mut r = Response::new(MockBody::full(self.answers.limited.clone()));
                 *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
                 let hs = r.headers_mut();
-                hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                hs.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 hs.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
                 return Ok(r);
             }
@@ -272,8 +279,10 @@ impl Mock {
 
 fn json_response(b: Bytes) -> Response<MockBody> {
     let mut r = Response::new(MockBody::full(b));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 

@@ -83,7 +83,10 @@ impl Proc {
         let mut line = String::new();
         let read = BufReader::new(stdout).read_line(&mut line);
         let addr = match read {
-            Ok(_) => line.trim().strip_prefix("LISTEN ").and_then(|a| a.parse().ok()),
+            Ok(_) => line
+                .trim()
+                .strip_prefix("LISTEN ")
+                .and_then(|a| a.parse().ok()),
             Err(_) => None,
         };
         let mut p = Proc {
@@ -124,7 +127,8 @@ impl Proc {
         };
         let mut cmd = Command::new(exe);
         cmd.env_clear()
-            .env("RUST_LOG", o.log)
+            // The listen line must get through whatever the level.
+            .env("RUST_LOG", format!("{},keygate::cli::serve=info", o.log))
             .envs(o.env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(&config)

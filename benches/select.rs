@@ -1,0 +1,258 @@
+//! Candidate selection and request rewriting benchmarks (issue 5).
+//!
+//! - `select/*`: 64 credentials, a cooldown store holding 10 000 live windows over 1 000
+//!   models. `blocked_until_one` is one lookup; `first_free_after_3` is what a request does
+//!   when the first three candidates cool (three blocked lookups, one free);
+//!   `scan_all_64` checks every candidate (the worst case: all cooling); `ordered_64` is
+//!   `Registry::ordered` (clone + sort of the pool); `request` is `ordered` followed by
+//!   `first_free_after_3`. Target ≤ 500 ns.
+//! - `inject/*`: one request's header and body work: `clean_request_headers` of a typical
+//!   SDK request, `Injection::apply`, `pin::body_model`, and with a `model@profile` pin
+//!   `split_pin` + `rewrite_model`.
+
+// `criterion_main!` generates an undocumented `pub fn main`.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use keygate::classify::{Reason, RetryHint, Verdict};
+use keygate::config::Config;
+use keygate::cooldown::{Cooldowns, Ladders};
+use keygate::credentials::env::EnvSnapshot;
+use keygate::pin;
+use keygate::proxy::inject::clean_request_headers;
+use keygate::resolver::{Candidate, Registry};
+use tokio::time::Instant;
+
+const CREDENTIALS: usize = 64;
+const WINDOWS: usize = 10_000;
+const MODELS: usize = 1_000;
+
+fn registry(provider_var: &str, n: usize) -> (Registry, tempfile::TempDir) {
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("sk-bench-{i:04}-aaaaaaaaaaaaaaaa"))
+        .collect();
+    let env = EnvSnapshot::from_pairs([(provider_var.to_owned(), keys.join(","))]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Arc::new(Config::defaults());
+    (
+        Registry::new(
+            config,
+            dir.path().to_owned(),
+            env,
+            Arc::new(keygate::metrics::Metrics::new(["anthropic"])),
+        ),
+        dir,
+    )
+}
+
+fn group_times(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+}
+
+fn select(c: &mut Criterion) {
+    let (reg, _dir) = registry("OPENAI_API_KEYS", CREDENTIALS);
+    let pool = reg.agent("main");
+    let provider = pool.providers.get("openai").expect("openai pool");
+    assert_eq!(provider.candidates.len(), CREDENTIALS);
+    let cands: Vec<Arc<Candidate>> = provider.candidates.clone();
+
+    let cooldowns = Cooldowns::with_cap(
+        Ladders {
+            backoff: vec![Duration::from_secs(30)],
+            billing: vec![Duration::from_secs(3600)],
+        },
+        WINDOWS,
+    );
+    let now = Instant::now();
+    let verdict = Verdict {
+        reason: Reason::RateLimit,
+        hint: Some(RetryHint {
+            after: Duration::from_secs(3600),
+            source: "retry-after",
+        }),
+    };
+    let models: Vec<String> = (0..MODELS).map(|m| format!("model-{m:04}")).collect();
+    // Window i: credential i % 64, model (i / 64 + i) % 1000 — 10 000 distinct pairs.
+    for i in 0..WINDOWS {
+        let cand = &cands[i % CREDENTIALS];
+        let model = &models[(i / CREDENTIALS + i) % MODELS];
+        cooldowns.record_failure(
+            cand.cred.id.as_str(),
+            cand.fp,
+            Some(model),
+            &verdict,
+            Some(429),
+            now,
+        );
+    }
+    assert_eq!(cooldowns.active(now), WINDOWS);
+    // A model every candidate is free for, with the first three made to cool.
+    let model = "model-bench-target";
+    for cand in &cands[..3] {
+        cooldowns.record_failure(
+            cand.cred.id.as_str(),
+            cand.fp,
+            Some(model),
+            &verdict,
+            Some(429),
+            now,
+        );
+    }
+    let check = Instant::now();
+    let first_free = |list: &[Arc<Candidate>]| {
+        list.iter().position(|c| {
+            cooldowns
+                .blocked_until(c.cred.id.as_str(), c.fp, Some(black_box(model)), check)
+                .is_none()
+        })
+    };
+
+    let mut g = c.benchmark_group("select");
+    group_times(&mut g);
+    g.bench_function("blocked_until_one", |b| {
+        let c0 = &cands[10];
+        b.iter(|| {
+            cooldowns.blocked_until(
+                c0.cred.id.as_str(),
+                c0.fp,
+                Some(black_box("model-0007")),
+                check,
+            )
+        })
+    });
+    g.bench_function("first_free_after_3", |b| {
+        b.iter(|| {
+            let i = first_free(&cands);
+            assert_eq!(i, Some(3));
+            i
+        })
+    });
+    g.bench_function("scan_all_64", |b| {
+        b.iter(|| {
+            cands
+                .iter()
+                .filter(|c| {
+                    cooldowns
+                        .blocked_until(
+                            c.cred.id.as_str(),
+                            c.fp,
+                            Some(black_box("model-0007")),
+                            check,
+                        )
+                        .is_some()
+                })
+                .count()
+        })
+    });
+    g.bench_function("ordered_64", |b| {
+        b.iter(|| reg.ordered(black_box(provider)).len())
+    });
+    g.bench_function("request", |b| {
+        b.iter(|| {
+            let list = reg.ordered(black_box(provider));
+            first_free(&list)
+        })
+    });
+    g.finish();
+}
+
+/// A typical request of the Anthropic Python SDK, as keygate receives it.
+fn client_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (n, v) in [
+        ("host", "127.0.0.1:8787"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        ("connection", "keep-alive"),
+        ("user-agent", "Anthropic/Python 0.69.0"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "0.69.0"),
+        ("x-stainless-os", "Linux"),
+        ("x-stainless-arch", "x64"),
+        ("x-stainless-runtime", "CPython"),
+        ("x-stainless-runtime-version", "3.12.3"),
+        ("x-stainless-retry-count", "0"),
+        ("x-stainless-timeout", "600"),
+        ("anthropic-version", "2023-06-01"),
+        ("x-api-key", "kg-gateway-token-0123456789abcdef"),
+        ("content-type", "application/json"),
+        ("content-length", "1830"),
+    ] {
+        h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn body(model: &str) -> Bytes {
+    let mut s = format!(
+        r#"{{"max_tokens":1024,"model":"{model}","system":"You are a careful assistant.","messages":["#
+    );
+    for i in 0..8 {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        s.push_str(&format!(
+            r#"{{"role":"{role}","content":[{{"type":"text","text":"Turn {i}: a paragraph of ordinary conversation text, long enough to look like a real message with a model mention inside: {{\"model\": \"not-this-one\"}}."}}]}},"#
+        ));
+    }
+    s.pop();
+    s.push_str(r#"],"stream":true}"#);
+    Bytes::from(s)
+}
+
+fn inject(c: &mut Criterion) {
+    let (reg, _dir) = registry("ANTHROPIC_API_KEYS", 2);
+    let pool = reg.agent("main");
+    let cand = pool
+        .providers
+        .get("anthropic")
+        .expect("anthropic")
+        .candidates[0]
+        .clone();
+    let config = Config::defaults();
+    let provider = config.provider("anthropic").expect("anthropic provider");
+    let headers = client_headers();
+    let plain = body("claude-sonnet-4-5");
+    let pinned = body("claude-sonnet-4-5@anthropic:work");
+
+    let mut g = c.benchmark_group("inject");
+    group_times(&mut g);
+    g.bench_function("headers", |b| {
+        b.iter(|| {
+            let mut out = clean_request_headers(black_box(&headers), provider);
+            cand.inject.apply(&mut out);
+            out
+        })
+    });
+    g.bench_function("body_model", |b| {
+        b.iter(|| pin::body_model(black_box(&plain)).map(|m| m.span.len()))
+    });
+    g.bench_function("body_model_pin_rewrite", |b| {
+        b.iter(|| {
+            let bm = pin::body_model(black_box(&pinned)).expect("model");
+            let (name, profile) = pin::split_pin(&bm.model);
+            assert!(profile.is_some());
+            pin::rewrite_model(&pinned, bm.span.clone(), name)
+        })
+    });
+    g.bench_function("request", |b| {
+        b.iter(|| {
+            let mut out = clean_request_headers(black_box(&headers), provider);
+            cand.inject.apply(&mut out);
+            let bm = pin::body_model(black_box(&pinned)).expect("model");
+            let (name, _) = pin::split_pin(&bm.model);
+            let body = pin::rewrite_model(&pinned, bm.span.clone(), name);
+            (out, body)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, select, inject);
+criterion_main!(benches);

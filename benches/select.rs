@@ -107,7 +107,7 @@ fn select(c: &mut Criterion) {
         );
     }
     let check = Instant::now();
-    let first_free = |list: &[Arc<Candidate>]| {
+    let first_free = |list: &[&Arc<Candidate>]| {
         list.iter().position(|c| {
             cooldowns
                 .blocked_until(c.cred.id.as_str(), c.fp, Some(black_box(model)), check)
@@ -130,7 +130,8 @@ fn select(c: &mut Criterion) {
     });
     g.bench_function("first_free_after_3", |b| {
         b.iter(|| {
-            let i = first_free(&cands);
+            let refs: Vec<&Arc<Candidate>> = cands.iter().collect();
+            let i = first_free(&refs);
             assert_eq!(i, Some(3));
             i
         })

@@ -56,6 +56,8 @@ pub struct ProviderPool {
     pub explicit: bool,
     /// Stored profiles the explicit order leaves out (`excluded_by_auth_order`).
     pub excluded: Vec<String>,
+    /// Whether two stored profiles share a kind, so least recently used reorders them.
+    lru_ties: bool,
 }
 
 /// Every credential an agent can use.
@@ -305,12 +307,16 @@ impl Registry {
     /// The candidates for a provider in attempt order (SPEC §5): explicit order as is;
     /// otherwise stored profiles by kind then least recently used, then env keys in
     /// priority order; with `round_robin`, everything least recently used first.
-    pub fn ordered(&self, pool: &ProviderPool) -> Vec<Arc<Candidate>> {
-        let mut list = pool.candidates.clone();
-        if pool.explicit && self.config.rotation.strategy == Strategy::Ordered {
+    ///
+    /// Borrows from the pool (no reference-count traffic); sorts only when least recently
+    /// used can change the order (two stored profiles of one kind, or `round_robin`).
+    pub fn ordered<'p>(&self, pool: &'p ProviderPool) -> Vec<&'p Arc<Candidate>> {
+        let mut list: Vec<&Arc<Candidate>> = pool.candidates.iter().collect();
+        let strategy = self.config.rotation.strategy;
+        if strategy == Strategy::Ordered && (pool.explicit || !pool.lru_ties) {
             return list;
         }
-        match self.config.rotation.strategy {
+        match strategy {
             Strategy::Ordered => list.sort_by_key(|c| {
                 let lru = if c.group < 3 { c.last_used() } else { 0 };
                 (c.group, lru, c.position)
@@ -438,6 +444,9 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         pool.providers.insert(
             id.clone(),
             ProviderPool {
+                lru_ties: candidates
+                    .windows(2)
+                    .any(|w| w[0].group < 3 && w[0].group == w[1].group),
                 candidates,
                 explicit,
                 excluded,
@@ -458,6 +467,7 @@ fn clone_providers(p: &HashMap<String, ProviderPool>) -> HashMap<String, Provide
                     candidates: v.candidates.clone(),
                     explicit: v.explicit,
                     excluded: v.excluded.clone(),
+                    lru_ties: v.lru_ties,
                 },
             )
         })

@@ -21,12 +21,12 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
     let config = match cx.load_config() {
         Ok(c) => c,
         Err(e) => {
-            crate::telemetry::init(log_format.unwrap_or_default());
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    crate::telemetry::init(log_format.unwrap_or(config.log));
+    // Held until `run` returns, so queued log lines are flushed at exit.
+    let _log = crate::telemetry::init(log_format.unwrap_or(config.log));
     let listen = match args.listen {
         Some(a) => a,
         None => match cx.env.get("KEYGATE_LISTEN").filter(|s| !s.is_empty()) {

@@ -13,11 +13,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -39,7 +39,11 @@ use crate::provider::{self, ModelFrom};
 use crate::resolver::{Candidate, Registry};
 
 /// Header a client may use to pin a credential.
-pub const PROFILE_HEADER: &str = "x-keygate-profile";
+pub const PROFILE_HEADER: HeaderName = HeaderName::from_static("x-keygate-profile");
+/// The credential that served (or last tried) a request.
+pub const CREDENTIAL_HEADER: HeaderName = HeaderName::from_static("x-keygate-credential");
+/// How many upstream attempts a request took.
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-keygate-attempts");
 
 /// Everything the request path shares. Built once at startup.
 pub struct AppState {
@@ -139,7 +143,11 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
-    let span = tracing::info_span!("request", %method, path = %req.uri().path());
+    // Cheap (reference counted); only its path is ever logged, never the query.
+    let uri = req.uri().clone();
+    // A debug-level span: at the default `info` level the access line below carries
+    // method and path itself, and no span is built per request.
+    let span = tracing::debug_span!("request", %method, path = %req.uri().path());
     async move {
         if let Some(resp) = admin::reserved(&state, &req, !state.admin_separate).await {
             return Ok(resp);
@@ -154,13 +162,13 @@ pub async fn handle(
                 // attempts were made and with which credential.
                 if access.attempts > 0 {
                     let h = r.headers_mut();
-                    h.insert("x-keygate-attempts", HeaderValue::from(access.attempts));
+                    h.insert(ATTEMPTS_HEADER, HeaderValue::from(access.attempts));
                     if let Some(v) = access
                         .credential
                         .as_deref()
                         .and_then(|c| HeaderValue::from_str(c).ok())
                     {
-                        h.insert("x-keygate-credential", v);
+                        h.insert(CREDENTIAL_HEADER, v);
                     }
                 }
                 r
@@ -171,6 +179,8 @@ pub async fn handle(
             .metrics
             .request(access.provider.as_deref(), resp.status().as_u16(), elapsed);
         tracing::info!(
+            %method,
+            path = uri.path(),
             provider = access.provider.as_deref().unwrap_or("-"),
             model = access.model.as_deref().unwrap_or("-"),
             credential = access.credential.as_deref().unwrap_or("-"),
@@ -230,28 +240,21 @@ async fn proxy(
 
     // 3. The body, bounded.
     let limit = state.config.server.max_request_body;
-    if let Some(len) = parts
+    let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ProxyError::BodyTooLarge { limit });
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
     }
-    let mut body: Bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(_) => return Err(ProxyError::BodyRead),
-    };
+    let read_until = start + state.config.server.request_timeout;
+    let mut body = read_body(body, limit, declared, read_until).await?;
 
     // 4. Model and pin.
     let mut pinned: Option<String> = parts
         .headers
-        .get(PROFILE_HEADER)
+        .get(&PROFILE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
@@ -287,7 +290,7 @@ async fn proxy(
 
     // 5. Candidates.
     let pool = state.registry.agent(&agent);
-    let candidates: Vec<Arc<Candidate>> = match &pinned {
+    let candidates: Vec<&Arc<Candidate>> = match &pinned {
         Some(id) => {
             let c = pool.by_id.get(id.as_str()).ok_or_else(|| {
                 ProxyError::BadRequest(format!("Auth profile \"{}\" not found.", truncate(id, 128)))
@@ -298,7 +301,7 @@ async fn proxy(
                     id, c.cred.provider, provider.id
                 )));
             }
-            vec![c.clone()]
+            vec![c]
         }
         None => pool
             .providers
@@ -360,7 +363,7 @@ enum Attempt {
 impl Exchange<'_> {
     async fn run(
         self,
-        candidates: Vec<Arc<Candidate>>,
+        candidates: Vec<&Arc<Candidate>>,
         access: &mut Access,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let st = self.state;
@@ -560,10 +563,10 @@ impl Exchange<'_> {
         clean_response_headers(&mut parts.headers);
         parts
             .headers
-            .insert("x-keygate-credential", cand.id_header.clone());
+            .insert(CREDENTIAL_HEADER, cand.id_header.clone());
         parts
             .headers
-            .insert("x-keygate-attempts", HeaderValue::from(attempts));
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
         let status = parts.status;
         let stream = stream_kind(&parts.headers);
         // Only SSE has a text error event to end a broken stream with; a broken AWS
@@ -699,7 +702,7 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
     match a {
         Attempt::Done(mut r) | Attempt::Failed(mut r, _) => {
             r.headers_mut()
-                .insert("x-keygate-attempts", HeaderValue::from(attempts));
+                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
             Ok(r)
         }
         Attempt::Error(e, _) | Attempt::Skip(e) => Err(e),
@@ -712,6 +715,56 @@ fn needs_oauth_refresh(cand: &Candidate) -> bool {
         && cand.cred.source == Source::Profile
         && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
         && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
+}
+
+/// Reads the client's body into one `Bytes` under `limit` (413 past it). A body that
+/// arrives in one frame is kept as is (no copy); otherwise frames are appended into one
+/// buffer sized from `Content-Length`, so a large body exists once, not twice.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<u64>,
+    until: Instant,
+) -> Result<Bytes, ProxyError> {
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::BadRequest(
+                    "the request body did not arrive in time".into(),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(ProxyError::BodyRead),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        match (&mut buf, first.take()) {
+            (Some(b), _) => b.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(f)) => {
+                let want = declared
+                    .map_or(total * 2, |d| d as usize)
+                    .clamp(total, limit);
+                let mut b = BytesMut::with_capacity(want);
+                b.extend_from_slice(&f);
+                b.extend_from_slice(&data);
+                buf = Some(b);
+            }
+        }
+    }
+    Ok(match buf {
+        Some(b) => b.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// Reads up to `limit` bytes of an error body before `until`. Returns the frames read (to

@@ -80,7 +80,9 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(128 * 1024)
+        // Bounds the request head (431 past it) and each read: a connection's read buffer
+        // never grows past 32 KiB, even while a large body streams in.
+        .max_buf_size(32 * 1024)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

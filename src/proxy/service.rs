@@ -63,8 +63,9 @@ pub struct AppState {
     pub cooldowns: Cooldowns,
     /// Reasons that retry with the next candidate (`[rotation] rotate_on`).
     rotate_on: Vec<Reason>,
-    /// Local per-credential request limits, per provider with `rpm`.
-    rpm: HashMap<String, DefaultKeyedRateLimiter<Arc<str>>>,
+    /// Local per-credential request limits, per provider with `rpm`, keyed by the
+    /// credential's fingerprint (no allocation per check).
+    rpm: HashMap<String, DefaultKeyedRateLimiter<u64>>,
     /// Prometheus series.
     pub metrics: Arc<Metrics>,
     /// OAuth refreshes, one at a time per profile.
@@ -400,8 +401,7 @@ impl Exchange<'_> {
                         continue;
                     }
                     if let Some(l) = limiter {
-                        let key: Arc<str> = Arc::from(c.cred.id.as_str());
-                        if let Err(not_until) = l.check_key(&key) {
+                        if let Err(not_until) = l.check_key(&c.fp) {
                             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                                 &governor::clock::DefaultClock::default(),
                             ));

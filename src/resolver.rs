@@ -291,11 +291,6 @@ impl Registry {
         }
     }
 
-    /// Drops every cached pool so the next request re-reads the files.
-    pub fn invalidate(&self) {
-        self.agents.store(Arc::new(HashMap::new()));
-    }
-
     /// Records that an attempt is about to use `c` (for least-recently-used ordering).
     pub fn touch(&self, c: &Candidate) {
         let ns = u64::try_from(self.epoch.elapsed().as_nanos())

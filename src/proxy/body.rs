@@ -109,13 +109,6 @@ impl ProxyBody {
         }
     }
 
-    /// An empty body.
-    pub fn empty() -> Self {
-        ProxyBody {
-            kind: Kind::Full { data: None },
-        }
-    }
-
     /// An upstream stream: `held` frames first, then the rest of `inner` (`None` when it
     /// already ended), until `deadline`. `error_event` is sent if the upstream breaks (SSE
     /// streams); `observer` sees the frames that follow `held`.

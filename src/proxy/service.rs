@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -1051,19 +1051,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// A 503 answer used while draining or not ready.
-pub fn unavailable(message: &str) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(Bytes::from(
-        serde_json::json!({ "error": { "message": message, "type": "unavailable" } }).to_string(),
-    )));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 #[cfg(test)]

@@ -612,7 +612,14 @@ fn order_messages_and_env_ids() {
 fn setup_token_and_paste_validation() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path();
-    let r = keygate(s, &["models", "auth", "setup-token", "--provider", "anthropic"], &[], "sk-ant-api03-not-a-setup-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+    // Built at run time so no key-shaped literal sits in the repository.
+    let api_key_shaped = format!("sk-ant-api03-not-a-setup-token-{}", "a".repeat(66));
+    let r = keygate(
+        s,
+        &["models", "auth", "setup-token", "--provider", "anthropic"],
+        &[],
+        &api_key_shaped,
+    );
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("sk-ant-oat01-") && !r.stderr.contains("not-a-setup-token"),

@@ -60,3 +60,27 @@ fn config_check_cli_reports_errors_with_line_and_exit_64() {
         "{text}"
     );
 }
+
+/// README's first command is `cargo run --release -- serve`: with two binaries in the
+/// package, that only works while `keygate` is the default one.
+#[test]
+fn cargo_run_picks_the_keygate_binary() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("Cargo.toml");
+    let parsed: toml::Table = toml::from_str(&manifest).expect("valid manifest");
+    assert_eq!(parsed["package"]["default-run"].as_str(), Some("keygate"));
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let first_block: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert!(
+        first_block[0].starts_with("cargo run --release -- serve"),
+        "{first_block:?}"
+    );
+    assert!(first_block[1].starts_with("cargo test"), "{first_block:?}");
+}

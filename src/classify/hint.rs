@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::fields::ErrorFields;
 use super::RetryHint;
@@ -19,49 +19,55 @@ pub const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Rate-limit dimensions: a `remaining` header and the reset headers that go with it (the
 /// first one present is used). Azure spells one reset header `x-rate-limit-reset-tokens`.
-const DIMENSIONS: &[(&str, &[&str])] = &[
+static DIMENSIONS: [(HeaderName, &[&str]); 12] = [
     (
-        "x-ratelimit-remaining-requests",
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
         &["x-ratelimit-reset-requests", "x-rate-limit-reset-requests"],
     ),
     (
-        "x-ratelimit-remaining-tokens",
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
         &["x-ratelimit-reset-tokens", "x-rate-limit-reset-tokens"],
     ),
     (
-        "x-rate-limit-remaining-requests",
+        HeaderName::from_static("x-rate-limit-remaining-requests"),
         &["x-rate-limit-reset-requests", "x-ratelimit-reset-requests"],
     ),
     (
-        "x-rate-limit-remaining-tokens",
+        HeaderName::from_static("x-rate-limit-remaining-tokens"),
         &["x-rate-limit-reset-tokens", "x-ratelimit-reset-tokens"],
     ),
     (
-        "x-ratelimit-remaining-requests-day",
+        HeaderName::from_static("x-ratelimit-remaining-requests-day"),
         &["x-ratelimit-reset-requests-day"],
     ),
     (
-        "x-ratelimit-remaining-tokens-minute",
+        HeaderName::from_static("x-ratelimit-remaining-tokens-minute"),
         &["x-ratelimit-reset-tokens-minute"],
     ),
     (
-        "anthropic-ratelimit-requests-remaining",
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
         &["anthropic-ratelimit-requests-reset"],
     ),
     (
-        "anthropic-ratelimit-tokens-remaining",
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
         &["anthropic-ratelimit-tokens-reset"],
     ),
     (
-        "anthropic-ratelimit-input-tokens-remaining",
+        HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
         &["anthropic-ratelimit-input-tokens-reset"],
     ),
     (
-        "anthropic-ratelimit-output-tokens-remaining",
+        HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
         &["anthropic-ratelimit-output-tokens-reset"],
     ),
-    ("x-ratelimit-remaining", &["x-ratelimit-reset"]),
-    ("x-rate-limit-remaining", &["x-rate-limit-reset"]),
+    (
+        HeaderName::from_static("x-ratelimit-remaining"),
+        &["x-ratelimit-reset"],
+    ),
+    (
+        HeaderName::from_static("x-rate-limit-remaining"),
+        &["x-rate-limit-reset"],
+    ),
 ];
 
 /// Phrases after which a message states a wait ("Please try again in 1.574s").
@@ -116,14 +122,30 @@ pub(crate) fn body_hint(f: &ErrorFields) -> Option<RetryHint> {
 ///
 /// Returns `None` for: no dimension at 0, or a spent dimension without a reset that parses.
 pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> {
+    // This runs on every successful answer: look for a spent dimension (pre-parsed header
+    // names) before parsing any date.
+    let spent = DIMENSIONS.iter().any(|(remaining, _)| {
+        headers
+            .get(remaining)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_number)
+            .is_some_and(|left| left <= 0.0)
+    });
+    if !spent {
+        return None;
+    }
     let base = date_header(headers).unwrap_or(now);
     exhausted_reset(headers, base, now)
 }
 
 fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Option<RetryHint> {
     let mut best: Option<RetryHint> = None;
-    for (remaining, resets) in DIMENSIONS {
-        let Some(left) = header_str(headers, remaining).and_then(parse_number) else {
+    for (remaining, resets) in &DIMENSIONS {
+        let Some(left) = headers
+            .get(remaining)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_number)
+        else {
             continue;
         };
         if left > 0.0 {

@@ -48,16 +48,16 @@ pub(crate) struct ErrorFields {
     pub(crate) is_html: bool,
 }
 
+/// AWS's error-type header, pre-parsed.
+static AMZN_ERROR_TYPE: http::HeaderName = http::HeaderName::from_static("x-amzn-errortype");
+
 // === impl ErrorFields ===
 
 impl ErrorFields {
     /// Fields of a whole (non-2xx) answer.
     pub(crate) fn from_response(headers: &HeaderMap, body: &[u8]) -> Self {
         let mut f = ErrorFields::from_body(body);
-        if let Some(v) = headers
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(v) = headers.get(&AMZN_ERROR_TYPE).and_then(|v| v.to_str().ok()) {
             f.aws_type = aws_name(v);
         }
         if let Some(ct) = headers

@@ -70,6 +70,9 @@ static DIMENSIONS: [(HeaderName, &[&str]); 12] = [
     ),
 ];
 
+/// `retry-after-ms` (OpenAI), pre-parsed.
+static RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+
 /// Phrases after which a message states a wait ("Please try again in 1.574s").
 const MESSAGE_PHRASES: &[&str] = &[
     "try again in ",
@@ -81,6 +84,15 @@ const MESSAGE_PHRASES: &[&str] = &[
     "wait ",
 ];
 
+/// [`MESSAGE_PHRASES`] as searchers, built once (building one costs more than a search).
+static MESSAGE_FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+    std::sync::LazyLock::new(|| {
+        MESSAGE_PHRASES
+            .iter()
+            .map(|p| memchr::memmem::Finder::new(p.as_bytes()))
+            .collect()
+    });
+
 /// The hint for a failed answer, first found (see [`super::retry_hint`]).
 pub(crate) fn hint_from(
     headers: &HeaderMap,
@@ -88,10 +100,17 @@ pub(crate) fn hint_from(
     now: SystemTime,
 ) -> Option<RetryHint> {
     let base = date_header(headers).unwrap_or(now);
-    if let Some(after) = header_str(headers, "retry-after-ms").and_then(parse_retry_after_ms) {
+    if let Some(after) = headers
+        .get(&RETRY_AFTER_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after_ms)
+    {
         return Some(hint(after, "retry-after-ms"));
     }
-    if let Some(after) = header_str(headers, "retry-after").and_then(|v| parse_retry_after(v, base))
+    if let Some(after) = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, base))
     {
         return Some(hint(after, "retry-after"));
     }
@@ -204,9 +223,9 @@ pub(crate) fn parse_message_hint(msg: &str) -> Option<Duration> {
     }
     let b = msg.as_bytes();
     let mut best: Option<(usize, Duration)> = None;
-    for phrase in MESSAGE_PHRASES {
+    for (phrase, finder) in MESSAGE_PHRASES.iter().zip(MESSAGE_FINDERS.iter()) {
         let mut from = 0;
-        while let Some(p) = memchr::memmem::find(&b[from..], phrase.as_bytes()) {
+        while let Some(p) = finder.find(&b[from..]) {
             let start = from + p + phrase.len();
             let mut rest = &b[start..];
             for filler in [&b"about "[..], b"approximately ", b"around "] {
@@ -374,7 +393,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn date_header(headers: &HeaderMap) -> Option<SystemTime> {
-    header_str(headers, "date").and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+    headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
 }
 
 #[cfg(test)]

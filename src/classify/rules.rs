@@ -8,6 +8,10 @@
 //! in-stream errors, never on a 400/413/422. It does not extract fields (see `fields`) nor
 //! compute hints (see `hint`).
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use super::fields::ErrorFields;
 use super::Reason;
 
@@ -164,8 +168,9 @@ const REGION_TEXT: &[&str] = &[
 
 impl Family {
     pub(crate) fn of(provider: &str) -> Family {
-        let p = provider.as_bytes();
-        let has = |n: &str| memchr::memmem::find(&p.to_ascii_lowercase(), n.as_bytes()).is_some();
+        // One lower-cased copy, not one per needle.
+        let p = provider.to_ascii_lowercase();
+        let has = |n: &str| p.contains(n);
         if has("google") || has("gemini") || has("vertex") {
             Family::Google
         } else {
@@ -174,15 +179,34 @@ impl Family {
     }
 }
 
-fn any(hay: &str, needles: &[&str]) -> bool {
-    needles.iter().any(|n| hay.contains(n))
+/// A needle list as searchers built once: `str::contains` sets up a new searcher for every
+/// needle on every call, which cost more than the searches themselves.
+type Needles = LazyLock<Vec<Finder<'static>>>;
+
+fn finders(needles: &[&'static str]) -> Vec<Finder<'static>> {
+    needles.iter().map(|n| Finder::new(n.as_bytes())).collect()
 }
 
-fn text_any(f: &ErrorFields, needles: &[&str]) -> bool {
+static BILLING_TAGS_F: Needles = LazyLock::new(|| finders(BILLING_TAGS));
+static BILLING_TEXT_F: Needles = LazyLock::new(|| finders(BILLING_TEXT));
+static PERMANENT_TEXT_F: Needles = LazyLock::new(|| finders(PERMANENT_TEXT));
+static PERMANENT_VERBS_F: Needles = LazyLock::new(|| finders(PERMANENT_VERBS));
+static CREDENTIAL_NOUNS_F: Needles = LazyLock::new(|| finders(CREDENTIAL_NOUNS));
+static CAPACITY_TEXT_F: Needles = LazyLock::new(|| finders(CAPACITY_TEXT));
+static RATE_TAGS_F: Needles = LazyLock::new(|| finders(RATE_TAGS));
+static RATE_TEXT_F: Needles = LazyLock::new(|| finders(RATE_TEXT));
+static AUTH_TEXT_F: Needles = LazyLock::new(|| finders(AUTH_TEXT));
+static REGION_TEXT_F: Needles = LazyLock::new(|| finders(REGION_TEXT));
+
+fn any(hay: &str, needles: &Needles) -> bool {
+    !hay.is_empty() && needles.iter().any(|f| f.find(hay.as_bytes()).is_some())
+}
+
+fn text_any(f: &ErrorFields, needles: &Needles) -> bool {
     any(&f.message, needles) || any(&f.extra, needles)
 }
 
-fn tag_any(f: &ErrorFields, needles: &[&str]) -> bool {
+fn tag_any(f: &ErrorFields, needles: &Needles) -> bool {
     any(&f.etype, needles) || any(&f.code, needles) || any(&f.detail_code, needles)
 }
 
@@ -214,12 +238,12 @@ pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Re
     }
 
     // 3. Region refusals are nobody's key problem.
-    if text_any(f, REGION_TEXT) || f.code.contains("unsupported_country") {
+    if text_any(f, &REGION_TEXT_F) || f.code.contains("unsupported_country") {
         return Reason::Unknown;
     }
 
     // 4. Capacity, before the 429 rule.
-    if s == 529 || is_capacity_tag(f) || (wording_ok && text_any(f, CAPACITY_TEXT)) {
+    if s == 529 || is_capacity_tag(f) || (wording_ok && text_any(f, &CAPACITY_TEXT_F)) {
         return Reason::Overloaded;
     }
 
@@ -240,12 +264,12 @@ pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Re
     }
 
     // 7. Rate limits: structured, then the status, then wording.
-    if is_rate_tag(f, google_exhausted) || s == 429 || (wording_ok && text_any(f, RATE_TEXT)) {
+    if is_rate_tag(f, google_exhausted) || s == 429 || (wording_ok && text_any(f, &RATE_TEXT_F)) {
         return Reason::RateLimit;
     }
 
     // 8. Auth.
-    if matches!(s, 401 | 403) || is_auth_tag(f) || text_any(f, AUTH_TEXT) {
+    if matches!(s, 401 | 403) || is_auth_tag(f) || text_any(f, &AUTH_TEXT_F) {
         return Reason::Auth;
     }
 
@@ -270,16 +294,16 @@ pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Re
 }
 
 fn is_permanent(f: &ErrorFields) -> bool {
-    if text_any(f, PERMANENT_TEXT) {
+    if text_any(f, &PERMANENT_TEXT_F) {
         return true;
     }
     // "key has been revoked" / "API key deleted": only when a credential is named, so
     // "this model has been deactivated" stays a model problem.
-    text_any(f, PERMANENT_VERBS) && text_any(f, CREDENTIAL_NOUNS) && !f.text_has("model")
+    text_any(f, &PERMANENT_VERBS_F) && text_any(f, &CREDENTIAL_NOUNS_F) && !f.text_has("model")
 }
 
 fn is_billing(family: Family, f: &ErrorFields, google_exhausted: bool) -> bool {
-    if tag_any(f, BILLING_TAGS) || f.aws_type.contains("billing") {
+    if tag_any(f, &BILLING_TAGS_F) || f.aws_type.contains("billing") {
         return true;
     }
     if reason_is(f, "billing_disabled") {
@@ -289,7 +313,7 @@ fn is_billing(family: Family, f: &ErrorFields, google_exhausted: bool) -> bool {
     if google_exhausted && (f.quota_zero || has_limit_zero(&f.message)) {
         return true;
     }
-    if text_any(f, BILLING_TEXT) {
+    if text_any(f, &BILLING_TEXT_F) {
         return true;
     }
     // The OpenAI sentence means billing everywhere except at Google, where it comes with
@@ -325,7 +349,7 @@ fn is_capacity_tag(f: &ErrorFields) -> bool {
 
 fn is_rate_tag(f: &ErrorFields, google_exhausted: bool) -> bool {
     google_exhausted
-        || tag_any(f, RATE_TAGS)
+        || tag_any(f, &RATE_TAGS_F)
         || f.reasons
             .iter()
             .any(|r| r.contains("ratelimit") || r.contains("rate_limit"))

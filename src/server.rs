@@ -1,19 +1,20 @@
 //! The accept loops and graceful shutdown.
 //!
-//! Owns listening sockets, one task per connection served by hyper-util's auto builder
-//! (HTTP/1.1 and h2c by prior knowledge), connection-level limits (header size, header read
+//! Owns listening sockets, one task per connection served by hyper's HTTP/1.1 or HTTP/2
+//! (h2c by prior knowledge) connection, chosen by peeking at the first bytes, connection-level limits (header size, header read
 //! timeout, h2 stream count), and draining: on shutdown, stop accepting, let in-flight
 //! requests and streams finish up to `shutdown_grace`, then close what is left. It does not
 //! own what a request does (see `proxy::service` and `admin`).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -39,18 +40,18 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     // Credential files are re-read within 2 s of a change (SPEC §6).
     let (stop_watch, watch_rx) = tokio::sync::watch::channel(false);
     let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx));
-    let builder = Arc::new(connection_builder());
+    let builders = Arc::new(builders());
     tokio::pin!(shutdown);
     let admin = listeners.admin;
     loop {
         tokio::select! {
             accepted = listeners.main.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                serve_conn(&builder, &graceful, stream, peer, state.clone(), false);
+                serve_conn(&builders, &graceful, stream, peer, state.clone(), false);
             }
             accepted = accept_opt(admin.as_ref()) => {
                 let Ok((stream, peer)) = accepted else { continue };
-                serve_conn(&builder, &graceful, stream, peer, state.clone(), true);
+                serve_conn(&builders, &graceful, stream, peer, state.clone(), true);
             }
             () = &mut shutdown => break,
         }
@@ -75,25 +76,70 @@ async fn accept_opt(
     }
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+/// Connection settings, built once.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn builders() -> Builders {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         // Bounds the request head (431 past it) and each read: a connection's read buffer
-        // never grows past 32 KiB, even while a large body streams in.
-        .max_buf_size(32 * 1024)
+        // never grows past 16 KiB, even while a large body streams in (bodies are kept
+        // once, in their own buffer; a bigger read buffer only multiplies memory by the
+        // number of uploading connections).
+        .max_buf_size(MAX_HEAD)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(512)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30));
-    b
+    Builders { h1, h2 }
+}
+
+/// Largest request head (and HTTP/1.1 read buffer) accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// How long a new connection may stay silent before its request head starts.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/2 connection preface starts with the `PRI` method, which HTTP/1.1 reserves
+/// (RFC 9113 §3.4): three bytes tell the two apart.
+const H2_PREFACE_START: &[u8] = b"PRI";
+
+/// Which protocol a new connection speaks, read by peeking at its first bytes (nothing is
+/// consumed). `None` when the client closed or stayed silent too long.
+///
+/// Written here rather than using hyper-util's `auto` builder, which reads the first bytes
+/// itself and replays them through a `Rewind` wrapper: every later read pays for the
+/// wrapper, and the replayed prefix makes hyper's first read short, so its read buffer
+/// doubles to 16 KiB on every connection. A peek costs one syscall per connection.
+async fn sniff_h2(stream: &tokio::net::TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 3];
+    let mut wait = Duration::from_millis(1);
+    let peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if n >= H2_PREFACE_START.len() || buf[..n] != H2_PREFACE_START[..n] {
+                return Some(buf[..n] == *H2_PREFACE_START);
+            }
+            // A prefix of `PRI` split across segments: the rest is on its way. Readiness
+            // stays set while unread data waits, so back off instead of spinning.
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
+    });
+    peeked.await.ok().flatten()
 }
 
 fn serve_conn(
-    builder: &Arc<auto::Builder<TokioExecutor>>,
+    builders: &Arc<Builders>,
     graceful: &GracefulShutdown,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -101,21 +147,33 @@ fn serve_conn(
     is_admin: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move {
+        // Boxed so that the connection holds only a pointer between requests: the request
+        // future (several KiB) is freed as soon as the response head is ready, instead of
+        // staying allocated for as long as the connection (or its stream) lives.
+        let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
             if is_admin {
-                Ok(admin::handle_admin(&state, req).await)
+                Ok::<_, Infallible>(admin::handle_admin(&state, req).await)
             } else {
                 handle(state, peer, req).await
             }
-        }
+        });
+        fut
     });
-    let conn = builder.serve_connection(io, svc).into_owned();
-    let fut = graceful.watch(conn);
+    let builders = builders.clone();
+    let watcher = graceful.watcher();
     tokio::spawn(async move {
-        if let Err(e) = fut.await {
+        let Some(h2) = sniff_h2(&stream).await else {
+            return;
+        };
+        let io = TokioIo::new(stream);
+        let result = if h2 {
+            watcher.watch(builders.h2.serve_connection(io, svc)).await
+        } else {
+            watcher.watch(builders.h1.serve_connection(io, svc)).await
+        };
+        if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     });

@@ -640,6 +640,69 @@ async fn h2c_clients_are_served() {
 }
 
 #[tokio::test]
+async fn oversized_request_head_gets_431_and_the_proxy_keeps_serving() {
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    let url = kg.url("/openai/v1/chat/completions");
+    let body = Bytes::from(json!({"model": "gpt-4o-mini"}).to_string());
+    let auth = format!("Bearer {GW}");
+    // 12 KiB of headers is well inside the 16 KiB head limit.
+    let fits = "a".repeat(12 * 1024);
+    let a = send(
+        Method::POST,
+        &url,
+        &[("authorization", &auth), ("x-padding", &fits)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let too_big = "a".repeat(20 * 1024);
+    let a = send(
+        Method::POST,
+        &url,
+        &[("authorization", &auth), ("x-padding", &too_big)],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "the oversized request was not sent"
+    );
+    let a = send(Method::POST, &url, &[("authorization", &auth)], body).await;
+    assert_eq!(a.status, StatusCode::OK, "still serving after a 431");
+}
+
+#[tokio::test]
+async fn a_request_line_split_across_segments_is_served_as_http1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    // `P` alone could still begin the HTTP/2 preface (`PRI * HTTP/2.0`): keygate must wait
+    // for more bytes, then serve HTTP/1.1.
+    s.write_all(b"P").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(
+        b"OST /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""status":"ok""#), "{text}");
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_streams_finish() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Sse {

@@ -313,41 +313,58 @@ pub(crate) fn mask_quoted(s: &str) -> String {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    let lower = s[..end].to_lowercase();
-    let b = lower.as_bytes();
-    if !b.iter().any(|c| matches!(c, b'\'' | b'"' | b'`')) {
+    let s = &s[..end];
+    if s.is_ascii() {
+        // ASCII lower-casing moves no byte and changes no quote or alphanumeric class, so
+        // masking the original and lower-casing the result in place needs one allocation.
+        let mut out = String::with_capacity(s.len());
+        mask_into(s, &mut out);
+        out.make_ascii_lowercase();
+        return out;
+    }
+    let lower = s.to_lowercase();
+    if memchr::memchr3(b'\'', b'"', b'`', lower.as_bytes()).is_none() {
         return lower;
     }
     let mut out = String::with_capacity(lower.len());
+    mask_into(&lower, &mut out);
+    out
+}
+
+/// Appends `s` to `out` with its quoted spans replaced by a space (see [`mask_quoted`]).
+fn mask_into(s: &str, out: &mut String) {
+    let b = s.as_bytes();
     let mut i = 0;
     let mut copied = 0;
-    while i < b.len() {
-        let q = b[i];
-        let opens =
-            matches!(q, b'\'' | b'"' | b'`') && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
-        if opens {
-            let mut j = i + 1;
-            let mut close = None;
-            while j < b.len() {
-                if b[j] == q && (j + 1 == b.len() || !b[j + 1].is_ascii_alphanumeric()) {
-                    close = Some(j);
-                    break;
-                }
-                j += 1;
-            }
-            if let Some(j) = close {
-                // Quotes are ASCII, so both ends are char boundaries.
-                out.push_str(&lower[copied..i]);
-                out.push(' ');
-                i = j + 1;
-                copied = i;
-                continue;
-            }
+    while let Some(p) = memchr::memchr3(b'\'', b'"', b'`', &b[i..]) {
+        let at = i + p;
+        let opens = at == 0 || !b[at - 1].is_ascii_alphanumeric();
+        if let Some(close) = opens.then(|| closing_quote(b, at)).flatten() {
+            // Quotes are ASCII, so both ends are char boundaries.
+            out.push_str(&s[copied..at]);
+            out.push(' ');
+            i = close + 1;
+            copied = i;
+        } else {
+            i = at + 1;
         }
-        i += 1;
     }
-    out.push_str(&lower[copied..]);
-    out
+    out.push_str(&s[copied..]);
+}
+
+/// The quote closing the one at `open`: the same character, followed by a
+/// non-alphanumeric character or the end.
+fn closing_quote(b: &[u8], open: usize) -> Option<usize> {
+    let q = b[open];
+    let mut j = open + 1;
+    while let Some(p) = memchr::memchr(q, &b[j..]) {
+        let at = j + p;
+        if b.get(at + 1).is_none_or(|c| !c.is_ascii_alphanumeric()) {
+            return Some(at);
+        }
+        j = at + 1;
+    }
+    None
 }
 
 /// The string (or number) value following the first occurrence of `key` in `body`,

@@ -99,7 +99,8 @@ pub(crate) fn hint_from(
     f: &ErrorFields,
     now: SystemTime,
 ) -> Option<RetryHint> {
-    let base = date_header(headers).unwrap_or(now);
+    // The `Date` header is parsed only for a value that is read relative to it.
+    let base = || date_header(headers).unwrap_or(now);
     if let Some(after) = headers
         .get(&RETRY_AFTER_MS)
         .and_then(|v| v.to_str().ok())
@@ -110,11 +111,15 @@ pub(crate) fn hint_from(
     if let Some(after) = headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, base))
+        .and_then(|v| parse_retry_after(v, base()))
     {
         return Some(hint(after, "retry-after"));
     }
-    body_hint(f).or_else(|| exhausted_reset(headers, base, now))
+    body_hint(f).or_else(|| {
+        may_be_spent(headers)
+            .then(|| exhausted_reset(headers, base(), now))
+            .flatten()
+    })
 }
 
 /// The hint an error object carries by itself (in-stream errors have no headers of their
@@ -143,18 +148,25 @@ pub(crate) fn body_hint(f: &ErrorFields) -> Option<RetryHint> {
 pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> {
     // This runs on every successful answer: look for a spent dimension (pre-parsed header
     // names) before parsing any date.
-    let spent = DIMENSIONS.iter().any(|(remaining, _)| {
-        headers
-            .get(remaining)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_number)
-            .is_some_and(|left| left <= 0.0)
-    });
-    if !spent {
+    if !may_be_spent(headers) {
         return None;
     }
     let base = date_header(headers).unwrap_or(now);
     exhausted_reset(headers, base, now)
+}
+
+/// Whether some `remaining` header of [`DIMENSIONS`] has a value at 0 (any of its values:
+/// a superset of what [`exhausted_reset`] reads). One pass over the few headers of an
+/// answer costs a fraction of the twelve hashed look-ups it saves when nothing is spent.
+fn may_be_spent(headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, value)| {
+        DIMENSIONS.iter().any(|(remaining, _)| remaining == name)
+            && value
+                .to_str()
+                .ok()
+                .and_then(parse_number)
+                .is_some_and(|left| left <= 0.0)
+    })
 }
 
 fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Option<RetryHint> {

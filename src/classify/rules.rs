@@ -168,9 +168,13 @@ const REGION_TEXT: &[&str] = &[
 
 impl Family {
     pub(crate) fn of(provider: &str) -> Family {
-        // One lower-cased copy, not one per needle.
-        let p = provider.to_ascii_lowercase();
-        let has = |n: &str| p.contains(n);
+        // Compared in place: this runs on every classification, a lower-cased copy costs
+        // an allocation.
+        let p = provider.as_bytes();
+        let has = |n: &str| {
+            p.windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        };
         if has("google") || has("gemini") || has("vertex") {
             Family::Google
         } else {

@@ -18,6 +18,48 @@ fn reference(body: &[u8]) -> ErrorFields {
     }
 }
 
+fn reference_mask(s: &str) -> String {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let lower = s[..end].to_lowercase();
+    let b = lower.as_bytes();
+    if !b.iter().any(|c| matches!(c, b'\'' | b'"' | b'`')) {
+        return lower;
+    }
+    let mut out = String::with_capacity(lower.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        let q = b[i];
+        let opens =
+            matches!(q, b'\'' | b'"' | b'`') && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
+        if opens {
+            let mut j = i + 1;
+            let mut close = None;
+            while j < b.len() {
+                if b[j] == q && (j + 1 == b.len() || !b[j + 1].is_ascii_alphanumeric()) {
+                    close = Some(j);
+                    break;
+                }
+                j += 1;
+            }
+            if let Some(j) = close {
+                // Quotes are ASCII, so both ends are char boundaries.
+                out.push_str(&lower[copied..i]);
+                out.push(' ');
+                i = j + 1;
+                copied = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&lower[copied..]);
+    out
+}
+
 fn reference_value(v: &Value) -> ErrorFields {
     let mut f = ErrorFields {
         is_json: true,
@@ -523,4 +565,39 @@ fn matches_value_reading_on_generated_bodies() {
         }
         assert_same(body.as_bytes());
     }
+}
+
+#[test]
+fn masking_matches_the_two_pass_version() {
+    let mut g = Gen(0x2545_f491_4f6c_dd1d);
+    let parts = [
+        "a",
+        "B",
+        "1",
+        " ",
+        "'",
+        "\"",
+        "`",
+        "x'",
+        "'y",
+        "É",
+        "ß",
+        "İ",
+        "–",
+        "\u{1F600}",
+        ".",
+        "_",
+    ];
+    let mut s = String::new();
+    for _ in 0..20_000 {
+        s.clear();
+        for _ in 0..g.next() % 24 {
+            s.push_str(g.pick(&parts));
+        }
+        assert_eq!(mask_quoted(&s), reference_mask(&s), "{s:?}");
+    }
+    let long = format!("{}'{}' tail", "é".repeat(3000), "x".repeat(10));
+    assert_eq!(mask_quoted(&long), reference_mask(&long));
+    let long = format!("{}'{}' tail", "A".repeat(4090), "x".repeat(10));
+    assert_eq!(mask_quoted(&long), reference_mask(&long));
 }

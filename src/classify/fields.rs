@@ -128,18 +128,6 @@ impl ErrorFields {
         f
     }
 
-    /// Any wording at all (message or secondary text) contains `needle`.
-    pub(crate) fn text_has(&self, needle: &str) -> bool {
-        self.message.contains(needle) || self.extra.contains(needle)
-    }
-
-    /// `type`, `code` or Anthropic `details.error_code` contains `needle`.
-    pub(crate) fn tag_has(&self, needle: &str) -> bool {
-        self.etype.contains(needle)
-            || self.code.contains(needle)
-            || self.detail_code.contains(needle)
-    }
-
     fn fill_from_root(&mut self, root: &Root<'_>) {
         let obj = match root {
             Root::Obj(obj) => obj,

@@ -21,12 +21,10 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 
 /// The whole payload: an object, a string, or an array whose first element speaks.
-// It lives on the stack for one parse; boxing the object would cost an allocation per body.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Root<'a> {
     Str(Cow<'a, str>),
-    Obj(Obj<'a>),
+    Obj(Box<Obj<'a>>),
 }
 
 /// One error object, or an envelope around one. `None` where the key is absent or its
@@ -53,7 +51,7 @@ pub(super) struct Obj<'a> {
     /// `details`.
     pub(super) details: Option<Details<'a>>,
     /// `errors`; `None` elements were not objects.
-    pub(super) errors: Option<Vec<Option<Obj<'a>>>>,
+    pub(super) errors: Option<Vec<Option<Box<Obj<'a>>>>>,
     /// `reason` (an element of Google's `errors[]`).
     pub(super) reason: Option<Cow<'a, str>>,
     /// `metadata.raw` (OpenRouter).
@@ -180,7 +178,7 @@ struct SkipVisitor;
 struct Item<'a>(Root<'a>);
 
 /// An `errors` array.
-struct ObjList<'a>(Vec<Option<Obj<'a>>>);
+struct ObjList<'a>(Vec<Option<Box<Obj<'a>>>>);
 
 /// A `violations` array.
 struct Violations<'a>(Vec<Violation<'a>>);
@@ -411,7 +409,7 @@ impl<'de> Accept<'de> for Root<'de> {
     }
 
     fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        Ok(Obj::from_map(map)?.map(Root::Obj))
+        Ok(Box::<Obj<'de>>::from_map(map)?.map(Root::Obj))
     }
 
     fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
@@ -430,13 +428,15 @@ impl<'de> Accept<'de> for Item<'de> {
     }
 
     fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        Ok(Obj::from_map(map)?.map(|o| Item(Root::Obj(o))))
+        Ok(Box::<Obj<'de>>::from_map(map)?.map(|o| Item(Root::Obj(o))))
     }
 }
 
-impl<'de> Accept<'de> for Obj<'de> {
+// Boxed from the start: the object is a few hundred bytes, and returned by value through
+// the visitor layers it was copied about ten times per body.
+impl<'de> Accept<'de> for Box<Obj<'de>> {
     fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut o = Obj::default();
+        let mut o = Box::<Obj<'de>>::default();
         // Each assignment replaces the previous one: a repeated key keeps its last value.
         while let Some(key) = map.next_key::<Key>()? {
             match key {
@@ -469,7 +469,7 @@ impl<'de> Accept<'de> for ErrorVal<'de> {
     }
 
     fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        Ok(Obj::from_map(map)?.map(|o| ErrorVal::Obj(Box::new(o))))
+        Ok(Box::<Obj<'de>>::from_map(map)?.map(ErrorVal::Obj))
     }
 }
 
@@ -486,7 +486,7 @@ impl<'de> Accept<'de> for Code<'de> {
 impl<'de> Accept<'de> for ObjList<'de> {
     fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
         let mut list = Vec::new();
-        while let Some(e) = seq.next_element::<Lenient<Obj<'de>>>()? {
+        while let Some(e) = seq.next_element::<Lenient<Box<Obj<'de>>>>()? {
             list.push(e.0);
         }
         Ok(Some(ObjList(list)))

@@ -73,7 +73,8 @@ static DIMENSIONS: [(HeaderName, &[&str]); 12] = [
 /// `retry-after-ms` (OpenAI), pre-parsed.
 static RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
-/// Phrases after which a message states a wait ("Please try again in 1.574s").
+/// Phrases after which a message states a wait ("Please try again in 1.574s"). Each one
+/// contains "try" or "wait" (see [`parse_message_hint`]).
 const MESSAGE_PHRASES: &[&str] = &[
     "try again in ",
     "try again after ",
@@ -91,6 +92,15 @@ static MESSAGE_FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>
             .iter()
             .map(|p| memchr::memmem::Finder::new(p.as_bytes()))
             .collect()
+    });
+
+/// What every one of [`MESSAGE_PHRASES`] contains.
+static MESSAGE_GATES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new(b"try"),
+            memchr::memmem::Finder::new(b"wait"),
+        ]
     });
 
 /// The hint for a failed answer, first found (see [`super::retry_hint`]).
@@ -230,10 +240,12 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 ///
 /// Returns `None` when no phrase is followed by a number with a unit.
 pub(crate) fn parse_message_hint(msg: &str) -> Option<Duration> {
-    if msg.is_empty() {
+    let b = msg.as_bytes();
+    // Every phrase contains "try" or "wait": two searches rule out the seven of most
+    // messages.
+    if !MESSAGE_GATES.iter().any(|g| g.find(b).is_some()) {
         return None;
     }
-    let b = msg.as_bytes();
     let mut best: Option<(usize, Duration)> = None;
     for (phrase, finder) in MESSAGE_PHRASES.iter().zip(MESSAGE_FINDERS.iter()) {
         let mut from = 0;

@@ -435,7 +435,14 @@ fn rejects_what_value_rejects() {
         "[".repeat(200),
         "]".repeat(200)
     );
+    let nested = |n: usize| format!("{}\"m\"{}", r#"{"error":"#.repeat(n), "}".repeat(n));
+    // Nesting past serde_json's limit through the keys that are read, and just inside it.
+    let (deep_known, shallow_known) = (nested(200), nested(100));
+    assert!(serde_json::from_str::<Value>(&deep_known).is_err());
+    assert!(serde_json::from_str::<Value>(&shallow_known).is_ok());
     for body in [
+        deep_known.as_str(),
+        shallow_known.as_str(),
         r#"{"x":"\ud800","message":"lone surrogate"}"#,
         r#"{"x":1e400,"message":"out of range"}"#,
         r#"{"message":"trailing"} x"#,

@@ -3,8 +3,9 @@
 //! Owns: finding the error object in the shapes providers use (`{"error":{…}}`,
 //! `{"type":"error","error":{…}}`, a bare `{"message":…}`, `{"error":"text",…}`,
 //! Cloudflare `{"errors":[…]}`, Vertex `[{"error":{…}}]`, AWS `__type`), a lenient
-//! key scan when the JSON is truncated, and the quote masking of messages. It does not
-//! decide anything (see `rules`) nor parse durations (see `hint`).
+//! key scan when the JSON is truncated, and the quote masking of messages. The JSON itself
+//! is read by the typed, borrowed parse of the child module `json`. It does not decide
+//! anything (see `rules`) nor parse durations (see `hint`).
 
 use http::HeaderMap;
 use serde_json::Value;

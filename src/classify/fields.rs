@@ -3,11 +3,16 @@
 //! Owns: finding the error object in the shapes providers use (`{"error":{…}}`,
 //! `{"type":"error","error":{…}}`, a bare `{"message":…}`, `{"error":"text",…}`,
 //! Cloudflare `{"errors":[…]}`, Vertex `[{"error":{…}}]`, AWS `__type`), a lenient
-//! key scan when the JSON is truncated, and the quote masking of messages. It does not
-//! decide anything (see `rules`) nor parse durations (see `hint`).
+//! key scan when the JSON is truncated, and the quote masking of messages. The JSON itself
+//! is read by the typed, borrowed parse of the child module `json`. It does not decide
+//! anything (see `rules`) nor parse durations (see `hint`).
 
 use http::HeaderMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use json::{Code, Details, ErrorVal, Google, Obj, RetryDelay, Root};
+
+mod json;
 
 /// Most of a message that is looked at; messages are short, echoes are not.
 const MAX_TEXT: usize = 4096;
@@ -75,19 +80,26 @@ impl ErrorFields {
     /// Fields of a body alone (also used for in-stream error payloads).
     pub(crate) fn from_body(body: &[u8]) -> Self {
         let trimmed = trim_ascii(body);
-        match serde_json::from_slice::<Value>(trimmed) {
-            Ok(v) => {
+        // Invalid UTF-8 fails `Value` parsing wherever it is, so it is never JSON here
+        // either; checking it first lets the parser borrow `&str`s without re-checking.
+        let parsed = std::str::from_utf8(trimmed)
+            .ok()
+            .and_then(|s| json::parse(s).ok());
+        match parsed {
+            Some(root) => {
                 let mut f = ErrorFields {
                     is_json: true,
                     ..ErrorFields::default()
                 };
-                f.fill_from_root(&v);
+                if let Some(root) = root {
+                    f.fill_from_root(&root);
+                }
                 f
             }
-            Err(_) if trimmed.first().is_some_and(|b| *b == b'{' || *b == b'[') => {
+            None if trimmed.first().is_some_and(|b| *b == b'{' || *b == b'[') => {
                 ErrorFields::lenient(trimmed)
             }
-            Err(_) => ErrorFields::text(trimmed),
+            None => ErrorFields::text(trimmed),
         }
     }
 
@@ -97,7 +109,9 @@ impl ErrorFields {
             is_json: true,
             ..ErrorFields::default()
         };
-        f.fill_from_root(v);
+        if let Some(root) = json::root_of(v) {
+            f.fill_from_root(&root);
+        }
         f
     }
 
@@ -107,157 +121,111 @@ impl ErrorFields {
             is_json: true,
             ..ErrorFields::default()
         };
-        match v {
-            Value::Object(obj) => f.fill_from_object(obj),
-            Value::String(s) => f.message = mask_quoted(s),
-            _ => {}
+        match json::error_of(v) {
+            Some(ErrorVal::Obj(obj)) => f.fill_from_object(&obj),
+            Some(ErrorVal::Str(s)) => f.message = mask_quoted(&s),
+            None => {}
         }
         f
     }
 
-    /// Any wording at all (message or secondary text) contains `needle`.
-    pub(crate) fn text_has(&self, needle: &str) -> bool {
-        self.message.contains(needle) || self.extra.contains(needle)
-    }
-
-    /// `type`, `code` or Anthropic `details.error_code` contains `needle`.
-    pub(crate) fn tag_has(&self, needle: &str) -> bool {
-        self.etype.contains(needle)
-            || self.code.contains(needle)
-            || self.detail_code.contains(needle)
-    }
-
-    fn fill_from_root(&mut self, root: &Value) {
-        // Vertex answers with an array of error envelopes: the first one speaks.
-        let root = match root {
-            Value::Array(items) => match items.first() {
-                Some(first) => first,
-                None => return,
-            },
-            other => other,
-        };
-        let Value::Object(obj) = root else {
-            if let Value::String(s) = root {
+    fn fill_from_root(&mut self, root: &Root<'_>) {
+        let obj = match root {
+            Root::Obj(obj) => obj,
+            Root::Str(s) => {
                 self.message = mask_quoted(s);
+                return;
             }
-            return;
         };
-        if let Some(t) = obj.get("__type").and_then(Value::as_str) {
+        if let Some(t) = &obj.aws_type {
             self.aws_type = aws_name(t);
         }
-        match obj.get("error") {
-            Some(Value::Object(err)) => {
+        match &obj.error {
+            Some(ErrorVal::Obj(err)) => {
                 self.fill_from_object(err);
                 return;
             }
-            Some(Value::String(s)) => {
+            Some(ErrorVal::Str(s)) => {
                 // `{"error":"Too Many Requests","message":"…"}` (Fireworks, xAI).
                 self.extra = mask_quoted(s);
             }
-            _ => {}
+            None => {}
         }
-        if let Some(Value::Array(errors)) = obj.get("errors") {
-            if let Some(Value::Object(first)) = errors.first() {
-                // Cloudflare v4 envelope.
-                if let Some(c) = first.get("code").and_then(Value::as_i64) {
-                    self.cf_code = Some(c);
-                }
-                self.fill_from_object(first);
-                return;
+        if let Some(Some(first)) = obj.errors.as_ref().and_then(|e| e.first()) {
+            // Cloudflare v4 envelope.
+            if let Some(c) = first.code.as_ref().and_then(Code::as_i64) {
+                self.cf_code = Some(c);
             }
+            self.fill_from_object(first);
+            return;
         }
         self.fill_from_object(obj);
     }
 
-    fn fill_from_object(&mut self, err: &Map<String, Value>) {
-        if let Some(t) = err.get("type").and_then(Value::as_str) {
+    fn fill_from_object(&mut self, err: &Obj<'_>) {
+        if let Some(t) = &err.etype {
             if !t.eq_ignore_ascii_case("error") {
                 self.etype = t.to_ascii_lowercase();
             }
         }
-        match err.get("code") {
-            Some(Value::String(s)) => {
+        match &err.code {
+            Some(Code::Str(s)) => {
                 self.code = s.to_ascii_lowercase();
                 if let Ok(n) = s.trim().parse::<u16>() {
                     self.set_numeric_status(n);
                 }
             }
-            Some(Value::Number(n)) => {
+            Some(Code::Num(n)) => {
                 self.code = n.to_string();
                 if let Some(n) = n.as_u64().and_then(|n| u16::try_from(n).ok()) {
                     self.set_numeric_status(n);
                 }
             }
-            _ => {}
+            None => {}
         }
-        if let Some(s) = err.get("status").and_then(Value::as_str) {
+        if let Some(s) = &err.status {
             self.status = s.to_ascii_lowercase();
         }
+        // The first spelling present decides, even when its value is not a string.
         let message = err
-            .get("message")
-            .or_else(|| err.get("Message"))
-            .or_else(|| err.get("detail"))
-            .and_then(Value::as_str);
+            .message
+            .as_ref()
+            .or(err.message_aws.as_ref())
+            .or(err.detail.as_ref())
+            .and_then(Option::as_ref);
         if let Some(m) = message {
             self.message = mask_quoted(m);
         }
-        if let Some(Value::Object(details)) = err.get("details") {
-            if let Some(c) = details.get("error_code").and_then(Value::as_str) {
-                self.detail_code = c.to_ascii_lowercase();
+        match &err.details {
+            Some(Details::Anthropic(Some(c))) => self.detail_code = c.to_ascii_lowercase(),
+            Some(Details::Google(g)) => self.google_details(g),
+            _ => {}
+        }
+        if let Some(errors) = &err.errors {
+            for r in errors.iter().flatten().filter_map(|e| e.reason.as_ref()) {
+                self.reasons.push(r.to_ascii_lowercase());
             }
         }
-        if let Some(Value::Array(details)) = err.get("details") {
-            for d in details {
-                self.google_detail(d);
+        if let Some(raw) = &err.metadata_raw {
+            if !self.extra.is_empty() {
+                self.extra.push(' ');
             }
-        }
-        if let Some(Value::Array(errors)) = err.get("errors") {
-            for e in errors {
-                if let Some(r) = e.get("reason").and_then(Value::as_str) {
-                    self.reasons.push(r.to_ascii_lowercase());
-                }
-            }
-        }
-        if let Some(Value::Object(meta)) = err.get("metadata") {
-            if let Some(raw) = meta.get("raw").and_then(Value::as_str) {
-                if !self.extra.is_empty() {
-                    self.extra.push(' ');
-                }
-                self.extra.push_str(&mask_quoted(raw));
-            }
+            self.extra.push_str(&mask_quoted(raw));
         }
     }
 
-    fn google_detail(&mut self, d: &Value) {
-        let Some(kind) = d.get("@type").and_then(Value::as_str) else {
-            return;
-        };
-        if kind.ends_with("ErrorInfo") {
-            if let Some(r) = d.get("reason").and_then(Value::as_str) {
-                self.reasons.push(r.to_ascii_lowercase());
-            }
-        } else if kind.ends_with("QuotaFailure") {
-            if let Some(Value::Array(vs)) = d.get("violations") {
-                for v in vs {
-                    if let Some(id) = v.get("quotaId").and_then(Value::as_str) {
-                        self.quota_ids.push(id.to_ascii_lowercase());
-                    }
-                    if v.get("quotaValue").and_then(Value::as_str) == Some("0") {
-                        self.quota_zero = true;
-                    }
-                }
-            }
-        } else if kind.ends_with("RetryInfo") {
-            self.retry_delay = match d.get("retryDelay") {
-                Some(Value::String(s)) => Some(s.trim().to_ascii_lowercase()),
+    fn google_details(&mut self, g: &Google<'_>) {
+        self.reasons
+            .extend(g.reasons.iter().map(|r| r.to_ascii_lowercase()));
+        self.quota_ids
+            .extend(g.quota_ids.iter().map(|q| q.to_ascii_lowercase()));
+        self.quota_zero |= g.quota_zero;
+        if let Some(delay) = &g.retry_delay {
+            self.retry_delay = delay.as_ref().map(|d| match d {
+                RetryDelay::Str(s) => s.trim().to_ascii_lowercase(),
                 // The protobuf object form: {"seconds": 26, "nanos": 0}.
-                Some(Value::Object(o)) => {
-                    let secs = o.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
-                    let nanos = o.get("nanos").and_then(Value::as_f64).unwrap_or(0.0);
-                    Some(format!("{}s", secs + nanos / 1e9))
-                }
-                _ => None,
-            };
+                RetryDelay::Parts(secs, nanos) => format!("{}s", secs + nanos / 1e9),
+            });
         }
     }
 
@@ -334,41 +302,58 @@ pub(crate) fn mask_quoted(s: &str) -> String {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    let lower = s[..end].to_lowercase();
-    let b = lower.as_bytes();
-    if !b.iter().any(|c| matches!(c, b'\'' | b'"' | b'`')) {
+    let s = &s[..end];
+    if s.is_ascii() {
+        // ASCII lower-casing moves no byte and changes no quote or alphanumeric class, so
+        // masking the original and lower-casing the result in place needs one allocation.
+        let mut out = String::with_capacity(s.len());
+        mask_into(s, &mut out);
+        out.make_ascii_lowercase();
+        return out;
+    }
+    let lower = s.to_lowercase();
+    if memchr::memchr3(b'\'', b'"', b'`', lower.as_bytes()).is_none() {
         return lower;
     }
     let mut out = String::with_capacity(lower.len());
+    mask_into(&lower, &mut out);
+    out
+}
+
+/// Appends `s` to `out` with its quoted spans replaced by a space (see [`mask_quoted`]).
+fn mask_into(s: &str, out: &mut String) {
+    let b = s.as_bytes();
     let mut i = 0;
     let mut copied = 0;
-    while i < b.len() {
-        let q = b[i];
-        let opens =
-            matches!(q, b'\'' | b'"' | b'`') && (i == 0 || !b[i - 1].is_ascii_alphanumeric());
-        if opens {
-            let mut j = i + 1;
-            let mut close = None;
-            while j < b.len() {
-                if b[j] == q && (j + 1 == b.len() || !b[j + 1].is_ascii_alphanumeric()) {
-                    close = Some(j);
-                    break;
-                }
-                j += 1;
-            }
-            if let Some(j) = close {
-                // Quotes are ASCII, so both ends are char boundaries.
-                out.push_str(&lower[copied..i]);
-                out.push(' ');
-                i = j + 1;
-                copied = i;
-                continue;
-            }
+    while let Some(p) = memchr::memchr3(b'\'', b'"', b'`', &b[i..]) {
+        let at = i + p;
+        let opens = at == 0 || !b[at - 1].is_ascii_alphanumeric();
+        if let Some(close) = opens.then(|| closing_quote(b, at)).flatten() {
+            // Quotes are ASCII, so both ends are char boundaries.
+            out.push_str(&s[copied..at]);
+            out.push(' ');
+            i = close + 1;
+            copied = i;
+        } else {
+            i = at + 1;
         }
-        i += 1;
     }
-    out.push_str(&lower[copied..]);
-    out
+    out.push_str(&s[copied..]);
+}
+
+/// The quote closing the one at `open`: the same character, followed by a
+/// non-alphanumeric character or the end.
+fn closing_quote(b: &[u8], open: usize) -> Option<usize> {
+    let q = b[open];
+    let mut j = open + 1;
+    while let Some(p) = memchr::memchr(q, &b[j..]) {
+        let at = j + p;
+        if b.get(at + 1).is_none_or(|c| !c.is_ascii_alphanumeric()) {
+            return Some(at);
+        }
+        j = at + 1;
+    }
+    None
 }
 
 /// The string (or number) value following the first occurrence of `key` in `body`,
@@ -433,53 +418,4 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_echoed_names_but_not_apostrophes() {
-        let m = mask_quoted(
-            "Invalid schema for response_format 'rate_limit_report': Missing 'quota_remaining'.",
-        );
-        assert!(!m.contains("rate_limit"), "{m}");
-        assert!(!m.contains("quota"), "{m}");
-        let m = mask_quoted("This request would exceed your organization's rate limit of 30,000");
-        assert!(m.contains("rate limit"), "{m}");
-        let m = mask_quoted("unterminated 'quote stays");
-        assert!(m.contains("quote stays"), "{m}");
-        let m = mask_quoted("model `llama-3.1` on tokens per minute");
-        assert!(
-            m.contains("tokens per minute") && !m.contains("llama"),
-            "{m}"
-        );
-    }
-
-    #[test]
-    fn lenient_scan_of_truncated_json() {
-        let f = ErrorFields::from_body(br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit (https://docs.anth"#);
-        assert!(f.is_json);
-        assert_eq!(f.etype, "rate_limit_error");
-        let f = ErrorFields::from_body(
-            br#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded","param":"#,
-        );
-        assert_eq!(f.code, "rate_limit_exceeded");
-        assert_eq!(f.message, "rate limit reached");
-    }
-
-    #[test]
-    fn shapes() {
-        let f = ErrorFields::from_body(br#"[{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","errors":[{"reason":"rateLimitExceeded"}]}}]"#);
-        assert_eq!(f.status, "resource_exhausted");
-        assert_eq!(f.reasons, vec!["ratelimitexceeded".to_string()]);
-        assert_eq!(f.numeric_status, Some(429));
-        let f =
-            ErrorFields::from_body(br#"{"errors":[{"message":"x","code":3040}],"success":false}"#);
-        assert_eq!(f.cf_code, Some(3040));
-        let f = ErrorFields::from_body(b"<html><body>502</body></html>");
-        assert!(f.is_html && f.message.is_empty());
-        let f = ErrorFields::from_body(b"Too Many Requests");
-        assert_eq!(f.message, "too many requests");
-        let f = ErrorFields::from_body(b"");
-        assert!(!f.is_json && f.message.is_empty());
-    }
-}
+mod tests;

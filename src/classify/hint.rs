@@ -73,7 +73,8 @@ static DIMENSIONS: [(HeaderName, &[&str]); 12] = [
 /// `retry-after-ms` (OpenAI), pre-parsed.
 static RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
-/// Phrases after which a message states a wait ("Please try again in 1.574s").
+/// Phrases after which a message states a wait ("Please try again in 1.574s"). Each one
+/// contains "try" or "wait" (see [`parse_message_hint`]).
 const MESSAGE_PHRASES: &[&str] = &[
     "try again in ",
     "try again after ",
@@ -93,13 +94,23 @@ static MESSAGE_FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>
             .collect()
     });
 
+/// What every one of [`MESSAGE_PHRASES`] contains.
+static MESSAGE_GATES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new(b"try"),
+            memchr::memmem::Finder::new(b"wait"),
+        ]
+    });
+
 /// The hint for a failed answer, first found (see [`super::retry_hint`]).
 pub(crate) fn hint_from(
     headers: &HeaderMap,
     f: &ErrorFields,
     now: SystemTime,
 ) -> Option<RetryHint> {
-    let base = date_header(headers).unwrap_or(now);
+    // The `Date` header is parsed only for a value that is read relative to it.
+    let base = || date_header(headers).unwrap_or(now);
     if let Some(after) = headers
         .get(&RETRY_AFTER_MS)
         .and_then(|v| v.to_str().ok())
@@ -110,11 +121,15 @@ pub(crate) fn hint_from(
     if let Some(after) = headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, base))
+        .and_then(|v| parse_retry_after(v, base()))
     {
         return Some(hint(after, "retry-after"));
     }
-    body_hint(f).or_else(|| exhausted_reset(headers, base, now))
+    body_hint(f).or_else(|| {
+        may_be_spent(headers)
+            .then(|| exhausted_reset(headers, base(), now))
+            .flatten()
+    })
 }
 
 /// The hint an error object carries by itself (in-stream errors have no headers of their
@@ -143,18 +158,25 @@ pub(crate) fn body_hint(f: &ErrorFields) -> Option<RetryHint> {
 pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> {
     // This runs on every successful answer: look for a spent dimension (pre-parsed header
     // names) before parsing any date.
-    let spent = DIMENSIONS.iter().any(|(remaining, _)| {
-        headers
-            .get(remaining)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_number)
-            .is_some_and(|left| left <= 0.0)
-    });
-    if !spent {
+    if !may_be_spent(headers) {
         return None;
     }
     let base = date_header(headers).unwrap_or(now);
     exhausted_reset(headers, base, now)
+}
+
+/// Whether some `remaining` header of [`DIMENSIONS`] has a value at 0 (any of its values:
+/// a superset of what [`exhausted_reset`] reads). One pass over the few headers of an
+/// answer costs a fraction of the twelve hashed look-ups it saves when nothing is spent.
+fn may_be_spent(headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, value)| {
+        DIMENSIONS.iter().any(|(remaining, _)| remaining == name)
+            && value
+                .to_str()
+                .ok()
+                .and_then(parse_number)
+                .is_some_and(|left| left <= 0.0)
+    })
 }
 
 fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Option<RetryHint> {
@@ -218,10 +240,12 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 ///
 /// Returns `None` when no phrase is followed by a number with a unit.
 pub(crate) fn parse_message_hint(msg: &str) -> Option<Duration> {
-    if msg.is_empty() {
+    let b = msg.as_bytes();
+    // Every phrase contains "try" or "wait": two searches rule out the seven of most
+    // messages.
+    if !MESSAGE_GATES.iter().any(|g| g.find(b).is_some()) {
         return None;
     }
-    let b = msg.as_bytes();
     let mut best: Option<(usize, Duration)> = None;
     for (phrase, finder) in MESSAGE_PHRASES.iter().zip(MESSAGE_FINDERS.iter()) {
         let mut from = 0;

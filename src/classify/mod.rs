@@ -29,6 +29,7 @@ use http::{HeaderMap, StatusCode};
 mod eventstream;
 mod fields;
 mod hint;
+mod needle;
 mod rules;
 mod sse;
 

@@ -10,9 +10,8 @@
 
 use std::sync::LazyLock;
 
-use memchr::memmem::Finder;
-
 use super::fields::ErrorFields;
+use super::needle::{Hay, Needle};
 use super::Reason;
 
 /// Provider families whose wording differs (SPEC §7 rule 2).
@@ -168,9 +167,13 @@ const REGION_TEXT: &[&str] = &[
 
 impl Family {
     pub(crate) fn of(provider: &str) -> Family {
-        // One lower-cased copy, not one per needle.
-        let p = provider.to_ascii_lowercase();
-        let has = |n: &str| p.contains(n);
+        // Compared in place: this runs on every classification, a lower-cased copy costs
+        // an allocation.
+        let p = provider.as_bytes();
+        let has = |n: &str| {
+            p.windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        };
         if has("google") || has("gemini") || has("vertex") {
             Family::Google
         } else {
@@ -181,33 +184,78 @@ impl Family {
 
 /// A needle list as searchers built once: `str::contains` sets up a new searcher for every
 /// needle on every call, which cost more than the searches themselves.
-type Needles = LazyLock<Vec<Finder<'static>>>;
+type Needles = LazyLock<Vec<Needle>>;
 
-fn finders(needles: &[&'static str]) -> Vec<Finder<'static>> {
-    needles.iter().map(|n| Finder::new(n.as_bytes())).collect()
+/// One needle, built once for the same reason.
+type One = LazyLock<Needle>;
+
+static BILLING_TAGS_F: Needles = LazyLock::new(|| Needle::list(BILLING_TAGS));
+static BILLING_TEXT_F: Needles = LazyLock::new(|| Needle::list(BILLING_TEXT));
+static PERMANENT_TEXT_F: Needles = LazyLock::new(|| Needle::list(PERMANENT_TEXT));
+static PERMANENT_VERBS_F: Needles = LazyLock::new(|| Needle::list(PERMANENT_VERBS));
+static CREDENTIAL_NOUNS_F: Needles = LazyLock::new(|| Needle::list(CREDENTIAL_NOUNS));
+static CAPACITY_TEXT_F: Needles = LazyLock::new(|| Needle::list(CAPACITY_TEXT));
+static RATE_TAGS_F: Needles = LazyLock::new(|| Needle::list(RATE_TAGS));
+static RATE_TEXT_F: Needles = LazyLock::new(|| Needle::list(RATE_TEXT));
+static AUTH_TEXT_F: Needles = LazyLock::new(|| Needle::list(AUTH_TEXT));
+static REGION_TEXT_F: Needles = LazyLock::new(|| Needle::list(REGION_TEXT));
+
+static UNSUPPORTED_COUNTRY: One = LazyLock::new(|| Needle::new("unsupported_country"));
+static REQUEST_TOO_LARGE: One = LazyLock::new(|| Needle::new("request too large"));
+static TIMED_OUT: One = LazyLock::new(|| Needle::new("timed out"));
+static TIMEOUT: One = LazyLock::new(|| Needle::new("timeout"));
+static MODEL: One = LazyLock::new(|| Needle::new("model"));
+static EXCEEDED_QUOTA: One = LazyLock::new(|| Needle::new("exceeded your current quota"));
+static OVERLOADED: One = LazyLock::new(|| Needle::new("overloaded"));
+static INVALID_API_KEY: One = LazyLock::new(|| Needle::new("invalid_api_key"));
+static MODEL_NOT_FOUND_TAG: One = LazyLock::new(|| Needle::new("model_not_found"));
+static MODEL_NOT_FOUND: One = LazyLock::new(|| Needle::new("model not found"));
+static DOES_NOT_EXIST: One = LazyLock::new(|| Needle::new("does not exist"));
+static IS_NOT_FOUND: One = LazyLock::new(|| Needle::new("is not found"));
+static NO_SUCH_MODEL: One = LazyLock::new(|| Needle::new("no such model"));
+
+/// The searchable texts of one error object, each with its pair set, built once per
+/// decision.
+struct Texts<'a> {
+    message: Hay<'a>,
+    extra: Hay<'a>,
+    etype: Hay<'a>,
+    code: Hay<'a>,
+    detail_code: Hay<'a>,
 }
 
-static BILLING_TAGS_F: Needles = LazyLock::new(|| finders(BILLING_TAGS));
-static BILLING_TEXT_F: Needles = LazyLock::new(|| finders(BILLING_TEXT));
-static PERMANENT_TEXT_F: Needles = LazyLock::new(|| finders(PERMANENT_TEXT));
-static PERMANENT_VERBS_F: Needles = LazyLock::new(|| finders(PERMANENT_VERBS));
-static CREDENTIAL_NOUNS_F: Needles = LazyLock::new(|| finders(CREDENTIAL_NOUNS));
-static CAPACITY_TEXT_F: Needles = LazyLock::new(|| finders(CAPACITY_TEXT));
-static RATE_TAGS_F: Needles = LazyLock::new(|| finders(RATE_TAGS));
-static RATE_TEXT_F: Needles = LazyLock::new(|| finders(RATE_TEXT));
-static AUTH_TEXT_F: Needles = LazyLock::new(|| finders(AUTH_TEXT));
-static REGION_TEXT_F: Needles = LazyLock::new(|| finders(REGION_TEXT));
+// === impl Texts ===
 
-fn any(hay: &str, needles: &Needles) -> bool {
-    !hay.is_empty() && needles.iter().any(|f| f.find(hay.as_bytes()).is_some())
-}
+impl<'a> Texts<'a> {
+    fn of(f: &'a ErrorFields) -> Self {
+        Texts {
+            message: Hay::new(&f.message),
+            extra: Hay::new(&f.extra),
+            etype: Hay::new(&f.etype),
+            code: Hay::new(&f.code),
+            detail_code: Hay::new(&f.detail_code),
+        }
+    }
 
-fn text_any(f: &ErrorFields, needles: &Needles) -> bool {
-    any(&f.message, needles) || any(&f.extra, needles)
-}
+    /// Any wording at all (message or secondary text) contains one of `needles`.
+    fn text_any(&self, needles: &[Needle]) -> bool {
+        self.message.any(needles) || self.extra.any(needles)
+    }
 
-fn tag_any(f: &ErrorFields, needles: &Needles) -> bool {
-    any(&f.etype, needles) || any(&f.code, needles) || any(&f.detail_code, needles)
+    /// Any wording at all contains `needle`.
+    fn text_has(&self, needle: &Needle) -> bool {
+        self.message.has(needle) || self.extra.has(needle)
+    }
+
+    /// `type`, `code` or Anthropic `details.error_code` contains one of `needles`.
+    fn tag_any(&self, needles: &[Needle]) -> bool {
+        self.etype.any(needles) || self.code.any(needles) || self.detail_code.any(needles)
+    }
+
+    /// `type`, `code` or `details.error_code` contains `needle`.
+    fn tag_has(&self, needle: &Needle) -> bool {
+        self.etype.has(needle) || self.code.has(needle) || self.detail_code.has(needle)
+    }
 }
 
 fn reason_is(f: &ErrorFields, r: &str) -> bool {
@@ -226,29 +274,30 @@ pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Re
     // Where rate-limit and capacity wording is trusted (rule 7 of the fixtures README).
     let wording_ok = in_stream || s == 429 || s >= 500;
     let google_exhausted = f.status == "resource_exhausted";
+    let t = Texts::of(f);
 
     // 1. Permanent auth markers, on client errors and in streams only.
-    if (in_stream || (400..500).contains(&s)) && s != 429 && is_permanent(f) {
+    if (in_stream || (400..500).contains(&s)) && s != 429 && is_permanent(&t) {
         return Reason::AuthPermanent;
     }
 
     // 2. Billing, before the 429 rule (rule 3).
-    if s == 402 || is_billing(family, f, google_exhausted) {
+    if s == 402 || is_billing(family, f, &t, google_exhausted) {
         return Reason::Billing;
     }
 
     // 3. Region refusals are nobody's key problem.
-    if text_any(f, &REGION_TEXT_F) || f.code.contains("unsupported_country") {
+    if t.text_any(&REGION_TEXT_F) || t.code.has(&UNSUPPORTED_COUNTRY) {
         return Reason::Unknown;
     }
 
     // 4. Capacity, before the 429 rule.
-    if s == 529 || is_capacity_tag(f) || (wording_ok && text_any(f, &CAPACITY_TEXT_F)) {
+    if s == 529 || is_capacity_tag(f, &t) || (wording_ok && t.text_any(&CAPACITY_TEXT_F)) {
         return Reason::Overloaded;
     }
 
     // 5. A single request above the whole per-minute budget (rule 4).
-    if f.text_has("request too large") || f.etype == "request_too_large" {
+    if t.text_has(&REQUEST_TOO_LARGE) || f.etype == "request_too_large" {
         return Reason::Format;
     }
 
@@ -257,24 +306,25 @@ pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Re
         || f.status == "deadline_exceeded"
         || f.aws_type == "modeltimeoutexception"
         || f.cf_code == Some(3007)
-        || f.etype.contains("timeout")
-        || (wording_ok && (f.text_has("timed out") || f.text_has("timeout")))
+        || t.etype.has(&TIMEOUT)
+        || (wording_ok && (t.text_has(&TIMED_OUT) || t.text_has(&TIMEOUT)))
     {
         return Reason::Timeout;
     }
 
     // 7. Rate limits: structured, then the status, then wording.
-    if is_rate_tag(f, google_exhausted) || s == 429 || (wording_ok && text_any(f, &RATE_TEXT_F)) {
+    if is_rate_tag(f, &t, google_exhausted) || s == 429 || (wording_ok && t.text_any(&RATE_TEXT_F))
+    {
         return Reason::RateLimit;
     }
 
     // 8. Auth.
-    if matches!(s, 401 | 403) || is_auth_tag(f) || text_any(f, &AUTH_TEXT_F) {
+    if matches!(s, 401 | 403) || is_auth_tag(f, &t) || t.text_any(&AUTH_TEXT_F) {
         return Reason::Auth;
     }
 
     // 9. Unknown model.
-    if is_model_not_found(s, f) {
+    if is_model_not_found(s, f, &t) {
         return Reason::ModelNotFound;
     }
 
@@ -293,17 +343,17 @@ pub(crate) fn decide(status: Option<u16>, family: Family, f: &ErrorFields) -> Re
     }
 }
 
-fn is_permanent(f: &ErrorFields) -> bool {
-    if text_any(f, &PERMANENT_TEXT_F) {
+fn is_permanent(t: &Texts<'_>) -> bool {
+    if t.text_any(&PERMANENT_TEXT_F) {
         return true;
     }
     // "key has been revoked" / "API key deleted": only when a credential is named, so
     // "this model has been deactivated" stays a model problem.
-    text_any(f, &PERMANENT_VERBS_F) && text_any(f, &CREDENTIAL_NOUNS_F) && !f.text_has("model")
+    t.text_any(&PERMANENT_VERBS_F) && t.text_any(&CREDENTIAL_NOUNS_F) && !t.text_has(&MODEL)
 }
 
-fn is_billing(family: Family, f: &ErrorFields, google_exhausted: bool) -> bool {
-    if tag_any(f, &BILLING_TAGS_F) || f.aws_type.contains("billing") {
+fn is_billing(family: Family, f: &ErrorFields, t: &Texts<'_>, google_exhausted: bool) -> bool {
+    if t.tag_any(&BILLING_TAGS_F) || f.aws_type.contains("billing") {
         return true;
     }
     if reason_is(f, "billing_disabled") {
@@ -313,12 +363,12 @@ fn is_billing(family: Family, f: &ErrorFields, google_exhausted: bool) -> bool {
     if google_exhausted && (f.quota_zero || has_limit_zero(&f.message)) {
         return true;
     }
-    if text_any(f, &BILLING_TEXT_F) {
+    if t.text_any(&BILLING_TEXT_F) {
         return true;
     }
     // The OpenAI sentence means billing everywhere except at Google, where it comes with
     // RESOURCE_EXHAUSTED for plain per-minute/day limits (rule 2).
-    !google_exhausted && family != Family::Google && f.text_has("exceeded your current quota")
+    !google_exhausted && family != Family::Google && t.text_has(&EXCEEDED_QUOTA)
 }
 
 /// `limit: 0` followed by a non-digit (Gemini "Quota exceeded for metric: …, limit: 0").
@@ -335,9 +385,9 @@ fn has_limit_zero(msg: &str) -> bool {
     false
 }
 
-fn is_capacity_tag(f: &ErrorFields) -> bool {
-    f.etype.contains("overloaded")
-        || f.code.contains("overloaded")
+fn is_capacity_tag(f: &ErrorFields, t: &Texts<'_>) -> bool {
+    t.etype.has(&OVERLOADED)
+        || t.code.has(&OVERLOADED)
         || reason_is(f, "model_capacity_exhausted")
         || f.reasons.iter().any(|r| r.contains("capacity"))
         || f.cf_code == Some(3040)
@@ -347,9 +397,9 @@ fn is_capacity_tag(f: &ErrorFields) -> bool {
         )
 }
 
-fn is_rate_tag(f: &ErrorFields, google_exhausted: bool) -> bool {
+fn is_rate_tag(f: &ErrorFields, t: &Texts<'_>, google_exhausted: bool) -> bool {
     google_exhausted
-        || tag_any(f, &RATE_TAGS_F)
+        || t.tag_any(&RATE_TAGS_F)
         || f.reasons
             .iter()
             .any(|r| r.contains("ratelimit") || r.contains("rate_limit"))
@@ -361,11 +411,11 @@ fn is_rate_tag(f: &ErrorFields, google_exhausted: bool) -> bool {
         || f.numeric_status == Some(429)
 }
 
-fn is_auth_tag(f: &ErrorFields) -> bool {
+fn is_auth_tag(f: &ErrorFields, t: &Texts<'_>) -> bool {
     matches!(
         f.etype.as_str(),
         "authentication_error" | "permission_error" | "unauthorized" | "forbidden"
-    ) || f.code.contains("invalid_api_key")
+    ) || t.code.has(&INVALID_API_KEY)
         || f.code == "unauthorized"
         || matches!(f.status.as_str(), "unauthenticated" | "permission_denied")
         || f.reasons.iter().any(|r| {
@@ -380,19 +430,19 @@ fn is_auth_tag(f: &ErrorFields) -> bool {
         )
 }
 
-fn is_model_not_found(s: u16, f: &ErrorFields) -> bool {
-    if f.tag_has("model_not_found") || f.aws_type == "resourcenotfoundexception" {
+fn is_model_not_found(s: u16, f: &ErrorFields, t: &Texts<'_>) -> bool {
+    if t.tag_has(&MODEL_NOT_FOUND_TAG) || f.aws_type == "resourcenotfoundexception" {
         return true;
     }
-    let mentions_model = f.text_has("model");
+    let mentions_model = t.text_has(&MODEL);
     if s == 404 || f.status == "not_found" || f.etype == "not_found_error" {
-        return mentions_model || f.etype == "not_found_error" || f.code.contains("model");
+        return mentions_model || f.etype == "not_found_error" || t.code.has(&MODEL);
     }
     mentions_model
-        && (f.text_has("model not found")
-            || f.text_has("does not exist")
-            || f.text_has("is not found")
-            || f.text_has("no such model"))
+        && (t.text_has(&MODEL_NOT_FOUND)
+            || t.text_has(&DOES_NOT_EXIST)
+            || t.text_has(&IS_NOT_FOUND)
+            || t.text_has(&NO_SUCH_MODEL))
 }
 
 /// An in-stream error with no status: its type tells.

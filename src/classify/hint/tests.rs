@@ -261,3 +261,11 @@ fn header_order() {
     );
     assert_eq!(hint_from(&HeaderMap::new(), &none, now), None);
 }
+
+#[test]
+fn every_message_phrase_contains_a_gate() {
+    // parse_message_hint skips messages with neither word.
+    for p in MESSAGE_PHRASES {
+        assert!(p.contains("try") || p.contains("wait"), "{p:?}");
+    }
+}

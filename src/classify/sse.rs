@@ -89,9 +89,13 @@ pub struct SseScanner {
     saw_terminal: bool,
     first_error: Option<Verdict>,
     probe_budget: u32,
-    error_finder: memmem::Finder<'static>,
-    finish_finder: memmem::Finder<'static>,
 }
+
+/// Searchers built once per process: a stream only borrows them.
+static ERROR_FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+static FINISH_FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"finishReason\""));
 
 #[derive(Debug)]
 enum Mode {
@@ -147,8 +151,6 @@ impl SseScanner {
             saw_terminal: false,
             first_error: None,
             probe_budget: PROBE_BUDGET,
-            error_finder: memmem::Finder::new(b"\"error\"").into_owned(),
-            finish_finder: memmem::Finder::new(b"\"finishReason\"").into_owned(),
         }
     }
 
@@ -285,17 +287,17 @@ impl SseScanner {
             Kind::Unnamed => {
                 let probing =
                     !self.saw_content && (self.probe_budget > 0 || self.flavor != Flavor::Unknown);
-                if probing || self.error_finder.find(value).is_some() {
+                if probing || ERROR_FINDER.find(value).is_some() {
                     true
                 } else {
-                    if self.flavor == Flavor::Gemini && self.finish_finder.find(value).is_some() {
+                    if self.flavor == Flavor::Gemini && FINISH_FINDER.find(value).is_some() {
                         b.finish = true;
                     }
                     false
                 }
             }
             // An unknown named event is read only for a top-level error object.
-            Kind::Other => self.error_finder.find(value).is_some(),
+            Kind::Other => ERROR_FINDER.find(value).is_some(),
             Kind::Content | Kind::Terminal => false,
         };
         if keep {

@@ -495,16 +495,15 @@ impl Exchange<'_> {
         let inject = if needs_oauth_refresh(cand) {
             let path =
                 store::agent_dir(st.registry.state_dir(), self.agent).join(store::PROFILES_FILE);
-            match st
-                .refresher
-                .fresh_token(
-                    &st.client,
-                    self.provider.oauth.as_ref(),
-                    &path,
-                    cand.cred.id.as_str(),
-                )
-                .await
-            {
+            // Boxed: a refresh is rare, and its future (an HTTP exchange of its own) would
+            // otherwise enlarge every request's future, which is moved on every call.
+            let refresh = Box::pin(st.refresher.fresh_token(
+                &st.client,
+                self.provider.oauth.as_ref(),
+                &path,
+                cand.cred.id.as_str(),
+            ));
+            match refresh.await {
                 Ok(fresh) => {
                     let mut cred = cand.cred.clone();
                     cred.secret = fresh.access;

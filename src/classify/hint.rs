@@ -170,7 +170,10 @@ pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> 
 /// answer costs a fraction of the twelve hashed look-ups it saves when nothing is spent.
 fn may_be_spent(headers: &HeaderMap) -> bool {
     headers.iter().any(|(name, value)| {
-        DIMENSIONS.iter().any(|(remaining, _)| remaining == name)
+        // Every dimension's header starts like one of these: most headers stop here.
+        let n = name.as_str();
+        (n.starts_with("x-rate") || n.starts_with("anthropic-rate"))
+            && DIMENSIONS.iter().any(|(remaining, _)| remaining == name)
             && value
                 .to_str()
                 .ok()

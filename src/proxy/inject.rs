@@ -18,11 +18,11 @@ use crate::provider::AuthStyle;
 /// The `anthropic-beta` flag an OAuth/setup token needs.
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 
-const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// proxy-auth pair.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -31,14 +31,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
-];
-
-/// Where clients put credentials; never forwarded.
-const CREDENTIAL_CARRIERS: [HeaderName; 4] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("x-api-key"),
-    HeaderName::from_static("x-goog-api-key"),
-    HeaderName::from_static("api-key"),
 ];
 
 /// Characters escaped in a query value.
@@ -170,7 +162,7 @@ fn merge_beta(headers: &mut HeaderMap) {
             Err(_) => HeaderValue::from_static(OAUTH_BETA),
         }
     };
-    headers.insert(ANTHROPIC_BETA, merged);
+    headers.insert(&ANTHROPIC_BETA, merged);
 }
 
 /// The client's headers as the upstream may see them, before a credential is applied:
@@ -187,14 +179,7 @@ pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> H
         .map(str::trim)
         .collect();
     for (name, value) in client {
-        if HOP_BY_HOP.contains(name)
-            || CREDENTIAL_CARRIERS.contains(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::ACCEPT_ENCODING
-            // keygate already read the whole body: the upstream gets it at once.
-            || name == header::EXPECT
-            || name.as_str().starts_with("x-keygate-")
+        if never_forwarded(name)
             || named_by_connection
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(name.as_str()))
@@ -213,6 +198,37 @@ pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> H
         }
     }
     out
+}
+
+/// A request header keygate drops whatever the connection says: hop-by-hop headers, every
+/// credential carrier, headers keygate sets itself, and keygate's own `x-keygate-*`. One
+/// `match` on the name (the compiler switches on length, then compares bytes) instead of a
+/// comparison per listed name.
+fn never_forwarded(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        // RFC 9110 §7.6.1 hop-by-hop, and the proxy-auth pair (see `HOP_BY_HOP`).
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            // Where clients put credentials: never forwarded.
+            | "authorization"
+            | "x-api-key"
+            | "x-goog-api-key"
+            | "api-key"
+            // Set for the upstream by hyper or by keygate; keygate already read the whole
+            // body, so the upstream gets it at once (no `expect`).
+            | "host"
+            | "content-length"
+            | "accept-encoding"
+            | "expect"
+    ) || n.starts_with("x-keygate-")
 }
 
 /// Removes hop-by-hop headers from an upstream response before it goes to the client.
@@ -275,6 +291,40 @@ mod tests {
         let mut out = clean_request_headers(&h, p);
         Injection::new(p, c).expect("valid").apply(&mut out);
         out
+    }
+
+    #[test]
+    fn never_forwarded_covers_hop_by_hop_carriers_and_own_headers() {
+        let dropped = HOP_BY_HOP.iter().map(HeaderName::as_str).chain([
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "api-key",
+            "host",
+            "content-length",
+            "accept-encoding",
+            "expect",
+            "x-keygate-profile",
+            "x-keygate-anything",
+        ]);
+        for n in dropped {
+            let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            assert!(never_forwarded(&name), "{n} must be dropped");
+        }
+        for n in [
+            "content-type",
+            "anthropic-version",
+            "anthropic-beta",
+            "user-agent",
+            "x-stainless-lang",
+            "openai-organization",
+            "accept",
+            "x-api-key-id",
+            "authorization-extra",
+        ] {
+            let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            assert!(!never_forwarded(&name), "{n} must be forwarded");
+        }
     }
 
     #[test]

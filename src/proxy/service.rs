@@ -74,10 +74,11 @@ pub struct AppState {
 
 /// What the access log line says about a request.
 #[derive(Default)]
-struct Access {
-    provider: Option<String>,
-    model: Option<String>,
-    credential: Option<String>,
+struct Access<'s> {
+    provider: Option<&'s str>,
+    model: Option<Arc<str>>,
+    /// The candidate of the last attempt (a reference count, not a copy of its id).
+    credential: Option<Arc<Candidate>>,
     attempts: u32,
     error: Option<&'static str>,
 }
@@ -158,18 +159,14 @@ pub async fn handle(
             Ok(resp) => resp,
             Err(e) => {
                 access.error = Some(e.metric_label());
-                let mut r = e.into_response(access.provider.as_deref());
+                let mut r = e.into_response(access.provider);
                 // Errors after attempts (timeouts, refused connections) still say how many
                 // attempts were made and with which credential.
                 if access.attempts > 0 {
                     let h = r.headers_mut();
-                    h.insert(ATTEMPTS_HEADER, HeaderValue::from(access.attempts));
-                    if let Some(v) = access
-                        .credential
-                        .as_deref()
-                        .and_then(|c| HeaderValue::from_str(c).ok())
-                    {
-                        h.insert(CREDENTIAL_HEADER, v);
+                    h.insert(ATTEMPTS_HEADER, attempts_value(access.attempts));
+                    if let Some(c) = &access.credential {
+                        h.insert(CREDENTIAL_HEADER, c.id_header.clone());
                     }
                 }
                 r
@@ -178,13 +175,13 @@ pub async fn handle(
         let elapsed = start.elapsed();
         state
             .metrics
-            .request(access.provider.as_deref(), resp.status().as_u16(), elapsed);
+            .request(access.provider, resp.status().as_u16(), elapsed);
         tracing::info!(
             %method,
             path = uri.path(),
-            provider = access.provider.as_deref().unwrap_or("-"),
+            provider = access.provider.unwrap_or("-"),
             model = access.model.as_deref().unwrap_or("-"),
-            credential = access.credential.as_deref().unwrap_or("-"),
+            credential = access.credential.as_ref().map_or("-", |c| c.cred.id.as_str()),
             attempts = access.attempts,
             status = resp.status().as_u16(),
             error = access.error.unwrap_or("-"),
@@ -197,11 +194,11 @@ pub async fn handle(
     .await
 }
 
-async fn proxy(
-    state: &Arc<AppState>,
+async fn proxy<'s>(
+    state: &'s Arc<AppState>,
     peer: SocketAddr,
     req: Request<Incoming>,
-    access: &mut Access,
+    access: &mut Access<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
@@ -209,7 +206,7 @@ async fn proxy(
     // The provider is known from the path before auth, only to answer errors in its shape.
     if let Ok((p, _)) = route(parts.uri.path()) {
         if let Some(p) = state.config.provider(p) {
-            access.provider = Some(p.id.clone());
+            access.provider = Some(p.id.as_str());
         }
     }
 
@@ -232,7 +229,7 @@ async fn proxy(
         .config
         .provider(provider_id)
         .ok_or_else(|| ProxyError::UnknownProvider(truncate(provider_id, 64).to_owned()))?;
-    access.provider = Some(provider.id.clone());
+    access.provider = Some(provider.id.as_str());
     check_path(rest)?;
     let base = state
         .bases
@@ -259,14 +256,14 @@ async fn proxy(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
-    let model: Option<String> = match provider.model_from {
+    let model: Option<Arc<str>> = match provider.model_from {
         ModelFrom::Body => match pin::body_model(&body) {
             Some(bm) => {
                 check_model_len(&bm.model)?;
                 let (name, profile) = pin::split_pin(&bm.model);
                 match profile {
                     Some(profile) => {
-                        let name = name.to_owned();
+                        let name = Arc::<str>::from(name);
                         if pinned.is_none() {
                             pinned = Some(profile.to_owned());
                         }
@@ -274,7 +271,7 @@ async fn proxy(
                         body = pin::rewrite_model(&body, span, &name);
                         Some(name)
                     }
-                    None => Some(bm.model.into_owned()),
+                    None => Some(Arc::from(bm.model.as_ref())),
                 }
             }
             None => None,
@@ -282,7 +279,7 @@ async fn proxy(
         ModelFrom::Path => match provider::model_from_path(&provider.id, rest) {
             Some(m) => {
                 check_model_len(m)?;
-                Some(m.to_owned())
+                Some(Arc::from(m))
             }
             None => None,
         },
@@ -324,7 +321,7 @@ async fn proxy(
         headers: clean_request_headers(&parts.headers, provider),
         query: clean_query(parts.uri.query()),
         body,
-        model: model.map(Arc::from),
+        model,
         deadline: start + state.config.server.request_timeout,
         pinned: pinned.is_some(),
         agent: &agent,
@@ -365,7 +362,7 @@ impl Exchange<'_> {
     async fn run(
         self,
         candidates: Vec<&Arc<Candidate>>,
-        access: &mut Access,
+        access: &mut Access<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let st = self.state;
         let rcfg = &st.config.rotation;
@@ -450,7 +447,7 @@ impl Exchange<'_> {
             let cand = &candidates[i];
             attempts += 1;
             access.attempts = attempts;
-            access.credential = Some(cand.cred.id.to_string());
+            access.credential = Some(Arc::clone(cand));
             st.registry.touch(cand);
 
             let outcome = self.attempt(cand, &plain_uri, attempts).await?;
@@ -565,7 +562,7 @@ impl Exchange<'_> {
             .insert(CREDENTIAL_HEADER, cand.id_header.clone());
         parts
             .headers
-            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+            .insert(ATTEMPTS_HEADER, attempts_value(attempts));
         let status = parts.status;
         let stream = stream_kind(&parts.headers);
         // Only SSE has a text error event to end a broken stream with; a broken AWS
@@ -701,10 +698,19 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
     match a {
         Attempt::Done(mut r) | Attempt::Failed(mut r, _) => {
             r.headers_mut()
-                .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+                .insert(ATTEMPTS_HEADER, attempts_value(attempts));
             Ok(r)
         }
         Attempt::Error(e, _) | Attempt::Skip(e) => Err(e),
+    }
+}
+
+/// The `x-keygate-attempts` value; the usual small counts without an allocation.
+fn attempts_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match n.checked_sub(1).and_then(|i| SMALL.get(i as usize)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 

@@ -315,6 +315,39 @@ fn targets(rig: &Rig) -> Vec<(&'static str, &Proc)> {
     v
 }
 
+/// Runs the same load against every target for `dur` each, in [`SLICES`] alternating slices
+/// (A B B A A B B A …), and returns each target's merged run with its CPU seconds per 1 000
+/// successful requests. On a shared machine, a burst of someone else's work then lands on
+/// both targets instead of on whichever happened to run at the time.
+fn interleaved(
+    targets: &[(&'static str, &Proc)],
+    dur: Duration,
+    mut f: impl FnMut(usize, Duration) -> Run,
+) -> Vec<(Run, f64)> {
+    let slice = dur / SLICES;
+    let mut out: Vec<(Run, f64)> = targets.iter().map(|_| (Run::default(), 0.0)).collect();
+    for round in 0..SLICES {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        for i in order {
+            let c0 = targets[i].1.cpu_secs();
+            let run = f(i, slice);
+            out[i].1 += targets[i].1.cpu_secs() - c0;
+            out[i].0.append_slice(run);
+        }
+    }
+    for (run, cpu) in &mut out {
+        *cpu = *cpu * 1000.0 / run.ok.max(1) as f64;
+    }
+    out
+}
+
+/// Slices per target in an interleaved measurement.
+const SLICES: u32 = 4;
+
 /// CPU seconds per 1 000 successful requests of `p` during `f`.
 fn measured<T>(p: &Proc, ok: impl Fn(&T) -> u64, f: impl FnOnce() -> T) -> (T, f64) {
     let c0 = p.cpu_secs();
@@ -340,28 +373,32 @@ fn overhead(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<Ve
     let client = load::client();
     let body = Bytes::from_static(CHAT_BODY.as_bytes());
     let mut lines = Vec::new();
-    let mut sat = Vec::new();
-    // Phase 1: fixed concurrency (saturation on this machine).
-    for (name, p) in targets(&rig) {
-        let s = spec(p.addr, "json", body.clone(), 0)?;
+    let targets = targets(&rig);
+    let specs = targets
+        .iter()
+        .map(|(_, p)| spec(p.addr, "json", body.clone(), 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    for s in &specs {
         rt.block_on(load::closed_loop(
             &client,
-            &s,
+            s,
             plan.conc,
             plan.max,
             plan.warmup,
         ));
-        let m0 = rig.mock.cpu_secs();
-        let (mut run, cpu) = measured(
-            p,
-            |r: &Run| r.ok,
-            || {
-                rt.block_on(load::closed_loop(
-                    &client, &s, plan.conc, plan.max, plan.dur,
-                ))
-            },
-        );
-        let mock_cpu = (rig.mock.cpu_secs() - m0) * 1000.0 / run.ok.max(1) as f64;
+    }
+    // Phase 1: fixed concurrency (saturation on this machine).
+    let m0 = rig.mock.cpu_secs();
+    let sat = interleaved(&targets, plan.dur, |i, dur| {
+        rt.block_on(load::closed_loop(
+            &client, &specs[i], plan.conc, plan.max, dur,
+        ))
+    });
+    let mock_cpu = (rig.mock.cpu_secs() - m0) * 1000.0
+        / sat.iter().map(|(r, _)| r.ok).sum::<u64>().max(1) as f64;
+    let mut paced = Vec::new();
+    let mut bare_rps = None;
+    for ((name, _), (mut run, cpu)) in targets.iter().zip(sat) {
         let mut m = serde_json::Map::new();
         m.insert("scenario".into(), json!("overhead"));
         m.insert("target".into(), json!(name));
@@ -375,36 +412,41 @@ fn overhead(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<Ve
         if let Some(e) = &run.first_error {
             m.insert("first_error".into(), json!(e));
         }
-        sat.push((name, run.rps(), m));
+        bare_rps.get_or_insert(run.rps());
+        paced.push((*name, m));
     }
     // Phase 2: open loop at half (then a quarter of) the bare forwarder's saturation
     // throughput, at most 2 × concurrency in flight (so a target that cannot keep up shows
     // a lower achieved rate instead of opening ever more connections).
-    let half = sat.first().map_or(100.0, |s| s.1 / 2.0).max(10.0);
-    let mut paced = Vec::new();
-    for ((name, p), (_, _, mut m)) in targets(&rig).into_iter().zip(sat) {
-        let s = spec(p.addr, "json", body.clone(), 0)?;
-        for (prefix, rate, dur) in [
-            ("paced_", half, plan.dur),
-            ("paced_q_", half / 2.0, plan.dur / 2),
-        ] {
-            let (mut run, cpu) = measured(
-                p,
-                |r: &Run| r.ok,
-                || rt.block_on(load::paced(&client, &s, rate, plan.max, dur, plan.conc * 2)),
-            );
+    let half = bare_rps.map_or(100.0, |r| r / 2.0).max(10.0);
+    for (prefix, rate, dur) in [
+        ("paced_", half, plan.dur),
+        ("paced_q_", half / 2.0, plan.dur / 2),
+    ] {
+        let runs = interleaved(&targets, dur, |i, dur| {
+            rt.block_on(load::paced(
+                &client,
+                &specs[i],
+                rate,
+                plan.max,
+                dur,
+                plan.conc * 2,
+            ))
+        });
+        for ((_, m), (mut run, cpu)) in paced.iter_mut().zip(runs) {
             m.insert(format!("{prefix}rate"), json!(round(rate, 1)));
             m.insert(format!("{prefix}achieved_rps"), json!(round(run.rps(), 1)));
             m.insert(format!("{prefix}requests"), json!(run.total()));
             m.insert(format!("{prefix}success_rate"), json!(run.success_rate()));
-            latency_fields(&mut run, prefix, &mut m);
+            latency_fields(&mut run, prefix, m);
             m.insert(format!("{prefix}cpu_s_per_1k"), json!(round(cpu, 4)));
             if let (Some(e), false) = (&run.first_error, m.contains_key("first_error")) {
                 m.insert("first_error".into(), json!(e));
             }
         }
+    }
+    for ((_, p), (_, m)) in targets.iter().zip(paced.iter_mut()) {
         m.insert("peak_rss_kb".into(), json!(p.peak_rss_kb()));
-        paced.push((name, m));
     }
     let get = |name: &str, k: &str| {
         paced

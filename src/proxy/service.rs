@@ -360,7 +360,7 @@ enum Attempt {
 
 impl Exchange<'_> {
     async fn run(
-        self,
+        mut self,
         candidates: Vec<&Arc<Candidate>>,
         access: &mut Access<'_>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -450,7 +450,15 @@ impl Exchange<'_> {
             access.credential = Some(Arc::clone(cand));
             st.registry.touch(cand);
 
-            let outcome = self.attempt(cand, &plain_uri, attempts).await?;
+            // The last possible attempt takes the request headers; earlier ones copy them,
+            // as a retry needs them again.
+            let last_chance = self.pinned || tried.iter().all(|t| *t);
+            let headers = if last_chance {
+                std::mem::take(&mut self.headers)
+            } else {
+                self.headers.clone()
+            };
+            let outcome = self.attempt(cand, &plain_uri, attempts, headers).await?;
             let reason = match &outcome {
                 Attempt::Done(_) => {
                     cand.count_attempt(None);
@@ -484,6 +492,7 @@ impl Exchange<'_> {
         cand: &Candidate,
         plain_uri: &Uri,
         attempts: u32,
+        headers: http::HeaderMap,
     ) -> Result<Attempt, ProxyError> {
         let st = self.state;
         let server = &st.config.server;
@@ -533,7 +542,7 @@ impl Exchange<'_> {
         let mut up = Request::new(Full::new(self.body.clone()));
         *up.method_mut() = self.method.clone();
         *up.uri_mut() = uri;
-        *up.headers_mut() = self.headers.clone();
+        *up.headers_mut() = headers;
         inject.apply(up.headers_mut());
 
         let sent = Instant::now();

@@ -101,6 +101,13 @@ impl Run {
         self.ok + self.err
     }
 
+    /// Adds a later run of the same load (one slice of an interleaved measurement): its
+    /// time adds up too.
+    pub(crate) fn append_slice(&mut self, later: Run) {
+        self.elapsed += later.elapsed;
+        self.merge(later);
+    }
+
     /// Successful share (1.0 when nothing was sent).
     pub(crate) fn success_rate(&self) -> f64 {
         if self.total() == 0 {

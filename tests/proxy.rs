@@ -703,6 +703,53 @@ async fn a_request_line_split_across_segments_is_served_as_http1() {
 }
 
 #[tokio::test]
+async fn a_stream_past_request_timeout_ends_with_an_error_event_and_a_body_error() {
+    let mock = MockProvider::start().await;
+    // 30 events 100 ms apart: 3 s of stream against a 1 s request timeout.
+    mock.set_default(Behaviour::Sse {
+        events: anthropic_sse("claude-sonnet-4-5", 30),
+        delay: Duration::from_millis(100),
+        end: End::Clean,
+    });
+    let kg = Keygate::start(
+        Opts::default()
+            .config(format!(
+                "[server]\nrequest_timeout = \"1s\"\n\n{}",
+                all_providers(&mock)
+            ))
+            .env("KEYGATE_TOKEN", GW)
+            .env("ANTHROPIC_API_KEY", ANT_KEY),
+    )
+    .await;
+    let req = request(
+        Method::POST,
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW), ("content-type", "application/json")],
+        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
+    );
+    let resp = client().request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
+    assert!(errored, "the body must fail, not end cleanly");
+    let text: String = chunks
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        text.contains("message_start"),
+        "content before the deadline: {text}"
+    );
+    assert!(
+        !text.contains("message_stop"),
+        "the stream was cut before its end: {text}"
+    );
+    assert!(
+        text.trim_end().ends_with("}") && text.contains("event: error"),
+        "ends with an error event: {text}"
+    );
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_streams_finish() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Sse {

@@ -67,8 +67,11 @@ pin_project! {
         held: VecDeque<Bytes>,
         // `None` once the upstream has ended (possibly while frames were being held).
         inner: Option<Incoming>,
+        deadline: Instant,
+        // Armed the first time the upstream has nothing ready: a body that is already
+        // buffered when it is read (most non-streaming answers) never touches the timer.
         #[pin]
-        deadline: Sleep,
+        timer: Option<Sleep>,
         // Sent to the client when the upstream breaks after commit (no silent truncation).
         error_event: Option<Bytes>,
         observer: Option<Box<dyn Observer>>,
@@ -124,7 +127,8 @@ impl ProxyBody {
                 inner: Passthrough {
                     held,
                     inner,
-                    deadline: tokio::time::sleep_until(deadline),
+                    deadline,
+                    timer: None,
                     error_event,
                     observer,
                     state: State::Streaming,
@@ -206,7 +210,13 @@ impl Passthrough {
             Poll::Ready(None) => StreamEnd::Complete,
             Poll::Ready(Some(Err(_))) => StreamEnd::UpstreamError,
             Poll::Pending => {
-                ready!(this.deadline.as_mut().poll(cx));
+                if this.timer.is_none() {
+                    this.timer
+                        .set(Some(tokio::time::sleep_until(*this.deadline)));
+                }
+                if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                    ready!(timer.poll(cx));
+                }
                 StreamEnd::Deadline
             }
         };

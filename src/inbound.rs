@@ -6,6 +6,7 @@
 //! inbound credential from the forwarded request (see `proxy::inject`, which strips every
 //! credential carrier regardless of mode).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -34,8 +35,8 @@ const MAX_TRACKED_IPS: usize = 65_536;
 pub enum Outcome {
     /// Authenticated as this agent.
     Allowed {
-        /// Agent id (selects `agents/<id>/agent/auth-*.json`).
-        agent: String,
+        /// Agent id (selects `agents/<id>/agent/auth-*.json`); `main` is not allocated.
+        agent: Cow<'static, str>,
     },
     /// No credential presented (does not count toward the lockout).
     Missing,
@@ -176,11 +177,11 @@ impl Gatekeeper {
                     return Outcome::Forbidden("invalid x-keygate-agent value");
                 }
                 Outcome::Allowed {
-                    agent: a.to_owned(),
+                    agent: Cow::Owned(a.to_owned()),
                 }
             }
             _ => Outcome::Allowed {
-                agent: token.agent.clone(),
+                agent: token.agent.clone().into(),
             },
         }
     }
@@ -207,7 +208,7 @@ impl Gatekeeper {
             }
         }
         Outcome::Allowed {
-            agent: agent.to_owned(),
+            agent: agent.to_owned().into(),
         }
     }
 

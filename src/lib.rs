@@ -3,7 +3,7 @@
 //! Request flow (one request, SPEC §3–§7):
 //!
 //! ```text
-//! client ──▶ server (hyper auto: HTTP/1.1 + h2c)
+//! client ──▶ server (HTTP/1.1, or h2c by prior knowledge)
 //!              │
 //!              ▼
 //!           proxy::service::handle

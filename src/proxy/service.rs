@@ -371,7 +371,14 @@ impl Exchange<'_> {
             0 => usize::MAX,
             n => n as usize,
         };
-        let plain_uri = upstream_uri(self.base, self.rest, self.query.as_deref(), None)?;
+        // Taken by the last possible attempt, like the headers: a `Uri` built from a
+        // `String` allocates on its first clone.
+        let mut plain_uri = Some(upstream_uri(
+            self.base,
+            self.rest,
+            self.query.as_deref(),
+            None,
+        )?);
         let start = Instant::now();
         let wait_limit = start + rcfg.max_wait;
 
@@ -458,7 +465,12 @@ impl Exchange<'_> {
             } else {
                 self.headers.clone()
             };
-            let outcome = self.attempt(cand, &plain_uri, attempts, headers).await?;
+            let uri = if last_chance {
+                plain_uri.take()
+            } else {
+                plain_uri.clone()
+            };
+            let outcome = self.attempt(cand, uri, attempts, headers).await?;
             let reason = match &outcome {
                 Attempt::Done(_) => {
                     cand.count_attempt(None);
@@ -490,7 +502,7 @@ impl Exchange<'_> {
     async fn attempt(
         &self,
         cand: &Candidate,
-        plain_uri: &Uri,
+        plain_uri: Option<Uri>,
         attempts: u32,
         headers: http::HeaderMap,
     ) -> Result<Attempt, ProxyError> {
@@ -535,9 +547,9 @@ impl Exchange<'_> {
         } else {
             &cand.inject
         };
-        let uri = match inject.query() {
-            Some(q) => upstream_uri(self.base, self.rest, self.query.as_deref(), Some(q))?,
-            None => plain_uri.clone(),
+        let uri = match (inject.query(), plain_uri) {
+            (None, Some(uri)) => uri,
+            (q, _) => upstream_uri(self.base, self.rest, self.query.as_deref(), q)?,
         };
         let mut up = Request::new(Full::new(self.body.clone()));
         *up.method_mut() = self.method.clone();

@@ -945,19 +945,30 @@ fn stream_kind(headers: &http::HeaderMap) -> Option<StreamKind> {
 /// The event that ends a broken stream in the provider's own protocol, so SDKs raise an
 /// error instead of treating a truncated answer as complete.
 pub fn sse_error_event(provider: &str) -> Bytes {
-    const MSG: &str = "upstream stream ended unexpectedly (keygate)";
-    let text = match provider {
-        "anthropic" => format!(
-            "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"api_error\",\"message\":\"{MSG}\"}}}}\n\n"
+    // Static: every streaming answer carries one, and almost none is ever sent.
+    macro_rules! msg {
+        () => {
+            "upstream stream ended unexpectedly (keygate)"
+        };
+    }
+    Bytes::from_static(match provider {
+        "anthropic" => concat!(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"",
+            msg!(),
+            "\"}}\n\n"
         ),
-        "google" => format!(
-            "data: {{\"error\":{{\"code\":502,\"message\":\"{MSG}\",\"status\":\"UNAVAILABLE\"}}}}\n\n"
+        "google" => concat!(
+            "data: {\"error\":{\"code\":502,\"message\":\"",
+            msg!(),
+            "\",\"status\":\"UNAVAILABLE\"}}\n\n"
         ),
-        _ => format!(
-            "data: {{\"error\":{{\"message\":\"{MSG}\",\"type\":\"server_error\",\"code\":\"upstream_stream_broken\"}}}}\n\n"
+        _ => concat!(
+            "data: {\"error\":{\"message\":\"",
+            msg!(),
+            "\",\"type\":\"server_error\",\"code\":\"upstream_stream_broken\"}}\n\n"
         ),
-    };
-    Bytes::from(text)
+    }
+    .as_bytes())
 }
 
 fn no_credentials(provider: &ProviderConfig) -> ProxyError {

@@ -1,7 +1,8 @@
 //! The accept loops and graceful shutdown.
 //!
 //! Owns listening sockets, one task per connection served by hyper's HTTP/1.1 or HTTP/2
-//! (h2c by prior knowledge) connection, chosen by peeking at the first bytes, connection-level limits (header size, header read
+//! (h2c by prior knowledge) connection, chosen by peeking at the first bytes,
+//! connection-level limits (header size, header read
 //! timeout, h2 stream count), and draining: on shutdown, stop accepting, let in-flight
 //! requests and streams finish up to `shutdown_grace`, then close what is left. It does not
 //! own what a request does (see `proxy::service` and `admin`).
@@ -39,6 +40,7 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     let graceful = GracefulShutdown::new();
     // Credential files are re-read within 2 s of a change (SPEC §6).
     let (stop_watch, watch_rx) = tokio::sync::watch::channel(false);
+    let conn_stop = watch_rx.clone();
     let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx));
     let builders = Arc::new(builders());
     tokio::pin!(shutdown);
@@ -47,11 +49,11 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
         tokio::select! {
             accepted = listeners.main.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                serve_conn(&builders, &graceful, stream, peer, state.clone(), false);
+                serve_conn(&builders, &graceful, &conn_stop, stream, peer, state.clone(), false);
             }
             accepted = accept_opt(admin.as_ref()) => {
                 let Ok((stream, peer)) = accepted else { continue };
-                serve_conn(&builders, &graceful, stream, peer, state.clone(), true);
+                serve_conn(&builders, &graceful, &conn_stop, stream, peer, state.clone(), true);
             }
             () = &mut shutdown => break,
         }
@@ -141,6 +143,7 @@ async fn sniff_h2(stream: &tokio::net::TcpStream) -> Option<bool> {
 fn serve_conn(
     builders: &Arc<Builders>,
     graceful: &GracefulShutdown,
+    stop: &tokio::sync::watch::Receiver<bool>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
@@ -163,8 +166,15 @@ fn serve_conn(
     });
     let builders = builders.clone();
     let watcher = graceful.watcher();
+    let mut stop = stop.clone();
     tokio::spawn(async move {
-        let Some(h2) = sniff_h2(&stream).await else {
+        // A connection still silent when shutdown starts is closed: it has no request to
+        // finish, and it must not hold the drain up until its header timeout.
+        let h2 = tokio::select! {
+            h2 = sniff_h2(&stream) => h2,
+            _ = stop.wait_for(|stopping| *stopping) => None,
+        };
+        let Some(h2) = h2 else {
             return;
         };
         let io = TokioIo::new(stream);

@@ -750,6 +750,25 @@ async fn a_stream_past_request_timeout_ends_with_an_error_event_and_a_body_error
 }
 
 #[tokio::test]
+async fn shutdown_does_not_wait_for_a_silent_connection() {
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    // Connected, nothing sent: no request to finish, so the drain must not wait for it
+    // (the header timeout and the shutdown grace are both 30 s; `stop` gives up after 10).
+    let _silent = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = tokio::time::Instant::now();
+    kg.stop().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for a silent connection",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_streams_finish() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Sse {

@@ -33,7 +33,14 @@ where
     ) -> fmt::Result {
         // The line is built in a reused buffer with inlined pushes, then handed over in one
         // call: `Writer` is a `dyn fmt::Write`, and a call per piece costs more than the copy.
-        LINE.with_borrow_mut(|line| {
+        LINE.with(|cell| {
+            // A field's `Debug` that logs would re-enter here: it gets a buffer of its own.
+            let mut spare = String::new();
+            let mut reused = cell.try_borrow_mut();
+            let line = match reused.as_deref_mut() {
+                Ok(line) => line,
+                Err(_) => &mut spare,
+            };
             line.clear();
             let result = build(line, ctx, event);
             let written = w.write_str(line);
@@ -375,6 +382,28 @@ mod tests {
                 assert!(!out.bytes().any(|b| b < 0x20 || b == 0x7f), "{out:?}");
             }
         }
+    }
+
+    /// Logs while being formatted.
+    struct Noisy;
+
+    impl fmt::Debug for Noisy {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            tracing::info!("inner");
+            f.write_str("noisy")
+        }
+    }
+
+    #[test]
+    fn a_field_that_logs_while_formatted_does_not_panic() {
+        // tracing drops the nested event (its dispatcher is busy); what matters is that the
+        // outer line is whole and nothing panics.
+        let (ours, _) = both(|| tracing::info!(x = ?Noisy, "outer"));
+        let outer = ours
+            .iter()
+            .find(|l| l["message"] == "outer")
+            .expect("outer line");
+        assert_eq!(outer["x"], json!("noisy"));
     }
 
     #[test]

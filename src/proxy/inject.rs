@@ -21,17 +21,21 @@ pub const OAUTH_BETA: &str = "oauth-2025-04-20";
 static ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// proxy-auth pair.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
+/// proxy-auth pair. A `match` on the name: the compiler switches on length, then compares
+/// bytes, instead of one comparison per listed name.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
+}
 
 /// Characters escaped in a query value.
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -201,34 +205,25 @@ pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> H
 }
 
 /// A request header keygate drops whatever the connection says: hop-by-hop headers, every
-/// credential carrier, headers keygate sets itself, and keygate's own `x-keygate-*`. One
-/// `match` on the name (the compiler switches on length, then compares bytes) instead of a
-/// comparison per listed name.
+/// credential carrier, headers keygate sets itself, and keygate's own `x-keygate-*`.
 fn never_forwarded(name: &HeaderName) -> bool {
     let n = name.as_str();
-    matches!(
-        n,
-        // RFC 9110 §7.6.1 hop-by-hop, and the proxy-auth pair (see `HOP_BY_HOP`).
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
+    hop_by_hop(n)
+        || matches!(
+            n,
             // Where clients put credentials: never forwarded.
-            | "authorization"
-            | "x-api-key"
-            | "x-goog-api-key"
-            | "api-key"
-            // Set for the upstream by hyper or by keygate; keygate already read the whole
-            // body, so the upstream gets it at once (no `expect`).
-            | "host"
-            | "content-length"
-            | "accept-encoding"
-            | "expect"
-    ) || n.starts_with("x-keygate-")
+            "authorization"
+                | "x-api-key"
+                | "x-goog-api-key"
+                | "api-key"
+                // Set for the upstream by hyper or by keygate; keygate already read the
+                // whole body, so the upstream gets it at once (no `expect`).
+                | "host"
+                | "content-length"
+                | "accept-encoding"
+                | "expect"
+        )
+        || n.starts_with("x-keygate-")
 }
 
 /// Removes hop-by-hop headers from an upstream response before it goes to the client.
@@ -240,10 +235,16 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    // One pass over the names present; a removal (which hashes the name) only for those
+    // that must go, which on most answers is none or `transfer-encoding`.
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| hop_by_hop(n.as_str()) || *n == header::PROXY_AUTHENTICATE || named.contains(n))
+        .cloned()
+        .collect();
+    for name in &gone {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 /// The client's query without any `key=` parameter (a gateway token carrier).
@@ -295,7 +296,15 @@ mod tests {
 
     #[test]
     fn never_forwarded_covers_hop_by_hop_carriers_and_own_headers() {
-        let dropped = HOP_BY_HOP.iter().map(HeaderName::as_str).chain([
+        let dropped = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
             "authorization",
             "x-api-key",
             "x-goog-api-key",
@@ -306,7 +315,7 @@ mod tests {
             "expect",
             "x-keygate-profile",
             "x-keygate-anything",
-        ]);
+        ];
         for n in dropped {
             let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
             assert!(never_forwarded(&name), "{n} must be dropped");
@@ -325,6 +334,34 @@ mod tests {
             let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
             assert!(!never_forwarded(&name), "{n} must be forwarded");
         }
+    }
+
+    #[test]
+    fn response_hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "text/event-stream"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("proxy-authenticate", "Basic"),
+            ("x-request-id", "req_1"),
+            ("anthropic-ratelimit-requests-remaining", "10"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        clean_response_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "anthropic-ratelimit-requests-remaining",
+                "content-type",
+                "x-request-id"
+            ]
+        );
     }
 
     #[test]

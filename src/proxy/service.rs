@@ -177,15 +177,20 @@ pub async fn handle(
             .metrics
             .request(access.provider, resp.status().as_u16(), elapsed);
         tracing::info!(
-            %method,
+            method = method.as_str(),
             path = uri.path(),
             provider = access.provider.unwrap_or("-"),
             model = access.model.as_deref().unwrap_or("-"),
-            credential = access.credential.as_ref().map_or("-", |c| c.cred.id.as_str()),
+            credential = access
+                .credential
+                .as_ref()
+                .map_or("-", |c| c.cred.id.as_str()),
             attempts = access.attempts,
             status = resp.status().as_u16(),
             error = access.error.unwrap_or("-"),
-            latency_ms = elapsed.as_secs_f64() * 1e3,
+            // Microseconds are the precision worth logging (and print without float
+            // formatting, see `telemetry::json`).
+            latency_ms = elapsed.as_micros() as f64 / 1e3,
             "request"
         );
         Ok(resp)

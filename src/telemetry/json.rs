@@ -159,10 +159,10 @@ impl Visit for Fields<'_> {
         self.key(field);
         // Rust's `Display` gives the shortest round-trip form, as serde_json does; JSON has
         // no NaN or infinity.
-        if value.is_finite() {
-            let _ = write!(self.line, "{value}");
-        } else {
+        if !value.is_finite() {
             self.line.push_str("null");
+        } else if !thousandths(self.line, value) {
+            let _ = write!(self.line, "{value}");
         }
     }
 
@@ -173,6 +173,42 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.formatted(field, format_args!("{value:?}"));
     }
+}
+
+/// Writes `value` when it is a whole number of thousandths below 10^9 (latencies in ms to
+/// the µs), exactly as `Display` would, without the float formatter: such a value's
+/// shortest round-trip form is its integer part and at most three decimals.
+fn thousandths(line: &mut String, value: f64) -> bool {
+    if !(0.0..1e9).contains(&value) {
+        return false;
+    }
+    let scaled = (value * 1000.0).round();
+    if scaled / 1000.0 != value {
+        return false;
+    }
+    let n = scaled as u64;
+    let mut buf = itoa::Buffer::new();
+    line.push_str(buf.format(n / 1000));
+    let frac = n % 1000;
+    if frac != 0 {
+        let digits = [
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let len = if frac % 100 == 0 {
+            1
+        } else if frac % 10 == 0 {
+            2
+        } else {
+            3
+        };
+        line.push('.');
+        for &d in &digits[..len] {
+            line.push(char::from(d));
+        }
+    }
+    true
 }
 
 /// A JSON string literal.
@@ -404,6 +440,26 @@ mod tests {
             .find(|l| l["message"] == "outer")
             .expect("outer line");
         assert_eq!(outer["x"], json!("noisy"));
+    }
+
+    #[test]
+    fn thousandths_print_as_display_does() {
+        let mut checked = 0;
+        let values = (0..300_000u64)
+            .map(|us| us as f64 / 1e3)
+            .chain((0..2000u64).map(|i| (i * 7_919_993) as f64 / 1e3))
+            .chain([0.5, 1.25, 999_999_999.999, 3.0, 12.5, 0.001, 0.0]);
+        for v in values {
+            let mut out = String::new();
+            if thousandths(&mut out, v) {
+                assert_eq!(out, format!("{v}"), "{v:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 300_000, "the fast path took {checked} values");
+        for v in [0.691226, 4.999979059, 1e9, -1.0, 1.0 / 3.0] {
+            assert!(!thousandths(&mut String::new(), v), "{v}");
+        }
     }
 
     #[test]

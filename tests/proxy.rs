@@ -769,6 +769,39 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
 }
 
 #[tokio::test]
+async fn a_body_that_stops_arriving_gets_400_at_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(format!(
+                "[server]\nrequest_timeout = \"1s\"\n\n{}",
+                all_providers(&mock)
+            ))
+            .env("KEYGATE_TOKEN", GW)
+            .env("OPENAI_API_KEY", OAI_KEY),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    // 100 bytes announced, 20 sent, then silence.
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {GW}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":\"gpt-4o\","
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out))
+        .await
+        .expect("an answer before the client gives up")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out[..n]);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("did not arrive in time"), "{text}");
+    assert!(mock.requests().is_empty(), "nothing was sent upstream");
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_streams_finish() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Sse {

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -760,16 +761,24 @@ async fn read_body(
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
     let mut total = 0usize;
-    loop {
-        let frame = match tokio::time::timeout_at(until, body.frame()).await {
-            Err(_) => {
+    // One timer for the whole body, polled only when a frame is not ready yet: a body that
+    // is already buffered never touches the timer wheel.
+    let deadline = tokio::time::sleep_until(until);
+    tokio::pin!(deadline);
+    while !body.is_end_stream() {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = &mut deadline => {
                 return Err(ProxyError::BadRequest(
                     "the request body did not arrive in time".into(),
                 ))
             }
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(ProxyError::BodyRead),
-            Ok(Some(Ok(frame))) => frame,
+        };
+        let frame = match frame {
+            None => break,
+            Some(Err(_)) => return Err(ProxyError::BodyRead),
+            Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue;

@@ -22,9 +22,14 @@ fn all_providers(mock: &MockProvider) -> String {
 }
 
 async fn standard(mock: &MockProvider) -> Keygate {
+    with_server(mock, "").await
+}
+
+/// [`standard`] with `[server]` settings.
+async fn with_server(mock: &MockProvider, server: &str) -> Keygate {
     Keygate::start(
         Opts::default()
-            .config(all_providers(mock))
+            .config(format!("[server]\n{server}\n{}", all_providers(mock)))
             .env("KEYGATE_TOKEN", GW)
             .env("ANTHROPIC_API_KEY", ANT_KEY)
             .env("OPENAI_API_KEY", OAI_KEY)
@@ -360,16 +365,7 @@ async fn pinned_profile_is_stripped_byte_for_byte() {
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
     let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(format!(
-                "{}[server]\nmax_request_body = \"1KiB\"\n",
-                all_providers(&mock)
-            ))
-            .env("KEYGATE_TOKEN", GW)
-            .env("OPENAI_API_KEY", OAI_KEY),
-    )
-    .await;
+    let kg = with_server(&mock, "max_request_body = \"1KiB\"").await;
     let h = [("x-api-key", GW)];
     // Path tricks, sent raw so no client normalises them.
     for path in [
@@ -674,6 +670,99 @@ async fn oversized_request_head_gets_431_and_the_proxy_keeps_serving() {
     assert_eq!(a.status, StatusCode::OK, "still serving after a 431");
 }
 
+/// A connection whose first byte has already been written by hand: the HTTP/2 client's
+/// own first byte (the `P` of its preface) is swallowed instead of sent twice.
+struct FirstByteSent {
+    inner: tokio::net::TcpStream,
+    skipped: bool,
+}
+
+impl tokio::io::AsyncRead for FirstByteSent {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstByteSent {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skipped || buf.is_empty() {
+            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        assert_eq!(buf[0], b'P', "the HTTP/2 preface starts with P");
+        if buf.len() == 1 {
+            self.skipped = true;
+            return std::task::Poll::Ready(Ok(1));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[1..]) {
+            std::task::Poll::Ready(Ok(n)) => {
+                self.skipped = true;
+                std::task::Poll::Ready(Ok(n + 1))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_http2_preface_split_after_its_first_byte_is_served_as_http2() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    // `P` alone could begin either protocol: keygate must wait for more before choosing.
+    s.write_all(b"P").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let io = hyper_util::rt::TokioIo::new(FirstByteSent {
+        inner: s,
+        skipped: false,
+    });
+    let (mut send, conn) = tokio::time::timeout(
+        Duration::from_secs(10),
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            io,
+        ),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(kg.url("/healthz"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("answer in time")
+        .expect("HTTP/2 answer");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_request_line_split_across_segments_is_served_as_http1() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -711,16 +800,7 @@ async fn a_stream_past_request_timeout_ends_with_an_error_event_and_a_body_error
         delay: Duration::from_millis(100),
         end: End::Clean,
     });
-    let kg = Keygate::start(
-        Opts::default()
-            .config(format!(
-                "[server]\nrequest_timeout = \"1s\"\n\n{}",
-                all_providers(&mock)
-            ))
-            .env("KEYGATE_TOKEN", GW)
-            .env("ANTHROPIC_API_KEY", ANT_KEY),
-    )
-    .await;
+    let kg = with_server(&mock, "request_timeout = \"1s\"").await;
     let req = request(
         Method::POST,
         &kg.url("/anthropic/v1/messages"),
@@ -772,16 +852,7 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
 async fn a_body_that_stops_arriving_gets_400_at_request_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(format!(
-                "[server]\nrequest_timeout = \"1s\"\n\n{}",
-                all_providers(&mock)
-            ))
-            .env("KEYGATE_TOKEN", GW)
-            .env("OPENAI_API_KEY", OAI_KEY),
-    )
-    .await;
+    let kg = with_server(&mock, "request_timeout = \"1s\"").await;
     let mut s = tokio::net::TcpStream::connect(kg.addr)
         .await
         .expect("connect");

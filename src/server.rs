@@ -7,6 +7,8 @@
 //! requests and streams finish up to `shutdown_grace`, then close what is left. It does not
 //! own what a request does (see `proxy::service` and `admin`).
 
+mod repoll;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use tokio::net::TcpListener;
 use crate::admin;
 use crate::proxy::service::handle;
 use crate::proxy::AppState;
+use repoll::Repoll;
 
 /// How often credential files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(1);
@@ -178,10 +181,12 @@ fn serve_conn(
             return;
         };
         let io = TokioIo::new(stream);
+        // `Repoll`: the service reads request bodies in this task, which wakes it while it
+        // runs; see `repoll`.
         let result = if h2 {
-            watcher.watch(builders.h2.serve_connection(io, svc)).await
+            Repoll::new(watcher.watch(builders.h2.serve_connection(io, svc))).await
         } else {
-            watcher.watch(builders.h1.serve_connection(io, svc)).await
+            Repoll::new(watcher.watch(builders.h1.serve_connection(io, svc))).await
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with an error");

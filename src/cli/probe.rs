@@ -303,7 +303,7 @@ fn build_request(
     if let Some((name, value)) = inject.query() {
         uri.push_str(&format!("?{name}={value}"));
     }
-    let mut headers = clean_request_headers(&HeaderMap::new(), pc);
+    let mut headers = clean_request_headers(HeaderMap::new(), pc);
     if anthropic && !headers.contains_key("anthropic-version") {
         headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
     }

@@ -173,35 +173,53 @@ fn merge_beta(headers: &mut HeaderMap) {
 /// hop-by-hop, `Host`, `Content-Length` (re-computed from the body), credential carriers and
 /// `x-keygate-*` removed; `Accept-Encoding: identity` (so error bodies and streams can be
 /// classified); provider default headers added when absent.
-pub fn clean_request_headers(client: &HeaderMap, provider: &ProviderConfig) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(client.len() + provider.headers.len() + 2);
-    let named_by_connection: Vec<&str> = client
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for (name, value) in client {
-        if never_forwarded(name)
-            || named_by_connection
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(name.as_str()))
-        {
-            continue;
+///
+/// Cleaned in place: the map the client's request was parsed into is reused, where building
+/// a new one cost a map allocation and a hash insert per header. (Removal lets the last
+/// header take the removed one's slot; the order of different field names carries no
+/// meaning, RFC 9110 §5.3, and the values of one name keep their order.)
+pub fn clean_request_headers(mut headers: HeaderMap, provider: &ProviderConfig) -> HeaderMap {
+    // The names to drop are gathered first, as a map cannot lose entries while it is read:
+    // on the stack, as a request drops about three (`host`, `content-length`, its
+    // credential), and in `spill` past that.
+    let mut gone: [Option<HeaderName>; 8] = Default::default();
+    let mut spill = Vec::new();
+    let mut n = 0;
+    {
+        let named_by_connection: Vec<&str> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for name in headers.keys() {
+            if never_forwarded(name)
+                || named_by_connection
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(name.as_str()))
+            {
+                match gone.get_mut(n) {
+                    Some(slot) => *slot = Some(name.clone()),
+                    None => spill.push(name.clone()),
+                }
+                n += 1;
+            }
         }
-        out.append(name.clone(), value.clone());
     }
-    out.insert(
+    for name in gone.iter().flatten().chain(&spill) {
+        headers.remove(name);
+    }
+    headers.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
     for (name, value) in &provider.headers {
-        if !out.contains_key(name) {
-            out.insert(name.clone(), value.clone());
+        if !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
         }
     }
-    out
+    headers
 }
 
 /// A request header keygate drops whatever the connection says: hop-by-hop headers, every
@@ -289,7 +307,7 @@ mod tests {
                 HeaderValue::from_str(v).expect("value"),
             );
         }
-        let mut out = clean_request_headers(&h, p);
+        let mut out = clean_request_headers(h, p);
         Injection::new(p, c).expect("valid").apply(&mut out);
         out
     }
@@ -459,6 +477,57 @@ mod tests {
         }
         assert_eq!(h["x-request-id"], "r1");
         assert_eq!(h["accept-encoding"], "identity");
+    }
+
+    #[test]
+    fn more_dropped_headers_than_the_stack_batch_all_go_and_the_rest_stay_in_order() {
+        // Twelve names to drop (past the 8 gathered on the stack), interleaved with kept
+        // headers, one of them with several values.
+        let dropped = [
+            "connection",
+            "x-custom-hop",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "authorization",
+            "x-api-key",
+            "x-keygate-profile",
+            "host",
+            "content-length",
+            "expect",
+        ];
+        let mut client = vec![("connection", "x-custom-hop")];
+        for (i, n) in dropped.iter().enumerate().skip(1) {
+            client.push((n, "drop-me"));
+            client.push(("x-trace", ["a", "b", "c", "d"][i % 4]));
+        }
+        client.push(("content-type", "application/json"));
+        let h = applied("openai", &cred("openai", Kind::ApiKey, "sk-kept"), &client);
+        for gone in dropped.iter().filter(|n| **n != "authorization") {
+            assert!(h.get(*gone).is_none(), "{gone}");
+        }
+        assert_eq!(h["authorization"], "Bearer sk-kept");
+        let trace: Vec<&str> = h
+            .get_all("x-trace")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        let sent: Vec<&str> = client
+            .iter()
+            .filter(|(n, _)| *n == "x-trace")
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(trace, sent);
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["accept-encoding"], "identity");
+        assert!(!h.values().any(|v| v == "drop-me"));
+        // x-trace, content-type, accept-encoding, authorization (and the provider's
+        // defaults, if any).
+        assert_eq!(
+            h.keys_len(),
+            4 + Config::defaults().provider("openai").unwrap().headers.len()
+        );
     }
 
     #[test]

@@ -324,7 +324,7 @@ async fn proxy<'s>(
         base,
         rest,
         method: parts.method,
-        headers: clean_request_headers(&parts.headers, provider),
+        headers: clean_request_headers(parts.headers, provider),
         query: clean_query(parts.uri.query()),
         body,
         model,

@@ -24,6 +24,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 mod json;
+mod text;
 
 /// How long the writer waits after the first line of a batch: bounds how late a line
 /// reaches stderr, and sets how many syscalls a busy proxy spends on logging.
@@ -64,10 +65,10 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_ansi(ansi)
         .with_writer(writer);
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.event_format(text::TextLine::default()).try_init(),
         LogFormat::Json => builder
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(json::JsonLine)
+            .event_format(json::JsonLine::default())
             .try_init(),
     };
     if installed.is_err() {
@@ -212,6 +213,24 @@ impl Write for LineWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Emits a `log` crate record through tracing-log's bridge, as a dependency logging with
+/// `log` (rustls) does once the subscriber is installed.
+#[cfg(test)]
+fn emit_log_record() {
+    // One statement: the record borrows the `format_args!` temporary.
+    tracing_log::format_trace(
+        &log::Record::builder()
+            .target("rustls::client::hs")
+            .level(log::Level::Warn)
+            .module_path_static(Some("rustls::client::hs"))
+            .file_static(Some("src/client/hs.rs"))
+            .line(Some(42))
+            .args(format_args!("Sending warning alert {}", "CloseNotify"))
+            .build(),
+    )
+    .expect("dispatched");
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ struct Args {
     /// `RUST_LOG` for keygate (its default is `info`: one access-log line per request).
     #[arg(long, default_value = "info")]
     keygate_log: String,
+    /// keygate's `--log-format` (`text`, its default, or `json`).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    keygate_log_format: String,
     /// Mode: run the mock provider.
     #[arg(long)]
     mock: bool,
@@ -279,6 +282,7 @@ fn start(args: &Args, with_bare: bool, env: Vec<(String, String)>) -> Result<Rig
     let keygate = Proc::keygate(&KeygateOpts {
         bin: args.keygate_bin.as_deref(),
         log: &args.keygate_log,
+        log_format: &args.keygate_log_format,
         upstream: mock.addr,
         extra_toml: "",
         env,

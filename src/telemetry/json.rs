@@ -13,12 +13,25 @@ use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Json, Writer};
+use tracing_subscriber::fmt::time::SystemTime as SubscriberTime;
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The `--log-format json` event format (span fields are stored by `JsonFields`).
-pub(crate) struct JsonLine;
+pub(crate) struct JsonLine {
+    /// tracing-subscriber's flattened JSON, for events from the `log` crate (whose real
+    /// target and location are in `log.*` fields that it knows how to read).
+    reference: Format<Json, SubscriberTime>,
+}
+
+impl Default for JsonLine {
+    fn default() -> Self {
+        JsonLine {
+            reference: Format::default().json().flatten_event(true),
+        }
+    }
+}
 
 impl<S, N> FormatEvent<S, N> for JsonLine
 where
@@ -28,28 +41,45 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
+        w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // The line is built in a reused buffer with inlined pushes, then handed over in one
-        // call: `Writer` is a `dyn fmt::Write`, and a call per piece costs more than the copy.
-        LINE.with(|cell| {
-            // A field's `Debug` that logs would re-enter here: it gets a buffer of its own.
-            let mut spare = String::new();
-            let mut reused = cell.try_borrow_mut();
-            let line = match reused.as_deref_mut() {
-                Ok(line) => line,
-                Err(_) => &mut spare,
-            };
-            line.clear();
-            let result = build(line, ctx, event);
-            let written = w.write_str(line);
-            if line.capacity() > MAX_KEPT {
-                *line = String::new();
-            }
-            result.and(written)
-        })
+        if from_log(event) {
+            return self.reference.format_event(ctx, w, event);
+        }
+        with_line(w, |line| build(line, ctx, event))
     }
+}
+
+/// An event made from a `log` crate record (by tracing-log's bridge, which tracing-
+/// subscriber installs): its metadata says only "log", the rest is in its fields.
+pub(super) fn from_log(event: &Event<'_>) -> bool {
+    let meta = event.metadata();
+    meta.target() == "log" && meta.name() == "log event"
+}
+
+/// Builds a line in a reused buffer with inlined pushes, then hands it to `w` in one call:
+/// `Writer` is a `dyn fmt::Write`, and a call per piece costs more than the copy.
+pub(super) fn with_line(
+    mut w: Writer<'_>,
+    build: impl FnOnce(&mut String) -> fmt::Result,
+) -> fmt::Result {
+    LINE.with(|cell| {
+        // A field's `Debug` that logs would re-enter here: it gets a buffer of its own.
+        let mut spare = String::new();
+        let mut reused = cell.try_borrow_mut();
+        let line = match reused.as_deref_mut() {
+            Ok(line) => line,
+            Err(_) => &mut spare,
+        };
+        line.clear();
+        let result = build(line);
+        let written = w.write_str(line);
+        if line.capacity() > MAX_KEPT {
+            *line = String::new();
+        }
+        result.and(written)
+    })
 }
 
 /// Capacity kept between lines (a huge line is not pinned for the thread's life).
@@ -178,8 +208,9 @@ impl Visit for Fields<'_> {
 /// Writes `value` when it is a whole number of thousandths below 10^9 (latencies in ms to
 /// the µs), exactly as `Display` would, without the float formatter: such a value's
 /// shortest round-trip form is its integer part and at most three decimals.
-fn thousandths(line: &mut String, value: f64) -> bool {
-    if !(0.0..1e9).contains(&value) {
+pub(super) fn thousandths(line: &mut String, value: f64) -> bool {
+    // `-0.0` is in `0.0..1e9` but prints as `-0`; NaN fails the comparison.
+    if value.is_sign_negative() || !(0.0..1e9).contains(&value) {
         return false;
     }
     let scaled = (value * 1000.0).round();
@@ -282,7 +313,7 @@ fn escape_into(line: &mut String, s: &str) {
 /// "Bit Twiddling Hacks" (any byte < 0x20, or equal to `"`, `\` or DEL): the strings here
 /// are mostly shorter than a vector register, so a SIMD loop would run its scalar tail.
 #[inline]
-fn is_clean(s: &[u8]) -> bool {
+pub(super) fn is_clean(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Some byte of `v` is zero.
@@ -354,7 +385,7 @@ mod tests {
         let sub = tracing_subscriber::fmt()
             .with_writer(ours.clone())
             .fmt_fields(JsonFields::new())
-            .event_format(JsonLine)
+            .event_format(JsonLine::default())
             .finish();
         tracing::subscriber::with_default(sub, &emit);
         let theirs = Buf::default();
@@ -476,6 +507,23 @@ mod tests {
     }
 
     #[test]
+    fn events_from_the_log_crate_show_their_own_target() {
+        let (ours, theirs) = both(crate::telemetry::emit_log_record);
+        let cut = |mut v: Value| {
+            v.as_object_mut().unwrap().remove("timestamp");
+            v
+        };
+        let ours: Vec<Value> = ours.into_iter().map(cut).collect();
+        let theirs: Vec<Value> = theirs.into_iter().map(cut).collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours[0]["target"], json!("rustls::client::hs"));
+        assert_eq!(
+            ours[0]["message"],
+            json!("Sending warning alert CloseNotify")
+        );
+    }
+
+    #[test]
     fn thousandths_print_as_display_does() {
         let mut checked = 0;
         let values = (0..300_000u64)
@@ -490,7 +538,7 @@ mod tests {
             }
         }
         assert!(checked > 300_000, "the fast path took {checked} values");
-        for v in [0.691226, 4.999979059, 1e9, -1.0, 1.0 / 3.0] {
+        for v in [0.691226, 4.999979059, 1e9, -1.0, 1.0 / 3.0, -0.0, f64::NAN] {
             assert!(!thousandths(&mut String::new(), v), "{v}");
         }
     }

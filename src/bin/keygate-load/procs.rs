@@ -33,6 +33,8 @@ pub(crate) struct KeygateOpts<'a> {
     pub(crate) bin: Option<&'a Path>,
     /// `RUST_LOG` for it.
     pub(crate) log: &'a str,
+    /// Its `--log-format`.
+    pub(crate) log_format: &'a str,
     /// The mock's address.
     pub(crate) upstream: SocketAddr,
     /// Extra TOML appended to the config.
@@ -134,7 +136,13 @@ impl Proc {
             .arg(&config)
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "--log-format",
+                o.log_format,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file));
@@ -154,8 +162,7 @@ impl Proc {
             let found = text
                 .lines()
                 .filter(|l| l.contains("keygate listening"))
-                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .and_then(|v| v["listen"].as_str().and_then(|a| a.parse().ok()));
+                .find_map(listen_addr);
             if let Some(a) = found {
                 p.addr = a;
                 return Ok(p);
@@ -169,6 +176,18 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The address in keygate's "keygate listening" line, JSON (`"listen":"…"`) or text
+/// (`listen=…`).
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        return v["listen"].as_str()?.parse().ok();
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))?
+        .parse()
+        .ok()
 }
 
 impl Drop for Proc {

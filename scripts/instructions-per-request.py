@@ -4,10 +4,14 @@
 Starts the load harness's mock provider and one proxy (keygate, or the bare forwarder) under
 `valgrind --tool=callgrind` on 127.0.0.1, sends N keep-alive requests one at a time, stops
 the proxy, and reads the instruction total. Two runs (300 and 3300 requests) are subtracted,
-so start-up and shutdown cancel out and what is left is the cost of 3000 requests.
+so start-up and shutdown cancel out and what is left is the cost of 3000 requests; the
+median of three such pairs is printed.
 
     cargo build --release --bins
     scripts/instructions-per-request.py keygate json    # or: bare json, keygate sse, bare sse
+    scripts/instructions-per-request.py keygate json json   # keygate with --log-format json
+
+Set KEEP=DIR to keep the callgrind output files (for `callgrind_annotate`).
 
 Kernel time (the socket syscalls, most of a request's CPU) is not counted: this measures
 what keygate adds in user space, not the whole CPU ratio (the load harness does that).
@@ -26,7 +30,7 @@ BIN = os.path.join(ROOT, "target", "release")
 PORT = 18811
 
 
-def run(target, n, mode, work):
+def run(target, n, mode, work, log_format="text"):
     mock = subprocess.Popen([os.path.join(BIN, "keygate-load"), "--mock", "--listen", "127.0.0.1:0"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     upstream = mock.stdout.readline().decode().split()[1]
@@ -40,7 +44,7 @@ def run(target, n, mode, work):
                "--upstream", upstream]
     else:
         cmd = [os.path.join(BIN, "keygate"), "--config", os.path.join(work, "kg.toml"), "--state-dir", work,
-               "--log-format", "json", "serve", "--listen", f"127.0.0.1:{PORT}"]
+               "--log-format", log_format, "serve", "--listen", f"127.0.0.1:{PORT}"]
     env = {"OPENAI_API_KEY": "sk-ok-instructions-0000", "RUST_LOG": "info", "PATH": os.environ["PATH"]}
     proxy = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd, env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -83,10 +87,21 @@ def run(target, n, mode, work):
 def main():
     target = sys.argv[1] if len(sys.argv) > 1 else "keygate"
     mode = sys.argv[2] if len(sys.argv) > 2 else "json"
-    with tempfile.TemporaryDirectory() as work:
-        a = run(target, 300, mode, work)
-        b = run(target, 3300, mode, work)
-    print(f"{target} {mode}: {(b - a) / 3000:.0f} instructions per request")
+    log_format = sys.argv[3] if len(sys.argv) > 3 else "text"
+    # The runtime's idle loop (parking, timer wheel) moves a run by about ±2 %: the median
+    # of three is reported, with the spread.
+    per = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = os.environ.get("KEEP") or tmp
+        os.makedirs(work, exist_ok=True)
+        for _ in range(3):
+            a = run(target, 300, mode, work, log_format)
+            b = run(target, 3300, mode, work, log_format)
+            per.append((b - a) / 3000)
+    per.sort()
+    logs = f", {log_format} logs" if target == "keygate" else ""
+    print(f"{target} {mode}{logs}: {per[1]:.0f} instructions per request "
+          f"(median of 3; {per[0]:.0f}–{per[2]:.0f})")
 
 
 if __name__ == "__main__":

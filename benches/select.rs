@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use keygate::classify::{Reason, RetryHint, Verdict};
 use keygate::config::Config;
@@ -207,6 +207,26 @@ fn body(model: &str) -> Bytes {
     Bytes::from(s)
 }
 
+/// A long agent conversation (as Claude Code sends: ≈ 200 KB of turns with code, newlines,
+/// quotes and non-ASCII text escaped in JSON strings), `model` first.
+fn big_body(model: &str) -> Bytes {
+    let mut s = format!(
+        r#"{{"model":"{model}","max_tokens":32000,"system":[{{"type":"text","text":"You are an agent.\nFollow the rules."}}],"messages":["#
+    );
+    let mut i = 0;
+    while s.len() < 200_000 {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        s.push_str(&format!(
+            r#"{{"role":"{role}","content":[{{"type":"text","text":"Turn {i}: here is the file:\n```rust\nfn main() {{\n    println!(\"héllo — wörld {{}}\", 42);\n}}\n```\nand a path C:\\src\\main.rs with \u00e9 in it. {pad}"}},{{"type":"tool_use","id":"toolu_{i:04}","name":"Read","input":{{"file_path":"/src/lib.rs","limit":200}}}}]}},"#,
+            pad = "lorem ipsum dolor sit amet ".repeat(20)
+        ));
+        i += 1;
+    }
+    s.pop();
+    s.push_str(r#"],"stream":true}"#);
+    Bytes::from(s)
+}
+
 fn inject(c: &mut Criterion) {
     let (reg, _dir) = registry("ANTHROPIC_API_KEYS", 2);
     let pool = reg.agent("main");
@@ -240,6 +260,12 @@ fn inject(c: &mut Criterion) {
     g.bench_function("body_model", |b| {
         b.iter(|| pin::body_model(black_box(&plain)).map(|m| m.span.len()))
     });
+    let big = big_body("claude-sonnet-4-5");
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("body_model_200k", |b| {
+        b.iter(|| pin::body_model(black_box(&big)).map(|m| m.span.len()))
+    });
+    g.throughput(Throughput::Elements(1));
     g.bench_function("body_model_pin_rewrite", |b| {
         b.iter(|| {
             let bm = pin::body_model(black_box(&pinned)).expect("model");

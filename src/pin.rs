@@ -12,8 +12,6 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// The longest model name the proxy accepts, in bytes; [`body_model`] still returns longer
 /// ones so the caller can reject them with a clear error.
@@ -28,40 +26,31 @@ pub struct BodyModel<'a> {
     pub span: Range<usize>,
 }
 
-/// Only the top-level `model` member; every other member is skipped without being
-/// collected, so nested `model` keys (inside `messages`, tools, …) are never seen.
-#[derive(Deserialize)]
-struct TopLevel<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-}
-
 /// The top-level JSON `model` string of `body`, borrowed where possible, with the byte range
-/// of its string literal. Does not copy the body.
+/// of its string literal. Does not copy the body, and does not parse more of it than the
+/// top level (see `scan`: the rest is skipped, not validated).
 ///
-/// Returns `None` for: bodies that are not a JSON object (or not valid JSON), bodies without
-/// a top-level `model`, a `model` that is not a string (including `null`), and bodies with
-/// more than one top-level `model` member (ambiguous: which one the provider reads is not
-/// ours to guess).
+/// Returns `None` for: bodies that are not a JSON object (or do not scan as one), bodies
+/// without a top-level `model`, a `model` that is not a valid JSON string (including
+/// `null`), and bodies with more than one top-level `model` member (ambiguous: which one the
+/// provider reads is not ours to guess).
 pub fn body_model(body: &[u8]) -> Option<BodyModel<'_>> {
-    let top: TopLevel<'_> = serde_json::from_slice(body).ok()?;
-    let raw = top.model?.get();
-    if !raw.starts_with('"') {
-        return None;
-    }
-    // `raw` borrows from `body` (from_slice + borrowed RawValue), so its offset in `body` is
-    // the difference of the two addresses; no unsafe needed.
-    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let span = start..start + raw.len();
-    if body.get(span.clone())? != raw.as_bytes() {
+    let span = scan::top_level_member(body, "model")?;
+    let raw = &body[span.clone()];
+    if raw.first() != Some(&b'"') {
         return None;
     }
     let inner = &raw[1..raw.len() - 1];
-    let model = if inner.contains('\\') {
-        Cow::Owned(serde_json::from_str::<String>(raw).ok()?)
+    let model = if inner.contains(&b'\\') {
+        Cow::Owned(serde_json::from_slice::<String>(raw).ok()?)
     } else {
-        // A validated JSON string literal without escapes is its own content.
-        Cow::Borrowed(inner)
+        // Without escapes, a JSON string is its own content once it is UTF-8 without
+        // control characters (which JSON does not allow raw).
+        let s = std::str::from_utf8(inner).ok()?;
+        if s.bytes().any(|b| b < 0x20) {
+            return None;
+        }
+        Cow::Borrowed(s)
     };
     Some(BodyModel { model, span })
 }
@@ -201,6 +190,8 @@ fn is_model_suffix(s: &str) -> bool {
     }
     matches!(s.as_str(), "bf16" | "nf4" | "mxfp4")
 }
+
+mod scan;
 
 #[cfg(test)]
 mod tests;

@@ -142,3 +142,156 @@ fn split_pin_table() {
         }
     }
 }
+
+/// What `body_model` answered when it parsed the whole body with serde: the oracle for the
+/// scanner on valid JSON.
+fn reference(body: &[u8]) -> Option<(String, Range<usize>)> {
+    #[derive(serde::Deserialize)]
+    struct TopLevel<'a> {
+        #[serde(borrow, default)]
+        model: Option<&'a serde_json::value::RawValue>,
+    }
+    let top: TopLevel<'_> = serde_json::from_slice(body).ok()?;
+    let raw = top.model?.get();
+    if !raw.starts_with('"') {
+        return None;
+    }
+    let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+    let model: String = serde_json::from_str(raw).ok()?;
+    Some((model, start..start + raw.len()))
+}
+
+/// A small deterministic generator (xorshift), so the generated bodies are the same on
+/// every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len() as u64) as usize]
+    }
+    /// A string with the characters that trip scanners: quotes, backslashes, brackets,
+    /// braces, colons, commas, control characters and non-ASCII.
+    fn text(&mut self) -> String {
+        let parts = [
+            "a",
+            "model",
+            "\"",
+            "\\",
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            " ",
+            "\n",
+            "\t",
+            "\u{1}",
+            "é",
+            "😀",
+            "\\\"",
+            "\"model\":\"x\"",
+            "@",
+            "/",
+            "\u{7f}",
+        ];
+        (0..self.below(8)).map(|_| self.pick(&parts)).collect()
+    }
+    fn value(&mut self, depth: u32) -> serde_json::Value {
+        use serde_json::{json, Value};
+        match self.below(if depth > 3 { 5 } else { 8 }) {
+            0 => Value::Null,
+            1 => json!(self.below(2) == 0),
+            2 => json!(self.below(100_000) as f64 / 7.0 - 50.0),
+            3 | 4 => json!(self.text()),
+            5 | 6 => {
+                let mut m = serde_json::Map::new();
+                for _ in 0..self.below(4) {
+                    let k = if self.below(3) == 0 {
+                        "model".to_owned()
+                    } else {
+                        self.text()
+                    };
+                    m.insert(k, self.value(depth + 1));
+                }
+                Value::Object(m)
+            }
+            _ => Value::Array((0..self.below(4)).map(|_| self.value(depth + 1)).collect()),
+        }
+    }
+}
+
+#[test]
+fn the_scanner_agrees_with_a_full_parse_on_generated_bodies() {
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut with_model = 0;
+    for n in 0..20_000 {
+        // Top-level members written out by hand, so that keys may repeat and `model` may be
+        // spelt with escapes; values and keys in serde's own JSON.
+        let mut members = Vec::new();
+        for _ in 0..g.below(6) {
+            let key = match g.below(6) {
+                0 | 1 => "\"model\"".to_owned(),
+                2 => "\"mod\\u0065l\"".to_owned(),
+                3 => "\"Model\"".to_owned(),
+                _ => serde_json::to_string(&g.text()).unwrap(),
+            };
+            let value = if g.below(2) == 0 {
+                serde_json::to_string(&g.text()).unwrap()
+            } else {
+                let v = g.value(0);
+                if g.below(2) == 0 {
+                    serde_json::to_string_pretty(&v).unwrap()
+                } else {
+                    serde_json::to_string(&v).unwrap()
+                }
+            };
+            let ws = g.pick(&["", " ", "\n  ", "\t"]);
+            members.push(format!("{ws}{key}{ws}:{ws}{value}{ws}"));
+        }
+        let body = format!(
+            "{}{{{}}}{}",
+            g.pick(&["", " ", "\n"]),
+            members.join(","),
+            g.pick(&["", "\n"])
+        );
+        let ours = body_model(body.as_bytes()).map(|m| (m.model.into_owned(), m.span));
+        assert_eq!(ours, reference(body.as_bytes()), "body {n}: {body}");
+        with_model += usize::from(ours.is_some());
+    }
+    assert!(with_model > 2_000, "only {with_model} bodies had a model");
+}
+
+#[test]
+fn malformed_bodies_do_not_panic_and_mostly_give_nothing() {
+    // Every prefix of a body, and bodies with a byte flipped: the scanner must stop cleanly.
+    let body = r#"{"a":[1,{"b":"c\"}]"}],"model" : "x\\y","z":{"model":"no"}}"#;
+    assert_eq!(body_model(body.as_bytes()).unwrap().model, "x\\y");
+    for end in 0..body.len() {
+        assert_eq!(body_model(&body.as_bytes()[..end]), None, "prefix {end}");
+    }
+    let mut g = Gen(7);
+    for _ in 0..20_000 {
+        let mut b = body.as_bytes().to_vec();
+        let at = g.below(b.len() as u64) as usize;
+        b[at] = *g
+            .pick(&["\"", "\\", "{", "}", "[", "]", ",", ":", " ", "x"])
+            .as_bytes()
+            .first()
+            .unwrap();
+        if let Some(m) = body_model(&b) {
+            // Whatever it finds is a real string literal of the body.
+            assert_eq!(b[m.span.start], b'"');
+            assert_eq!(b[m.span.end - 1], b'"');
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 
 pub use server::{run, Listeners};
 

@@ -215,6 +215,35 @@ impl Write for LineWriter<'_> {
     }
 }
 
+/// What the formatters' tests share.
+#[cfg(test)]
+mod test_support {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// A log destination that keeps everything written to it.
+    #[derive(Clone, Default)]
+    pub(super) struct Buf(pub(super) Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+}
+
 /// Emits a `log` crate record through tracing-log's bridge, as a dependency logging with
 /// `log` (rustls) does once the subscriber is installed.
 #[cfg(test)]

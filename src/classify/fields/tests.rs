@@ -5,6 +5,7 @@
 use serde_json::Map;
 
 use super::*;
+use crate::testing::XorShift;
 
 /// The `Value`-based reading the typed parse replaced, byte for byte.
 fn reference(body: &[u8]) -> ErrorFields {
@@ -457,22 +458,14 @@ fn rejects_what_value_rejects() {
     assert_same(b"\xff\xfe plain");
 }
 
-/// A small deterministic generator (xorshift) of error-shaped JSON: the keys the parse
-/// reads, at every level, with values of every type, repeated keys and escapes.
-struct Gen(u64);
+/// Error-shaped JSON, generated: the keys the parse reads, at every level, with values of
+/// every type, repeated keys and escapes.
+trait ErrorJson {
+    fn value(&mut self, depth: u32, out: &mut String);
+    fn object(&mut self, depth: u32, out: &mut String);
+}
 
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-
+impl ErrorJson for XorShift {
     fn value(&mut self, depth: u32, out: &mut String) {
         let kind = if depth == 0 {
             self.next() % 5
@@ -556,7 +549,7 @@ impl Gen {
 
 #[test]
 fn matches_value_reading_on_generated_bodies() {
-    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut g = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut body = String::new();
     for _ in 0..20_000 {
         body.clear();
@@ -576,7 +569,7 @@ fn matches_value_reading_on_generated_bodies() {
 
 #[test]
 fn masking_matches_the_two_pass_version() {
-    let mut g = Gen(0x2545_f491_4f6c_dd1d);
+    let mut g = XorShift(0x2545_f491_4f6c_dd1d);
     let parts = [
         "a",
         "B",

@@ -11,7 +11,8 @@
 //! only a partial line is carried over, at most [`LINE_LIMIT`] bytes (a longer line is
 //! dropped whole, the same way in every chunking). JSON is parsed only for error events,
 //! for data lines before the commit point of a data-only stream (to see whether the chunk
-//! carries content), and for later data lines that contain `"error"`.
+//! carries content: read by serde into four yes/no answers, see `chunk`), and for later
+//! data lines that contain `"error"`.
 //!
 //! What counts (decisions):
 //! - Anthropic: `content_block_start` / `content_block_delta` are content; `message_stop`
@@ -45,6 +46,8 @@ use super::eventstream::{EventStreamDecoder, Frame};
 use super::fields::{aws_name, ErrorFields};
 use super::rules::{self, Family};
 use super::{hint, Reason, Verdict};
+
+mod chunk;
 
 /// Longest line kept across chunks; a longer line is dropped whole.
 pub const LINE_LIMIT: usize = 16 * 1024;
@@ -376,48 +379,31 @@ impl SseScanner {
         if !self.saw_content && self.flavor == Flavor::Unknown {
             self.probe_budget = self.probe_budget.saturating_sub(1);
         }
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        let Some(shape) = chunk::read(data) else {
             return;
         };
-        let Some(obj) = v.as_object() else {
-            return;
-        };
-        if obj.get("error").is_some_and(|e| !e.is_null()) {
-            self.on_error(&ErrorFields::from_root_value(&v), out);
+        if shape.error {
+            // Rare: the error's fields are read from the whole chunk.
+            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                self.on_error(&ErrorFields::from_root_value(&v), out);
+            }
             return;
         }
-        if let Some(Value::Array(choices)) = obj.get("choices") {
+        if let Some(choices) = shape.choices {
             self.flavor = Flavor::Chat;
-            if choices
-                .iter()
-                .any(|c| c.get("finish_reason").and_then(Value::as_str) == Some("error"))
-            {
+            if choices.error {
                 self.on_error(&ErrorFields::default(), out);
-                return;
-            }
-            // Chat deltas, and legacy completions' `text`.
-            if choices.iter().any(|c| {
-                c.get("delta").is_some_and(delta_has_content)
-                    || c.get("text").is_some_and(non_empty)
-            }) {
+            } else if choices.content {
                 self.on_content(out);
             }
             return;
         }
-        if let Some(Value::Array(cands)) = obj.get("candidates") {
+        if let Some(cands) = shape.candidates {
             self.flavor = Flavor::Gemini;
-            let content = cands.iter().any(|c| {
-                c.pointer("/content/parts")
-                    .and_then(Value::as_array)
-                    .is_some_and(|parts| parts.iter().any(non_empty))
-            });
-            if content {
+            if cands.content {
                 self.on_content(out);
             }
-            if cands
-                .iter()
-                .any(|c| c.get("finishReason").is_some_and(|r| !r.is_null()))
-            {
+            if cands.finished {
                 self.on_terminal(out);
             }
         }
@@ -512,21 +498,5 @@ fn leading_type(v: &[u8]) -> Option<&[u8]> {
 }
 
 /// An OpenAI delta carries content when a field other than `role` has a non-empty value.
-fn delta_has_content(delta: &Value) -> bool {
-    delta
-        .as_object()
-        .is_some_and(|d| d.iter().any(|(k, v)| k != "role" && non_empty(v)))
-}
-
-fn non_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty() && o.values().any(non_empty),
-        Value::Bool(_) | Value::Number(_) => true,
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@
 //! a faster `FormatEvent`; the escaping is JSON's (RFC 8259 §7), nothing more.
 
 use std::fmt::{self, Write as _};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -96,11 +96,7 @@ where
 {
     let meta = event.metadata();
     line.push_str("{\"timestamp\":\"");
-    write!(
-        line,
-        "{}",
-        humantime::format_rfc3339_micros(SystemTime::now())
-    )?;
+    timestamp(line)?;
     line.push_str("\",\"level\":\"");
     line.push_str(meta.level().as_str());
     line.push('"');
@@ -138,6 +134,19 @@ where
     }
     line.push_str("}\n");
     Ok(())
+}
+
+/// The current time, RFC 3339 to the microsecond (`2026-11-30T02:27:39.290972Z`).
+/// `humantime` panics on a time before 1970 or after 9999; a clock set there prints the
+/// nearest of the two instead.
+pub(super) fn timestamp(line: &mut String) -> fmt::Result {
+    rfc3339(line, SystemTime::now())
+}
+
+fn rfc3339(line: &mut String, t: SystemTime) -> fmt::Result {
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let t = t.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST);
+    write!(line, "{}", humantime::format_rfc3339_micros(t))
 }
 
 /// Writes each field as `,"name":value`.
@@ -498,6 +507,27 @@ mod tests {
         assert_eq!(
             ours[0]["message"],
             json!("Sending warning alert CloseNotify")
+        );
+    }
+
+    #[test]
+    fn clocks_out_of_range_print_the_nearest_bound() {
+        let at = |t: SystemTime| {
+            let mut line = String::new();
+            rfc3339(&mut line, t).unwrap();
+            line
+        };
+        assert_eq!(
+            at(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            at(UNIX_EPOCH + Duration::from_secs(400 * 365 * 86_400 * 100)),
+            "9999-12-31T23:59:59.000000Z"
+        );
+        assert_eq!(
+            at(UNIX_EPOCH + Duration::from_micros(1_764_470_859_290_972)),
+            "2025-11-30T02:47:39.290972Z"
         );
     }
 

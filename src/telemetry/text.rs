@@ -14,7 +14,6 @@
 //! two formatters' output on the same events.
 
 use std::fmt::{self, Write as _};
-use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -26,7 +25,7 @@ use tracing_subscriber::fmt::time::SystemTime as SubscriberTime;
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::json::{from_log, is_clean, thousandths, with_line};
+use super::json::{from_log, is_clean, thousandths, timestamp, with_line};
 
 /// The `--log-format text` event format.
 #[derive(Default)]
@@ -59,11 +58,7 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     let meta = event.metadata();
-    write!(
-        line,
-        "{}",
-        humantime::format_rfc3339_micros(SystemTime::now())
-    )?;
+    timestamp(line)?;
     line.push_str(match *meta.level() {
         Level::TRACE => " TRACE ",
         Level::DEBUG => " DEBUG ",

@@ -110,15 +110,19 @@ fn typed(data: &[u8]) -> Option<Shape> {
     let top: Top<'_> = serde_json::from_slice(data).ok()?;
     let array = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get().starts_with('['));
     let choices = match top.choices {
-        Some(raw) if array(top.choices) => {
-            Some(serde_json::from_str::<Each<Choice>>(raw.get()).ok()?.0)
-        }
+        Some(raw) if array(top.choices) => Some(
+            serde_json::from_str::<Each<Choice, Choices>>(raw.get())
+                .ok()?
+                .0,
+        ),
         _ => None,
     };
     let candidates = match top.candidates {
-        Some(raw) if array(top.candidates) => {
-            Some(serde_json::from_str::<Each<Candidate>>(raw.get()).ok()?.0)
-        }
+        Some(raw) if array(top.candidates) => Some(
+            serde_json::from_str::<Each<Candidate, Candidates>>(raw.get())
+                .ok()?
+                .0,
+        ),
         _ => None,
     };
     Some(Shape {
@@ -139,33 +143,73 @@ struct Top<'a> {
     candidates: Option<&'a RawValue>,
 }
 
-/// One element of `choices` or `candidates`, folded into the summary `S`.
-trait Element: Sized {
-    type Summary: Default;
-    fn fold(self, into: &mut Self::Summary);
+/// One element of `choices` or `candidates`, read as an object (see [`Members`]) and
+/// folded into the array's summary `S`.
+trait Element<S>: for<'de> Members<'de> {
+    fn fold(self, into: &mut S);
 }
 
-/// An array of `E`s, folded into one summary.
-struct Each<E: Element>(E::Summary);
+/// An array of `E`s, folded into one summary `S`.
+struct Each<E, S>(S, std::marker::PhantomData<E>);
 
-impl<'de, E: Element + Deserialize<'de>> Deserialize<'de> for Each<E> {
+impl<'de, E: Element<S>, S: Default> Deserialize<'de> for Each<E, S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<E>(std::marker::PhantomData<E>);
-        impl<'de, E: Element + Deserialize<'de>> Visitor<'de> for V<E> {
-            type Value = Each<E>;
+        struct V<E, S>(std::marker::PhantomData<(E, S)>);
+        impl<'de, E: Element<S>, S: Default> Visitor<'de> for V<E, S> {
+            type Value = Each<E, S>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an array")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Each<E>, A::Error> {
-                let mut summary = E::Summary::default();
-                while let Some(e) = seq.next_element::<E>()? {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Each<E, S>, A::Error> {
+                let mut summary = S::default();
+                while let Some(Object(e)) = seq.next_element::<Object<E>>()? {
                     e.fold(&mut summary);
                 }
-                Ok(Each(summary))
+                Ok(Each(summary, std::marker::PhantomData))
             }
         }
         d.deserialize_seq(V(std::marker::PhantomData))
     }
+}
+
+/// An object read member by member: [`Members::member`] reads the value of a key it knows
+/// and says so; other keys are skipped.
+trait Members<'de>: Default {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
+}
+
+/// A `T` read from an object only: an array (which a derived struct would take, field by
+/// position) or a scalar is refused, and so is a known key seen twice (the `Value`
+/// reading keeps the last one).
+struct Object<T>(T);
+
+impl<'de, T: Members<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Members<'de>> Visitor<'de> for V<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                read_object(map).map(Object)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+fn read_object<'de, A: MapAccess<'de>, T: Members<'de>>(mut map: A) -> Result<T, A::Error> {
+    let mut seen = Seen::default();
+    let mut out = T::default();
+    while let Some(key) = map.next_key::<&'de str>()? {
+        if out.member(key, &mut map)? {
+            seen.add(key)?;
+        } else {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    Ok(out)
 }
 
 /// Keys seen in one object, to refuse a repeated one (the `Value` reading keeps the last).
@@ -193,93 +237,69 @@ impl<'de> Seen<'de> {
     }
 }
 
-/// A `choices[]` element: only objects are taken (an array would be a `Value` non-match).
+/// A `choices[]` element.
+#[derive(Default)]
 struct Choice {
     error: bool,
-    content: bool,
+    delta: bool,
+    text: bool,
 }
 
-impl Element for Choice {
-    type Summary = Choices;
+impl<'de> Members<'de> for Choice {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "finish_reason" => self.error = map.next_value::<IsError>()?.0,
+            "delta" => self.delta = map.next_value::<DeltaContent>()?.0,
+            "text" => self.text = map.next_value::<NonEmpty>()?.0,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl Element<Choices> for Choice {
     fn fold(self, into: &mut Choices) {
         into.error |= self.error;
-        into.content |= self.content;
+        into.content |= self.delta || self.text;
     }
 }
 
-impl<'de> Deserialize<'de> for Choice {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Choice;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a choice object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Choice, A::Error> {
-                let mut seen = Seen::default();
-                let (mut error, mut delta, mut text) = (false, false, false);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "finish_reason" => error = map.next_value::<IsError>()?.0,
-                        "delta" => delta = map.next_value::<DeltaContent>()?.0,
-                        "text" => text = map.next_value::<NonEmpty>()?.0,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    }
-                    seen.add(key)?;
-                }
-                Ok(Choice {
-                    error,
-                    content: delta || text,
-                })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A `candidates[]` element (objects only).
+/// A `candidates[]` element.
+#[derive(Default)]
 struct Candidate {
     content: bool,
     finished: bool,
 }
 
-impl Element for Candidate {
-    type Summary = Candidates;
+impl<'de> Members<'de> for Candidate {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        match key {
+            "content" => self.content = map.next_value::<PartsContent>()?.0,
+            "finishReason" => self.finished = map.next_value::<NotNull>()?.0,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl Element<Candidates> for Candidate {
     fn fold(self, into: &mut Candidates) {
         into.content |= self.content;
         into.finished |= self.finished;
     }
 }
 
-impl<'de> Deserialize<'de> for Candidate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Candidate;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a candidate object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Candidate, A::Error> {
-                let mut seen = Seen::default();
-                let (mut content, mut finished) = (false, false);
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    match key {
-                        "content" => content = map.next_value::<PartsContent>()?.0,
-                        "finishReason" => finished = map.next_value::<NotNull>()?.0,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    }
-                    seen.add(key)?;
-                }
-                Ok(Candidate { content, finished })
-            }
+/// `content` as far as `content.parts` goes.
+#[derive(Default)]
+struct Parts(bool);
+
+impl<'de> Members<'de> for Parts {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        if key != "parts" {
+            return Ok(false);
         }
-        d.deserialize_map(V)
+        self.0 = map.next_value::<PartsArray>()?.0;
+        Ok(true)
     }
 }
 
@@ -423,19 +443,7 @@ any_value!(
         drain_seq(&mut seq)?;
         false
     },
-    |map| {
-        let mut seen = Seen::default();
-        let mut parts = false;
-        while let Some(key) = map.next_key::<&'de str>()? {
-            if key == "parts" {
-                parts = map.next_value::<PartsArray>()?.0;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-            seen.add(key)?;
-        }
-        parts
-    }
+    |map| read_object::<_, Parts>(&mut map)?.0
 );
 
 // An array with a non-empty element.

@@ -725,18 +725,25 @@ impl tokio::io::AsyncWrite for FirstByteSent {
     }
 }
 
-#[tokio::test]
-async fn an_http2_preface_split_after_its_first_byte_is_served_as_http2() {
+/// A connection to keygate that has sent only `P`, which could begin either an HTTP/1.1
+/// `POST` or the HTTP/2 preface (`PRI * HTTP/2.0`): keygate must wait for more before it
+/// chooses.
+async fn connect_and_send_p(kg: &Keygate) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let mock = MockProvider::start().await;
-    let kg = standard(&mock).await;
     let mut s = tokio::net::TcpStream::connect(kg.addr)
         .await
         .expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    // `P` alone could begin either protocol: keygate must wait for more before choosing.
     s.write_all(b"P").await.expect("write");
     tokio::time::sleep(Duration::from_millis(30)).await;
+    s
+}
+
+#[tokio::test]
+async fn an_http2_preface_split_after_its_first_byte_is_served_as_http2() {
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    let s = connect_and_send_p(&kg).await;
     let io = hyper_util::rt::TokioIo::new(FirstByteSent {
         inner: s,
         skipped: false,
@@ -768,14 +775,7 @@ async fn a_request_line_split_across_segments_is_served_as_http1() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockProvider::start().await;
     let kg = standard(&mock).await;
-    let mut s = tokio::net::TcpStream::connect(kg.addr)
-        .await
-        .expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    // `P` alone could still begin the HTTP/2 preface (`PRI * HTTP/2.0`): keygate must wait
-    // for more bytes, then serve HTTP/1.1.
-    s.write_all(b"P").await.expect("write");
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut s = connect_and_send_p(&kg).await;
     s.write_all(
         b"OST /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
     )

@@ -15,17 +15,22 @@
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::cooldown::Scope;
+use crate::inbound::Outcome;
+use crate::proxy::service::browser_error;
 use crate::proxy::{AppState, ProxyBody, ProxyError};
 
 /// Answers a reserved path, or returns `None` for anything that should be proxied.
-/// `private` says whether the admin-only endpoints are served on this listener.
+/// `private` says whether the admin-only endpoints are served on this listener; `peer`
+/// is the client address the admin token's lockout is counted for.
 pub async fn reserved<B>(
     state: &Arc<AppState>,
+    peer: IpAddr,
     req: &Request<B>,
     private: bool,
 ) -> Option<Response<ProxyBody>> {
@@ -34,7 +39,7 @@ pub async fn reserved<B>(
         "/readyz" => readyz(state),
         "/metrics" if private => metrics(state),
         "/metrics" => ProxyError::NotFound.into_response(None),
-        "/_keygate/status" if private => status(state, req).await,
+        "/_keygate/status" if private => status(state, peer, req).await,
         "/_keygate/status" => ProxyError::NotFound.into_response(None),
         p if p.starts_with("/_keygate/") => ProxyError::NotFound.into_response(None),
         _ => return None,
@@ -43,8 +48,12 @@ pub async fn reserved<B>(
 }
 
 /// Serves a request on the dedicated admin listener: reserved paths only.
-pub async fn handle_admin<B>(state: &Arc<AppState>, req: Request<B>) -> Response<ProxyBody> {
-    match reserved(state, &req, true).await {
+pub async fn handle_admin<B>(
+    state: &Arc<AppState>,
+    peer: IpAddr,
+    req: Request<B>,
+) -> Response<ProxyBody> {
+    match reserved(state, peer, &req, true).await {
         Some(r) => r,
         None => ProxyError::NotFound.into_response(None),
     }
@@ -94,28 +103,26 @@ fn readyz(state: &AppState) -> Response<ProxyBody> {
     }
 }
 
-async fn status<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<ProxyBody> {
+async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Response<ProxyBody> {
     let Some(token) = &state.config.admin.token else {
         return ProxyError::NotFound.into_response(None);
     };
-    let h = req.headers();
-    let presented = h
-        .get("x-keygate-admin-token")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            h.get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        });
-    let ok = presented.is_some_and(|p| {
-        use subtle::ConstantTimeEq;
-        p.len() == token.expose().len() && bool::from(p.as_bytes().ct_eq(token.expose().as_bytes()))
-    });
-    if !ok {
-        return ProxyError::Unauthorized(
+    // A browser page must not use an admin token it finds in the browser (SPEC §4).
+    if let Err(b) = state.gate.origin(req.headers()) {
+        return browser_error(b).into_response(None);
+    }
+    let refused = match state.gate.check_admin(peer, req.headers(), token.expose()) {
+        Outcome::Allowed { .. } => None,
+        Outcome::LockedOut { retry_after } => Some(ProxyError::LockedOut { retry_after }),
+        Outcome::Ambiguous => Some(ProxyError::BadRequest(
+            "the request carries more than one admin token: send it once".into(),
+        )),
+        _ => Some(ProxyError::Unauthorized(
             "admin token required (Authorization: Bearer or x-keygate-admin-token)",
-        )
-        .into_response(None);
+        )),
+    };
+    if let Some(e) = refused {
+        return e.into_response(None);
     }
     let agent = req
         .uri()

@@ -29,6 +29,9 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const LOCKOUT: Duration = Duration::from_secs(300);
 /// Bound on remembered lockouts and on the governor's per-IP state.
 const MAX_TRACKED_IPS: usize = 65_536;
+/// Credential carriers examined per request (headers and `key=` parameters); a request
+/// with more is refused like one with two distinct values. Real clients send one or two.
+pub const MAX_CARRIERS: usize = 16;
 
 /// The verdict on one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,6 +45,11 @@ pub enum Outcome {
     Missing,
     /// A credential was presented and is wrong (counted).
     Wrong,
+    /// More than one distinct credential value (or more than [`MAX_CARRIERS`] carriers) in
+    /// one request: refused before any comparison, counted as one failure.
+    Ambiguous,
+    /// Trusted-proxy mode: the identity header came more than once (or as a list).
+    DuplicateIdentity,
     /// The request came from an untrusted source or asserted a forbidden agent.
     Forbidden(&'static str),
     /// This IP is locked out after repeated failures.
@@ -60,6 +68,27 @@ pub struct Gatekeeper {
     trusted: Vec<ipnet::IpNet>,
     identity_header: http::HeaderName,
     allow_agents: Option<Vec<String>>,
+    allowed_origins: Vec<String>,
+    /// Gateway credential failures.
+    gateway: Lockout,
+    /// Admin token failures, counted apart from the gateway's.
+    admin: Lockout,
+}
+
+/// Why a request was refused as coming from a browser page (SPEC §4).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Browser {
+    /// Mode `none` and a `Host` (or `:authority`) that is not a loopback name or address.
+    ForeignHost,
+    /// An `Origin` that is neither loopback nor listed in `[gateway] allowed_origins`.
+    ForeignOrigin,
+}
+
+/// Failures per IP and the lockouts they lead to.
+#[derive(Debug)]
+struct Lockout {
+    /// What is being guessed, for the log line.
+    what: &'static str,
     failures: DefaultKeyedRateLimiter<IpAddr>,
     lockouts: Mutex<HashMap<IpAddr, Instant>>,
 }
@@ -88,12 +117,6 @@ pub fn effective_mode(
 impl Gatekeeper {
     /// Builds the checker for an already-validated mode.
     pub fn new(cfg: &GatewayAuth, mode: AuthMode) -> Self {
-        // 10 failures per 60 s: a burst of 9 plus one more is the 10th failure, which
-        // trips the lockout; the bucket refills one cell every 6 s.
-        let per = FAILURE_WINDOW / MAX_FAILURES;
-        let quota = Quota::with_period(per)
-            .expect("the failure period is non-zero")
-            .allow_burst(NonZeroU32::new(MAX_FAILURES - 1).expect("MAX_FAILURES > 1"));
         Self {
             mode,
             tokens: cfg.tokens.clone(),
@@ -101,9 +124,84 @@ impl Gatekeeper {
             trusted: cfg.trusted_cidrs.clone(),
             identity_header: cfg.identity_header.clone(),
             allow_agents: cfg.allow_agents.clone(),
-            failures: RateLimiter::keyed(quota),
-            lockouts: Mutex::new(HashMap::new()),
+            allowed_origins: cfg.allowed_origins.clone(),
+            gateway: Lockout::new("gateway token"),
+            admin: Lockout::new("admin token"),
         }
+    }
+
+    /// The rule that browsers are not clients (SPEC §4), checked before any credential:
+    /// an `Origin` that is not loopback nor allowed, and in mode `none` a `Host` (HTTP/1) or
+    /// `:authority` (HTTP/2, or an absolute-form target) that is not loopback. A header
+    /// lookup and a scan of its bytes; nothing is allocated.
+    pub fn browser(&self, parts: &Parts) -> Result<(), Browser> {
+        self.origin(&parts.headers)?;
+        if self.mode == AuthMode::None {
+            let host_ok = parts.uri.authority().is_none_or(|a| loopback_host(a.as_str()))
+                && parts
+                    .headers
+                    .get_all(http::header::HOST)
+                    .iter()
+                    .all(|h| h.to_str().is_ok_and(loopback_host));
+            if !host_ok {
+                return Err(Browser::ForeignHost);
+            }
+        }
+        Ok(())
+    }
+
+    /// The `Origin` half of [`Gatekeeper::browser`], also applied to `/_keygate/status`.
+    pub fn origin(&self, headers: &HeaderMap) -> Result<(), Browser> {
+        let mut origins = headers.get_all(http::header::ORIGIN).iter();
+        let Some(origin) = origins.next() else {
+            return Ok(());
+        };
+        let ok = origins.next().is_none()
+            && origin.to_str().is_ok_and(|o| {
+                origin_host(o).is_some_and(loopback_host)
+                    || self
+                        .allowed_origins
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(o))
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(Browser::ForeignOrigin)
+        }
+    }
+
+    /// Checks the admin token (`x-keygate-admin-token` or `Authorization: Bearer`) with its
+    /// own lockout; failures are logged with the peer, never with the value tried.
+    pub fn check_admin(&self, peer: IpAddr, headers: &HeaderMap, token: &str) -> Outcome {
+        if let Some(retry_after) = self.admin.locked_out(peer) {
+            return Outcome::LockedOut { retry_after };
+        }
+        let values = headers
+            .get_all("x-keygate-admin-token")
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .chain(bearer_values(headers))
+            .filter(|s| !s.is_empty());
+        let outcome = match single_value(values) {
+            Err(()) => Outcome::Ambiguous,
+            Ok(None) => Outcome::Missing,
+            Ok(Some(v)) if ct_eq(v, token) => Outcome::Allowed {
+                agent: "main".into(),
+            },
+            Ok(Some(_)) => Outcome::Wrong,
+        };
+        if matches!(outcome, Outcome::Wrong | Outcome::Ambiguous) {
+            tracing::warn!(%peer, "admin token rejected");
+            self.admin.record_failure(peer);
+        }
+        outcome
+    }
+
+    /// The header to remove before forwarding: trusted-proxy mode's identity header.
+    pub fn identity_header(&self) -> Option<&http::HeaderName> {
+        (self.mode == AuthMode::TrustedProxy).then_some(&self.identity_header)
     }
 
     /// The mode in force.
@@ -113,7 +211,7 @@ impl Gatekeeper {
 
     /// Decides whether the request may pass and as which agent.
     pub fn check(&self, peer: IpAddr, parts: &Parts) -> Outcome {
-        if let Some(retry_after) = self.locked_out(peer) {
+        if let Some(retry_after) = self.gateway.locked_out(peer) {
             return Outcome::LockedOut { retry_after };
         }
         let outcome = match self.mode {
@@ -123,36 +221,36 @@ impl Gatekeeper {
             AuthMode::TrustedProxy => self.trusted_proxy(peer, &parts.headers),
             AuthMode::Token | AuthMode::Password => self.secret(parts),
         };
-        if outcome == Outcome::Wrong {
-            self.record_failure(peer);
+        if matches!(outcome, Outcome::Wrong | Outcome::Ambiguous) {
+            self.gateway.record_failure(peer);
         }
         outcome
     }
 
     fn secret(&self, parts: &Parts) -> Outcome {
-        let mut presented = false;
+        // One request, one credential (SPEC §4): the values are compared with each other
+        // (client data, nothing secret) before the one left is compared with the secrets.
+        let value = match single_value(presented_secrets(parts)) {
+            Err(()) => return Outcome::Ambiguous,
+            Ok(None) => return Outcome::Missing,
+            Ok(Some(v)) => v,
+        };
         let mut matched: Option<&GatewayToken> = None;
         let mut password_ok = false;
-        for value in presented_secrets(parts) {
-            presented = true;
-            match self.mode {
-                AuthMode::Password => {
-                    if let Some(p) = &self.password {
-                        password_ok |= ct_eq(value, p.expose());
-                    }
+        match self.mode {
+            AuthMode::Password => {
+                if let Some(p) = &self.password {
+                    password_ok = ct_eq(value, p.expose());
                 }
-                _ => {
-                    // Compare against every token without an early exit.
-                    for t in &self.tokens {
-                        if ct_eq(value, t.secret.expose()) && matched.is_none() {
-                            matched = Some(t);
-                        }
+            }
+            _ => {
+                // Compare against every token without an early exit.
+                for t in &self.tokens {
+                    if ct_eq(value, t.secret.expose()) && matched.is_none() {
+                        matched = Some(t);
                     }
                 }
             }
-        }
-        if !presented {
-            return Outcome::Missing;
         }
         if password_ok {
             return Outcome::Allowed {
@@ -191,8 +289,14 @@ impl Gatekeeper {
         if !self.trusted.iter().any(|n| n.contains(&peer)) {
             return Outcome::Forbidden("source address is not a trusted proxy");
         }
-        let Some(agent) = headers
-            .get(&self.identity_header)
+        let mut values = headers.get_all(&self.identity_header).iter();
+        let first = values.next();
+        // A front proxy that appends must not let the client choose: more than one value
+        // (two field lines, or one comma-joined list, RFC 9110 §5.3) is refused.
+        if values.next().is_some() || first.is_some_and(|v| v.as_bytes().contains(&b',')) {
+            return Outcome::DuplicateIdentity;
+        }
+        let Some(agent) = first
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|a| !a.is_empty())
@@ -209,6 +313,25 @@ impl Gatekeeper {
         }
         Outcome::Allowed {
             agent: agent.to_owned().into(),
+        }
+    }
+
+}
+
+// === impl Lockout ===
+
+impl Lockout {
+    fn new(what: &'static str) -> Self {
+        // 10 failures per 60 s: a burst of 9 plus one more is the 10th failure, which
+        // trips the lockout; the bucket refills one cell every 6 s.
+        let per = FAILURE_WINDOW / MAX_FAILURES;
+        let quota = Quota::with_period(per)
+            .expect("the failure period is non-zero")
+            .allow_burst(NonZeroU32::new(MAX_FAILURES - 1).expect("MAX_FAILURES > 1"));
+        Self {
+            what,
+            failures: RateLimiter::keyed(quota),
+            lockouts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -238,22 +361,81 @@ impl Gatekeeper {
         }
         if map.len() < MAX_TRACKED_IPS {
             map.insert(peer, Instant::now() + LOCKOUT);
-            tracing::warn!(%peer, "client locked out after repeated authentication failures");
+            tracing::warn!(%peer, credential = self.what, "client locked out after repeated authentication failures");
         }
     }
 }
 
-/// Every gateway secret the client presented, wherever its SDK put it.
-fn presented_secrets(parts: &Parts) -> impl Iterator<Item = &str> {
-    let h = &parts.headers;
-    let bearer = h
-        .get_all(http::header::AUTHORIZATION)
+/// The one distinct value of `values`: `Ok(None)` when there is none, `Err` when there
+/// are two distinct ones or more than [`MAX_CARRIERS`] carriers. Stops at the first
+/// difference; each value is compared with the first only.
+fn single_value<'a>(values: impl Iterator<Item = &'a str>) -> Result<Option<&'a str>, ()> {
+    let mut first: Option<&str> = None;
+    for (i, v) in values.enumerate() {
+        if i >= MAX_CARRIERS {
+            return Err(());
+        }
+        match first {
+            None => first = Some(v),
+            Some(f) if f == v => {}
+            Some(_) => return Err(()),
+        }
+    }
+    Ok(first)
+}
+
+/// `Authorization: Bearer` values (the scheme case-insensitive).
+fn bearer_values(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(http::header::AUTHORIZATION)
         .into_iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(|v| {
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
+        })
+}
+
+/// The host of a serialised origin (`scheme://host[:port]`), `None` for `null` or a
+/// malformed one.
+fn origin_host(origin: &str) -> Option<&str> {
+    let (_, rest) = origin.split_once("://")?;
+    (!rest.contains(['/', '@'])).then_some(rest)
+}
+
+/// Whether `authority` (`host[:port]`, as in `Host`) names the loopback interface:
+/// `localhost`, `127.0.0.0/8` or `[::1]`, any port.
+fn loopback_host(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(all_digits)) {
+            return false;
+        }
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|a| canonical(IpAddr::V6(a)).is_loopback());
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if all_digits(port) => h,
+            Some(_) => return false,
+            None => authority,
+        }
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+fn all_digits(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Every gateway secret the client presented, wherever its SDK put it.
+fn presented_secrets(parts: &Parts) -> impl Iterator<Item = &str> {
+    let h = &parts.headers;
+    let bearer = bearer_values(h);
     let plain = ["x-api-key", "x-goog-api-key", "api-key"]
         .into_iter()
         .flat_map(move |n| h.get_all(n).into_iter())

@@ -160,7 +160,7 @@ fn serve_conn(
         // staying allocated for as long as the connection (or its stream) lives.
         let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
             if is_admin {
-                Ok::<_, Infallible>(admin::handle_admin(&state, req).await)
+                Ok::<_, Infallible>(admin::handle_admin(&state, peer.ip(), req).await)
             } else {
                 handle(state, peer, req).await
             }

@@ -107,6 +107,9 @@ pub struct GatewayAuth {
     pub identity_header: HeaderName,
     /// Trusted-proxy allow-list of agents, when set.
     pub allow_agents: Option<Vec<String>>,
+    /// `[gateway] allowed_origins`: browser origins allowed besides loopback ones, each
+    /// normalised (lowercase, no default port) as browsers serialise `Origin`.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[admin]` resolved.

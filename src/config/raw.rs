@@ -52,6 +52,8 @@ pub(crate) struct RawServer {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawGateway {
     pub(crate) auth: RawGatewayAuth,
+    /// Browser origins (`scheme://host[:port]`) allowed besides loopback ones; default none.
+    pub(crate) allowed_origins: Option<Vec<SStr>>,
 }
 
 /// `[gateway.auth]`.

@@ -71,7 +71,22 @@ pub(super) fn validate(
         ));
     }
 
-    let gateway = cx.gateway(&raw.gateway.auth)?;
+    let mut gateway = cx.gateway(&raw.gateway.auth)?;
+    gateway.allowed_origins = raw
+        .gateway
+        .allowed_origins
+        .iter()
+        .flatten()
+        .map(|o| {
+            normalise_origin(o.get_ref()).ok_or_else(|| {
+                cx.bad(
+                    "gateway.allowed_origins",
+                    o,
+                    "expected an origin like \"https://app.example.com\" or \"http://host:8080\" (scheme://host[:port], no path)",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let admin = AdminConfig {
         token: cx.secret_from(
             "admin.token_env",
@@ -107,6 +122,39 @@ pub(super) fn validate(
         rotation,
         providers,
         secret_providers,
+    })
+}
+
+/// `scheme://host[:port]` lowercased, with the scheme's default port dropped (the form a
+/// browser sends in `Origin`); `None` for anything else (a path, user info, `null`).
+fn normalise_origin(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok || rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return None;
+    }
+    let authority: http::uri::Authority = rest.parse().ok()?;
+    if authority.host().is_empty() {
+        return None;
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let host = authority.host().to_ascii_lowercase();
+    // `port()` is `None` for a port that is not a number up to 65535, as for no port.
+    let has_port = authority.as_str().len() > authority.host().len();
+    let port = match (has_port, authority.port_u16()) {
+        (false, _) => None,
+        (true, None) => return None,
+        (true, Some(n)) => {
+            let default = matches!((scheme.as_str(), n), ("http", 80) | ("https", 443));
+            (!default).then_some(n)
+        }
+    };
+    Some(match port {
+        Some(n) => format!("{scheme}://{host}:{n}"),
+        None => format!("{scheme}://{host}"),
     })
 }
 
@@ -374,6 +422,7 @@ impl Ctx<'_> {
             trusted_cidrs,
             identity_header,
             allow_agents: a.allow_agents.clone(),
+            allowed_origins: Vec::new(),
         })
     }
 

@@ -43,6 +43,18 @@ pub enum ProxyError {
     /// Authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// More than one distinct credential value in one request (SPEC §4).
+    #[error("the request carries more than one credential: send the gateway token once (one of Authorization: Bearer, x-api-key, x-goog-api-key, api-key or ?key=)")]
+    AmbiguousCredential,
+    /// Trusted-proxy mode: the identity header came more than once.
+    #[error("the identity header carries more than one value")]
+    DuplicateIdentity,
+    /// Mode `none` and a `Host` that is not loopback (a DNS-rebinding page).
+    #[error("Host is not a loopback name or address: without gateway auth keygate answers only requests for localhost, 127.0.0.0/8 or [::1]")]
+    ForeignHost,
+    /// A browser page from an origin that is not loopback nor allowed.
+    #[error("requests from web pages of another origin are refused: list the origin in [gateway] allowed_origins to allow it")]
+    ForeignOrigin,
     /// Too many failed attempts from this address.
     #[error("too many failed authentication attempts; retry later")]
     LockedOut {
@@ -90,9 +102,13 @@ impl ProxyError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::BodyRead | ProxyError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadPath(_)
+            | ProxyError::BodyRead
+            | ProxyError::BadRequest(_)
+            | ProxyError::AmbiguousCredential
+            | ProxyError::DuplicateIdentity => StatusCode::BAD_REQUEST,
+            ProxyError::ForeignHost => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::ForeignOrigin => StatusCode::FORBIDDEN,
             ProxyError::UnknownProvider(_) | ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Unauthorized(_)
@@ -118,6 +134,10 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::AmbiguousCredential => "ambiguous_credential",
+            ProxyError::DuplicateIdentity => "duplicate_identity",
+            ProxyError::ForeignHost => "foreign_host",
+            ProxyError::ForeignOrigin => "foreign_origin",
             ProxyError::LockedOut { .. } => "locked_out",
             ProxyError::NoCredentials { .. } => "no_credentials",
             ProxyError::OAuthRefresh { .. } => "oauth_refresh_failed",
@@ -178,7 +198,7 @@ pub fn error_json(provider: Option<&str>, status: StatusCode, message: &str) -> 
 
 fn anthropic_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 => "invalid_request_error",
+        400 | 421 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
@@ -191,7 +211,7 @@ fn anthropic_type(status: StatusCode) -> &'static str {
 
 fn google_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 | 413 => "INVALID_ARGUMENT",
+        400 | 413 | 421 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
@@ -206,7 +226,7 @@ fn openai_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         401 | 403 => "authentication_error",
         429 => "rate_limit_error",
-        400 | 404 | 413 => "invalid_request_error",
+        400 | 404 | 413 | 421 => "invalid_request_error",
         _ => "server_error",
     }
 }

@@ -33,7 +33,7 @@ use crate::config::{Config, OnAllCooling, ProviderConfig};
 use crate::cooldown::{Cooldowns, Ladders};
 use crate::credentials::oauth::{self, Refresher};
 use crate::credentials::{store, Kind, Source};
-use crate::inbound::{Gatekeeper, Outcome};
+use crate::inbound::{Browser, Gatekeeper, Outcome};
 use crate::metrics::Metrics;
 use crate::pin;
 use crate::provider::{self, ModelFrom};
@@ -152,7 +152,7 @@ pub async fn handle(
     // method and path itself, and no span is built per request.
     let span = tracing::debug_span!("request", %method, path = %req.uri().path());
     async move {
-        if let Some(resp) = admin::reserved(&state, &req, !state.admin_separate).await {
+        if let Some(resp) = admin::reserved(&state, peer.ip(), &req, !state.admin_separate).await {
             return Ok(resp);
         }
         let mut access = Access::default();
@@ -207,7 +207,7 @@ async fn proxy<'s>(
     access: &mut Access<'s>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let start = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
 
     // The provider is known from the path before auth, only to answer errors in its shape.
     if let Ok((p, _)) = route(parts.uri.path()) {
@@ -216,9 +216,12 @@ async fn proxy<'s>(
         }
     }
 
-    // 1. Who is asking.
+    // 1. Who is asking: not a browser page (SPEC §4), then its credential.
+    state.gate.browser(&parts).map_err(browser_error)?;
     let agent = match state.gate.check(peer.ip(), &parts) {
         Outcome::Allowed { agent } => agent,
+        Outcome::Ambiguous => return Err(ProxyError::AmbiguousCredential),
+        Outcome::DuplicateIdentity => return Err(ProxyError::DuplicateIdentity),
         Outcome::Missing => {
             return Err(ProxyError::Unauthorized(
                 "missing gateway token: send it as Authorization: Bearer, x-api-key, x-goog-api-key, api-key or ?key=",
@@ -228,6 +231,10 @@ async fn proxy<'s>(
         Outcome::Forbidden(why) => return Err(ProxyError::Forbidden(why)),
         Outcome::LockedOut { retry_after } => return Err(ProxyError::LockedOut { retry_after }),
     };
+
+    if let Some(identity) = state.gate.identity_header() {
+        parts.headers.remove(identity);
+    }
 
     // 2. Where to.
     let (provider_id, rest) = route(parts.uri.path())?;
@@ -333,6 +340,14 @@ async fn proxy<'s>(
         agent: &agent,
     };
     exchange.run(candidates, access).await
+}
+
+/// The answer to a request refused as coming from a browser page.
+pub(crate) fn browser_error(b: Browser) -> ProxyError {
+    match b {
+        Browser::ForeignHost => ProxyError::ForeignHost,
+        Browser::ForeignOrigin => ProxyError::ForeignOrigin,
+    }
 }
 
 /// One request's attempts over its candidates.

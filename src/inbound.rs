@@ -137,7 +137,10 @@ impl Gatekeeper {
     pub fn browser(&self, parts: &Parts) -> Result<(), Browser> {
         self.origin(&parts.headers)?;
         if self.mode == AuthMode::None {
-            let host_ok = parts.uri.authority().is_none_or(|a| loopback_host(a.as_str()))
+            let host_ok = parts
+                .uri
+                .authority()
+                .is_none_or(|a| loopback_host(a.as_str()))
                 && parts
                     .headers
                     .get_all(http::header::HOST)
@@ -315,7 +318,6 @@ impl Gatekeeper {
             agent: agent.to_owned().into(),
         }
     }
-
 }
 
 // === impl Lockout ===

@@ -55,7 +55,11 @@ async fn mode_none_refuses_foreign_host_and_origin() {
     assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "{}", a.text());
     error_message(&a);
     // A cross-site text/plain POST from a web page.
-    for origin in ["https://evil.example", "null", "http://127.0.0.1.evil.example"] {
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://127.0.0.1.evil.example",
+    ] {
         let a = chat(
             &kg,
             "",
@@ -63,9 +67,16 @@ async fn mode_none_refuses_foreign_host_and_origin() {
         )
         .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{origin}: {}", a.text());
-        assert!(error_message(&a).contains("allowed_origins"), "{}", a.text());
+        assert!(
+            error_message(&a).contains("allowed_origins"),
+            "{}",
+            a.text()
+        );
     }
-    assert!(mock.requests().is_empty(), "nothing forwarded for a browser");
+    assert!(
+        mock.requests().is_empty(),
+        "nothing forwarded for a browser"
+    );
 
     // Loopback names and addresses, any port, and loopback origins pass.
     let hosts = [
@@ -79,7 +90,11 @@ async fn mode_none_refuses_foreign_host_and_origin() {
         let a = chat(&kg, "", &[("host", h)]).await;
         assert_eq!(a.status, StatusCode::OK, "{h}: {}", a.text());
     }
-    for origin in ["http://localhost:3000", "http://127.0.0.1", "http://[::1]:9"] {
+    for origin in [
+        "http://localhost:3000",
+        "http://127.0.0.1",
+        "http://[::1]:9",
+    ] {
         let a = chat(&kg, "", &[("origin", origin)]).await;
         assert_eq!(a.status, StatusCode::OK, "{origin}: {}", a.text());
     }
@@ -115,7 +130,10 @@ async fn origin_rule_in_token_mode_with_allowed_origins() {
     let a = chat(
         &kg,
         "",
-        &[("authorization", &bearer), ("origin", "https://app.example.com")],
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://app.example.com"),
+        ],
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "listed origin: {}", a.text());
@@ -123,7 +141,10 @@ async fn origin_rule_in_token_mode_with_allowed_origins() {
     let a = chat(
         &kg,
         "",
-        &[("authorization", &bearer), ("origin", "https://other.example.com")],
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://other.example.com"),
+        ],
     )
     .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
@@ -131,7 +152,10 @@ async fn origin_rule_in_token_mode_with_allowed_origins() {
     let a = send(
         Method::GET,
         &kg.url("/_keygate/status"),
-        &[("x-keygate-admin-token", ADMIN), ("origin", "https://evil.example")],
+        &[
+            ("x-keygate-admin-token", ADMIN),
+            ("origin", "https://evil.example"),
+        ],
         Bytes::new(),
     )
     .await;
@@ -171,15 +195,26 @@ async fn more_than_one_distinct_credential_is_400_and_counts() {
     let kg = keygate(&mock, "", true).await;
     let bearer = format!("Bearer {GW}");
     // The same value on two carriers is one credential.
-    let a = chat(&kg, &format!("?key={GW}"), &[("x-api-key", GW), ("authorization", &bearer)]).await;
+    let a = chat(
+        &kg,
+        &format!("?key={GW}"),
+        &[("x-api-key", GW), ("authorization", &bearer)],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let served = mock.requests().len();
 
     let cases: Vec<(String, Vec<(&str, &str)>)> = vec![
         // Wrong values plus the right one.
-        (String::new(), vec![("x-api-key", "wrong-1"), ("authorization", bearer.as_str())]),
+        (
+            String::new(),
+            vec![("x-api-key", "wrong-1"), ("authorization", bearer.as_str())],
+        ),
         (format!("?key=wrong-1&key=wrong-2&key={GW}"), vec![]),
-        (String::new(), vec![("x-api-key", "wrong-1"), ("x-api-key", GW)]),
+        (
+            String::new(),
+            vec![("x-api-key", "wrong-1"), ("x-api-key", GW)],
+        ),
         (format!("?key={GW}"), vec![("api-key", "wrong-1")]),
     ];
     for (q, h) in &cases {
@@ -192,11 +227,20 @@ async fn more_than_one_distinct_credential_is_400_and_counts() {
     let many: String = (0..200).map(|i| format!("key=w{i}&")).collect();
     for i in cases.len()..10 {
         let a = chat(&kg, &format!("?{many}"), &[]).await;
-        assert_eq!(a.status, StatusCode::BAD_REQUEST, "request {i}: {}", a.text());
+        assert_eq!(
+            a.status,
+            StatusCode::BAD_REQUEST,
+            "request {i}: {}",
+            a.text()
+        );
     }
     let a = chat(&kg, "", &[("authorization", &bearer)]).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
-    assert_eq!(mock.requests().len(), served, "nothing forwarded after the first");
+    assert_eq!(
+        mock.requests().len(),
+        served,
+        "nothing forwarded after the first"
+    );
 }
 
 #[tokio::test]
@@ -210,12 +254,19 @@ async fn missing_credentials_do_not_count_and_ten_wrong_lock_out() {
         let a = chat(&kg, "", &[("x-api-key", "wrong")]).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "failure {i}");
     }
-    assert_eq!(chat(&kg, "", &[("x-api-key", GW)]).await.status, StatusCode::OK);
+    assert_eq!(
+        chat(&kg, "", &[("x-api-key", GW)]).await.status,
+        StatusCode::OK
+    );
     let a = chat(&kg, "", &[("x-api-key", "wrong")]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "the 10th failure");
     let a = chat(&kg, "", &[("x-api-key", GW)]).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
-    let secs: u64 = a.header("retry-after").expect("retry-after").parse().expect("secs");
+    let secs: u64 = a
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("secs");
     assert!(secs > 200 && secs <= 300, "{secs}");
     assert_eq!(mock.requests().len(), 1);
 }
@@ -245,7 +296,10 @@ async fn admin_token_has_its_own_lockout() {
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
     assert!(a.header("retry-after").is_some());
     // Counted apart: the gateway token still works from the same address.
-    assert_eq!(chat(&kg, "", &[("x-api-key", GW)]).await.status, StatusCode::OK);
+    assert_eq!(
+        chat(&kg, "", &[("x-api-key", GW)]).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //!
 //! Owns the gateway modes (token, password, trusted-proxy, none), where a client may put
 //! its gateway secret (wherever its SDK puts an API key), constant-time comparison, the
-//! token → agent mapping, and the per-IP failure lockout. It does not own removing the
+//! token → agent mapping, the rule that a request carries one credential, the rule that
+//! browsers are not clients (`Host` in mode `none`, `Origin` in every mode), and the per-IP
+//! failure lockouts (gateway and admin token, counted apart). It does not own removing the
 //! inbound credential from the forwarded request (see `proxy::inject`, which strips every
 //! credential carrier regardless of mode).
 
@@ -574,6 +576,55 @@ mod tests {
             Outcome::Allowed {
                 agent: "ops".into()
             }
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LocalHost:8787",
+            "localhost:",
+            "127.0.0.1",
+            "127.255.0.1:80",
+            "[::1]",
+            "[::1]:8787",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "localhost.",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "128.0.0.1",
+            "0.0.0.0:80",
+            "[::2]",
+            "[::1]x",
+            "::1",
+            "localhost:80a",
+            "evil.example:8787",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+        assert_eq!(origin_host("http://localhost:3000"), Some("localhost:3000"));
+        assert_eq!(origin_host("null"), None);
+        assert_eq!(origin_host("http://a@localhost"), None);
+    }
+
+    #[test]
+    fn single_value_is_bounded() {
+        assert_eq!(single_value(["a", "a", "a"].into_iter()), Ok(Some("a")));
+        assert_eq!(single_value(["a", "b"].into_iter()), Err(()));
+        assert_eq!(single_value(std::iter::empty()), Ok(None));
+        assert_eq!(
+            single_value(std::iter::repeat_n("a", MAX_CARRIERS)),
+            Ok(Some("a"))
+        );
+        assert_eq!(
+            single_value(std::iter::repeat_n("a", MAX_CARRIERS + 1)),
+            Err(())
         );
     }
 

@@ -329,3 +329,43 @@ async fn trusted_proxy_identity_header_is_single_and_not_forwarded() {
     }
     assert_eq!(mock.requests().len(), before, "nothing forwarded");
 }
+
+#[tokio::test]
+async fn mode_none_reads_the_http2_authority_as_host() {
+    let mock = MockProvider::start().await;
+    let kg = keygate(&mock, "", false).await;
+    let stream = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let port = kg.addr.port();
+    for (authority, want) in [
+        (
+            format!("attacker.example:{port}"),
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (format!("localhost:{port}"), StatusCode::OK),
+    ] {
+        let req = http::Request::post(format!("http://{authority}/openai/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(
+                json!({"model": "gpt-4o-mini"}).to_string(),
+            )))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("HTTP/2 answer");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), want, "{authority}");
+    }
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "only the loopback request was forwarded"
+    );
+}

@@ -27,6 +27,7 @@ impl Write for Capture {
 }
 
 const GW: &str = "gw-redaction-token-7777";
+const ADMIN: &str = "admin-redaction-token-6666";
 const KEYS: [&str; 4] = [
     "sk-ant-api03-redaction-pool-key-1111",
     "sk-openai-redaction-pool-key-2222",
@@ -56,7 +57,8 @@ async fn trace_logs_never_contain_secrets() {
             .env("ANTHROPIC_API_KEY", KEYS[0])
             .env("OPENAI_API_KEY", KEYS[1])
             .env("GEMINI_API_KEY", KEYS[2])
-            .env("QKEY_API_KEY", KEYS[3]),
+            .env("QKEY_API_KEY", KEYS[3])
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN),
     )
     .await;
 
@@ -103,6 +105,15 @@ async fn trace_logs_never_contain_secrets() {
             &json!({}),
         )
         .await;
+        // A wrong admin token is logged, without the value tried.
+        let a = send(
+            Method::GET,
+            &kg.url("/_keygate/status"),
+            &[("x-keygate-admin-token", "wrong-admin-guess-8888")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(a.status, 401);
     };
     run.await;
     drop(kg);
@@ -117,7 +128,19 @@ async fn trace_logs_never_contain_secrets() {
         logs.contains("env:ANTHROPIC_API_KEY"),
         "credential ids are logged"
     );
-    for secret in [GW, "wrong-secret-guess-9999"].iter().chain(KEYS.iter()) {
+    assert!(
+        logs.contains("admin token rejected"),
+        "admin failures are logged"
+    );
+    for secret in [
+        GW,
+        ADMIN,
+        "wrong-secret-guess-9999",
+        "wrong-admin-guess-8888",
+    ]
+    .iter()
+    .chain(KEYS.iter())
+    {
         assert!(!logs.contains(secret), "secret {secret} leaked into logs");
     }
 }

@@ -928,3 +928,27 @@ async fn client_gone_before_the_answer_cancels_the_upstream_request() {
         "the upstream request outlived its client"
     );
 }
+
+/// Issue 10 item 1: a connection stuck inside the HTTP/2 preface has no request to finish;
+/// it must not reach hyper's untimed h2 handshake, and shutdown closes it instead of
+/// waiting the whole `shutdown_grace` for it.
+#[tokio::test]
+async fn a_connection_stuck_in_the_http2_preface_is_closed_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockProvider::start().await;
+    let kg = with_server(&mock, "shutdown_grace = \"1h\"").await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HT").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = tokio::spawn(kg.stop());
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    // Closed (EOF, or a reset for the unread bytes), not left open.
+    assert!(closed.is_ok(), "the server did not close the connection");
+    tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("shutdown drained")
+        .expect("join");
+}

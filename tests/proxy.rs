@@ -849,7 +849,7 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
 }
 
 #[tokio::test]
-async fn a_body_that_stops_arriving_gets_400_at_request_timeout() {
+async fn a_body_that_stops_arriving_gets_408_at_request_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockProvider::start().await;
     let kg = with_server(&mock, "request_timeout = \"1s\"").await;
@@ -867,8 +867,13 @@ async fn a_body_that_stops_arriving_gets_400_at_request_timeout() {
         .expect("an answer before the client gives up")
         .expect("read");
     let text = String::from_utf8_lossy(&out[..n]);
-    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-    assert!(text.contains("did not arrive in time"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(
+        json["error"]["message"], "the request body did not arrive in time",
+        "{text}"
+    );
     assert!(mock.requests().is_empty(), "nothing was sent upstream");
 }
 

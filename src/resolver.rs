@@ -232,12 +232,24 @@ impl Registry {
     /// does not parse leaves the last good pool in place (and says why). In-flight requests
     /// keep the pool they started with. Returns how many pools were replaced.
     pub fn reload_changed(&self) -> usize {
+        self.reload(false)
+    }
+
+    /// Rebuilds every pool now, changed or not (SIGHUP, SPEC §9): an edit whose size,
+    /// mtime and inode all match the last version is picked up too. A new version that
+    /// does not parse still leaves the last good pool in place. Returns how many pools
+    /// were replaced.
+    pub fn reload_all(&self) -> usize {
+        self.reload(true)
+    }
+
+    fn reload(&self, force: bool) -> usize {
         let _guard = self.load_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.agents.load_full();
         let mut next: Option<HashMap<String, Arc<AgentPool>>> = None;
         let mut replaced = 0;
         for (agent, pool) in current.iter() {
-            if !pool.sources.iter().any(|(p, sig)| file_sig(p) != *sig) {
+            if !force && !pool.sources.iter().any(|(p, sig)| file_sig(p) != *sig) {
                 continue;
             }
             let fresh = self.build(agent);

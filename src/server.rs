@@ -99,11 +99,15 @@ fn builders() -> Builders {
         .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
-        .max_concurrent_streams(512)
+        .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30));
     Builders { h1, h2 }
 }
+
+/// Concurrent streams per HTTP/2 connection (nginx's `http2_max_concurrent_streams` is 128,
+/// Envoy's default 100): each may buffer a request body.
+const MAX_H2_STREAMS: u32 = 128;
 
 /// Largest request head (and HTTP/1.1 read buffer) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -115,15 +119,22 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// (RFC 9113 §3.4): three bytes tell the two apart.
 const H2_PREFACE_START: &[u8] = b"PRI";
 
+/// The client's part of an HTTP/2 connection start that must arrive before hyper takes the
+/// connection: the 24-byte preface and the 9-byte header of its SETTINGS frame
+/// (RFC 9113 §3.4). hyper's h2 handshake has no timeout of its own.
+const H2_START_LEN: usize = 24 + 9;
+
 /// Which protocol a new connection speaks, read by peeking at its first bytes (nothing is
-/// consumed). `None` when the client closed or stayed silent too long.
+/// consumed). `None` when the client closed or stayed silent too long. An HTTP/2 client must
+/// have sent its preface and the start of its SETTINGS within the header timeout too
+/// (SPEC §9): a connection stuck after `PRI * HT` is closed then, and at shutdown.
 ///
 /// Written here rather than using hyper-util's `auto` builder, which reads the first bytes
 /// itself and replays them through a `Rewind` wrapper: every later read pays for the
 /// wrapper, and the replayed prefix makes hyper's first read short, so its read buffer
 /// doubles to 16 KiB on every connection. A peek costs one syscall per connection.
 async fn sniff_h2(stream: &tokio::net::TcpStream) -> Option<bool> {
-    let mut buf = [0u8; 3];
+    let mut buf = [0u8; H2_START_LEN];
     let mut wait = Duration::from_millis(1);
     let peeked = tokio::time::timeout(HEADER_READ_TIMEOUT, async {
         loop {
@@ -131,11 +142,16 @@ async fn sniff_h2(stream: &tokio::net::TcpStream) -> Option<bool> {
             if n == 0 {
                 return None;
             }
-            if n >= H2_PREFACE_START.len() || buf[..n] != H2_PREFACE_START[..n] {
-                return Some(buf[..n] == *H2_PREFACE_START);
+            let k = n.min(H2_PREFACE_START.len());
+            if buf[..k] != H2_PREFACE_START[..k] {
+                return Some(false);
             }
-            // A prefix of `PRI` split across segments: the rest is on its way. Readiness
-            // stays set while unread data waits, so back off instead of spinning.
+            if n >= H2_START_LEN {
+                return Some(true);
+            }
+            // A prefix of the h2 start split across segments: the rest is on its way (or
+            // never comes, and the timeout closes it). Readiness stays set while unread
+            // data waits, so back off instead of spinning.
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(200));
         }

@@ -849,7 +849,7 @@ async fn shutdown_does_not_wait_for_a_silent_connection() {
 }
 
 #[tokio::test]
-async fn a_body_that_stops_arriving_gets_400_at_request_timeout() {
+async fn a_body_that_stops_arriving_gets_408_at_request_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = MockProvider::start().await;
     let kg = with_server(&mock, "request_timeout = \"1s\"").await;
@@ -867,8 +867,13 @@ async fn a_body_that_stops_arriving_gets_400_at_request_timeout() {
         .expect("an answer before the client gives up")
         .expect("read");
     let text = String::from_utf8_lossy(&out[..n]);
-    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-    assert!(text.contains("did not arrive in time"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(
+        json["error"]["message"], "the request body did not arrive in time",
+        "{text}"
+    );
     assert!(mock.requests().is_empty(), "nothing was sent upstream");
 }
 
@@ -927,4 +932,28 @@ async fn client_gone_before_the_answer_cancels_the_upstream_request() {
         mock.wait_disconnects(1, Duration::from_secs(10)).await,
         "the upstream request outlived its client"
     );
+}
+
+/// Issue 10 item 1: a connection stuck inside the HTTP/2 preface has no request to finish;
+/// it must not reach hyper's untimed h2 handshake, and shutdown closes it instead of
+/// waiting the whole `shutdown_grace` for it.
+#[tokio::test]
+async fn a_connection_stuck_in_the_http2_preface_is_closed_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockProvider::start().await;
+    let kg = with_server(&mock, "shutdown_grace = \"1h\"").await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HT").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = tokio::spawn(kg.stop());
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    // Closed (EOF, or a reset for the unread bytes), not left open.
+    assert!(closed.is_ok(), "the server did not close the connection");
+    tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("shutdown drained")
+        .expect("join");
 }

@@ -87,6 +87,12 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         };
         let bound = main.local_addr().unwrap_or(listen);
         tracing::info!(listen = %bound, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
+        // Installed before the first request can arrive, so a SIGHUP never kills the process.
+        let registry = state.registry.clone();
+        tokio::spawn(crate::shutdown::hangups(move || {
+            let replaced = registry.reload_all();
+            tracing::info!(replaced, "SIGHUP received: credential stores re-read");
+        }));
         crate::run(state, crate::Listeners { main, admin }, crate::shutdown::signal()).await;
         ExitCode::SUCCESS
     })

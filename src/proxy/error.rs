@@ -34,6 +34,9 @@ pub enum ProxyError {
     /// The request body could not be read.
     #[error("could not read the request body")]
     BodyRead,
+    /// The request body stopped arriving before `request_timeout` (SPEC §9: 408).
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// A bad request detected before forwarding.
     #[error("{0}")]
     BadRequest(String),
@@ -111,6 +114,7 @@ impl ProxyError {
             ProxyError::ForeignOrigin => StatusCode::FORBIDDEN,
             ProxyError::UnknownProvider(_) | ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Unauthorized(_)
             | ProxyError::NoCredentials { .. }
             | ProxyError::OAuthRefresh { .. } => StatusCode::UNAUTHORIZED,
@@ -131,6 +135,7 @@ impl ProxyError {
             ProxyError::NotFound => "not_found",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead => "body_read",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
@@ -204,7 +209,7 @@ fn anthropic_type(status: StatusCode) -> &'static str {
         404 => "not_found_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
-        504 => "timeout_error",
+        408 | 504 => "timeout_error",
         _ => "api_error",
     }
 }
@@ -216,7 +221,7 @@ fn google_status(status: StatusCode) -> &'static str {
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         429 => "RESOURCE_EXHAUSTED",
-        504 => "DEADLINE_EXCEEDED",
+        408 | 504 => "DEADLINE_EXCEEDED",
         503 => "UNAVAILABLE",
         _ => "INTERNAL",
     }

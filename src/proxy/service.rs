@@ -784,11 +784,7 @@ async fn read_body(
         let frame = tokio::select! {
             biased;
             frame = body.frame() => frame,
-            () = &mut deadline => {
-                return Err(ProxyError::BadRequest(
-                    "the request body did not arrive in time".into(),
-                ))
-            }
+            () = &mut deadline => return Err(ProxyError::BodyTimeout),
         };
         let frame = match frame {
             None => break,

@@ -7,6 +7,7 @@
 //! requests and streams finish up to `shutdown_grace`, then close what is left. It does not
 //! own what a request does (see `proxy::service` and `admin`).
 
+mod accept;
 mod repoll;
 
 use std::convert::Infallible;
@@ -20,10 +21,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::admin;
 use crate::proxy::service::handle;
 use crate::proxy::AppState;
+use accept::Acceptor;
+pub use accept::{default_max_connections, max_connections, raise_nofile_limit};
 use repoll::Repoll;
 
 /// How often credential files are checked for changes.
@@ -47,21 +51,26 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx));
     let builders = Arc::new(builders());
     tokio::pin!(shutdown);
-    let admin = listeners.admin;
+    let mut main = Acceptor::new(
+        listeners.main,
+        max_connections(state.config.server.max_connections),
+        "main",
+    );
+    let mut admin = listeners
+        .admin
+        .map(|l| Acceptor::new(l, MAX_ADMIN_CONNECTIONS, "admin"));
     loop {
         tokio::select! {
-            accepted = listeners.main.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                serve_conn(&builders, &graceful, &conn_stop, stream, peer, state.clone(), false);
+            (stream, peer, slot) = main.next() => {
+                serve_conn(&builders, &graceful, &conn_stop, stream, peer, slot, state.clone(), false);
             }
-            accepted = accept_opt(admin.as_ref()) => {
-                let Ok((stream, peer)) = accepted else { continue };
-                serve_conn(&builders, &graceful, &conn_stop, stream, peer, state.clone(), true);
+            (stream, peer, slot) = accept_opt(admin.as_mut()) => {
+                serve_conn(&builders, &graceful, &conn_stop, stream, peer, slot, state.clone(), true);
             }
             () = &mut shutdown => break,
         }
     }
-    drop(listeners.main);
+    drop(main);
     drop(admin);
     let _ = stop_watch.send(true);
     let _ = watcher.await;
@@ -73,13 +82,17 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
 }
 
 async fn accept_opt(
-    l: Option<&TcpListener>,
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match l {
-        Some(l) => l.accept().await,
+    a: Option<&mut Acceptor>,
+) -> (tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    match a {
+        Some(a) => a.next().await,
         None => std::future::pending().await,
     }
 }
+
+/// Open connections on the admin listener at most (probes and scrapers need few); counted
+/// apart, so a full proxy listener never blocks `/metrics`.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// Connection settings, built once.
 struct Builders {
@@ -165,6 +178,7 @@ fn serve_conn(
     stop: &tokio::sync::watch::Receiver<bool>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
     state: Arc<AppState>,
     is_admin: bool,
 ) {
@@ -187,6 +201,8 @@ fn serve_conn(
     let watcher = graceful.watcher();
     let mut stop = stop.clone();
     tokio::spawn(async move {
+        // Held for as long as the connection lives (`max_connections`).
+        let _slot = slot;
         // A connection still silent when shutdown starts is closed: it has no request to
         // finish, and it must not hold the drain up until its header timeout.
         let h2 = tokio::select! {

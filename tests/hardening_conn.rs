@@ -1,4 +1,4 @@
-//! Connection and process hardening (issue 10): signals.
+//! Connection and process hardening (issue 10): signals, descriptor exhaustion.
 
 mod cli_common;
 mod support;
@@ -26,12 +26,17 @@ struct Served {
 
 impl Served {
     fn start(state: &std::path::Path, config: &str) -> Served {
+        Self::start_limited(state, config, None)
+    }
+
+    /// Started under `ulimit -n nofile` when given (soft and hard: keygate cannot raise it).
+    fn start_limited(state: &std::path::Path, config: &str, nofile: Option<u32>) -> Served {
         let cfg = state.join("keygate-test.toml");
         std::fs::write(&cfg, config).expect("config");
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port");
-        let mut child = cli_common::command(
+        let mut cmd = cli_common::command(
             state,
             &[
                 "--config",
@@ -41,9 +46,24 @@ impl Served {
                 &addr.to_string(),
             ],
             &[("KEYGATE_TOKEN", GW)],
-        )
-        .spawn()
-        .expect("spawn keygate serve");
+        );
+        if let Some(n) = nofile {
+            // The same command, run by a shell that lowers the limit first and then execs
+            // keygate (so the PID is keygate's).
+            let mut wrapped = std::process::Command::new("bash");
+            wrapped
+                .arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(cmd.get_program())
+                .args(cmd.get_args())
+                .env_clear()
+                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd = wrapped;
+        }
+        let mut child = cmd.spawn().expect("spawn keygate serve");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
@@ -148,6 +168,125 @@ async fn sighup_rereads_the_stores_and_keeps_serving_streams_in_flight() {
     let next = post_json(&url, &[("x-api-key", GW)], &json!({"model": "claude"})).await;
     assert_eq!(next.status, 200, "{}", next.text());
     assert_eq!(next.header("x-keygate-credential"), Some("anthropic:b"));
+    let mut kg = kg;
+    assert!(
+        kg.child.try_wait().expect("wait").is_none(),
+        "keygate exited"
+    );
+}
+
+impl Served {
+    fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().matches(needle).count()
+    }
+
+    /// CPU time (user + system) the process has used so far, from /proc.
+    fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("/proc/PID/stat");
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // USER_HZ is 100 on every Linux ABI.
+        Duration::from_millis(ticks * 10)
+    }
+
+    async fn healthz_ok(&self) -> bool {
+        for _ in 0..100 {
+            let ok = tokio::time::timeout(Duration::from_secs(2), async {
+                support::keygate::send(http::Method::GET, &self.url("/healthz"), &[], "").await
+            })
+            .await
+            .is_ok_and(|a| a.status == 200);
+            if ok {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+/// Opens `n` idle connections (no bytes sent).
+fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect()
+}
+
+#[tokio::test]
+async fn out_of_descriptors_backs_off_with_one_log_line_and_recovers() {
+    let state = tempfile::tempdir().expect("tempdir");
+    // A cap above what 64 descriptors allow: accept itself runs out.
+    let kg = Served::start_limited(state.path(), "[server]\nmax_connections = 1000\n", Some(64));
+    assert!(
+        kg.wait_log("keygate listening").await,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    let conns = idle_connections(kg.addr, 100);
+    assert!(
+        kg.wait_log("accept failed").await,
+        "no log line when descriptors ran out:\n{}",
+        kg.log.lock().unwrap()
+    );
+    // While out of descriptors, the accept loop sleeps instead of spinning: far less than
+    // one core busy over two seconds (a spinning loop uses all of it).
+    let before = kg.cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = kg.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(1000),
+        "accept loop busy while out of descriptors: {used:?} CPU in 2 s"
+    );
+    assert_eq!(
+        kg.log_count("accept failed"),
+        1,
+        "one line per episode:\n{}",
+        kg.log.lock().unwrap()
+    );
+    drop(conns);
+    assert!(kg.healthz_ok().await, "/healthz after recovery");
+    assert!(
+        kg.wait_log("accepting connections again").await,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    assert_eq!(kg.log_count("accept failed"), 1);
+}
+
+#[tokio::test]
+async fn the_default_connection_cap_is_sized_from_the_descriptor_limit() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let kg = Served::start_limited(state.path(), "", Some(64));
+    assert!(
+        kg.wait_log("keygate listening").await,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    assert!(
+        kg.log.lock().unwrap().contains("max_connections=24"),
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    let conns = idle_connections(kg.addr, 60);
+    assert!(
+        kg.wait_log("max_connections reached").await,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        kg.log_count("accept failed"),
+        0,
+        "the cap keeps descriptors free:\n{}",
+        kg.log.lock().unwrap()
+    );
+    assert_eq!(kg.log_count("max_connections reached"), 1);
+    drop(conns);
+    assert!(kg.healthz_ok().await, "/healthz once connections close");
     let mut kg = kg;
     assert!(
         kg.child.try_wait().expect("wait").is_none(),

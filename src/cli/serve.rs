@@ -57,6 +57,7 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
             return ExitCode::from(1);
         }
     };
+    crate::server::raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,7 +87,8 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
             None => None,
         };
         let bound = main.local_addr().unwrap_or(listen);
-        tracing::info!(listen = %bound, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
+        let max_connections = crate::server::max_connections(state.config.server.max_connections);
+        tracing::info!(listen = %bound, max_connections, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
         // Installed before the first request can arrive, so a SIGHUP never kills the process.
         let registry = state.registry.clone();
         tokio::spawn(crate::shutdown::hangups(move || {

@@ -66,6 +66,12 @@ pub struct ServerConfig {
     pub first_byte_timeout: Duration,
     /// How long SIGTERM waits for in-flight streams (default 30 s).
     pub shutdown_grace: Duration,
+    /// Open client connections at most; `None`: sized from the open-file limit at start
+    /// (see `server::default_max_connections`).
+    pub max_connections: Option<usize>,
+    /// Total bytes of request bodies buffered at once, over every request (default
+    /// 256 MiB); a request that would pass it gets 503 with `retry-after`.
+    pub max_buffered_bodies: usize,
 }
 
 /// Inbound authentication mode (SPEC §4).

@@ -45,6 +45,10 @@ pub(crate) struct RawServer {
     pub(crate) first_byte_timeout: Option<SStr>,
     /// Default `30s`.
     pub(crate) shutdown_grace: Option<SStr>,
+    /// Default: sized from the open-file limit.
+    pub(crate) max_connections: Option<Spanned<u64>>,
+    /// Default `256MiB`.
+    pub(crate) max_buffered_bodies: Option<SStr>,
 }
 
 /// `[gateway]`.

@@ -17,6 +17,9 @@ use super::raw::{self, RawAuthStyle, SStr};
 use super::*;
 use crate::provider::{self, AuthStyle, ModelFrom};
 
+/// The largest `[server] max_connections` accepted.
+const MAX_CONNECTIONS_LIMIT: u64 = 1 << 24;
+
 /// Validation context: the source text (for line/column) and the file name.
 struct Ctx<'a> {
     text: &'a str,
@@ -53,7 +56,33 @@ pub(super) fn validate(
             "120s",
         )?,
         shutdown_grace: cx.duration("server.shutdown_grace", &s.shutdown_grace, "30s")?,
+        max_connections: match &s.max_connections {
+            None => None,
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_CONNECTIONS_LIMIT => {
+                return Err(cx.invalid(
+                    "server.max_connections",
+                    Some(n.span()),
+                    format!("must be between 1 and {MAX_CONNECTIONS_LIMIT} (or absent: sized from the open-file limit)"),
+                ))
+            }
+            Some(n) => Some(*n.get_ref() as usize),
+        },
+        max_buffered_bodies: cx.size(
+            "server.max_buffered_bodies",
+            &s.max_buffered_bodies,
+            "256MiB",
+        )?,
     };
+    if server.max_buffered_bodies < server.max_request_body {
+        return Err(cx.invalid(
+            "server.max_buffered_bodies",
+            s.max_buffered_bodies.as_ref().map(|v| v.span()),
+            format!(
+                "must be at least server.max_request_body ({} bytes): a body of the largest allowed size could never be read",
+                server.max_request_body
+            ),
+        ));
+    }
     for (key, v) in [
         ("server.request_timeout", server.request_timeout),
         ("server.connect_timeout", server.connect_timeout),

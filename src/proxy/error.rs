@@ -37,6 +37,9 @@ pub enum ProxyError {
     /// The request body stopped arriving before `request_timeout` (SPEC §9: 408).
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    /// The request bodies being buffered would pass `max_buffered_bodies` (503).
+    #[error("keygate is holding too many request bodies at once (server.max_buffered_bodies); retry shortly")]
+    BodiesOverBudget,
     /// A bad request detected before forwarding.
     #[error("{0}")]
     BadRequest(String),
@@ -123,6 +126,7 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ProxyError::NoBaseUrl(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BodiesOverBudget => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -136,6 +140,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead => "body_read",
             ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::BodiesOverBudget => "bodies_over_budget",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
@@ -158,6 +163,7 @@ impl ProxyError {
             ProxyError::LockedOut { retry_after } | ProxyError::AllCooling { retry_after, .. } => {
                 Some(*retry_after)
             }
+            ProxyError::BodiesOverBudget => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -210,6 +216,7 @@ fn anthropic_type(status: StatusCode) -> &'static str {
         413 => "request_too_large",
         429 => "rate_limit_error",
         408 | 504 => "timeout_error",
+        503 => "overloaded_error",
         _ => "api_error",
     }
 }

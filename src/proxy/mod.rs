@@ -6,6 +6,7 @@
 //! reserved admin paths (`admin`).
 
 pub mod body;
+pub mod budget;
 pub mod error;
 pub mod inject;
 pub mod service;

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::body::ProxyBody;
+use super::budget::{BodyBudget, Reservation};
 use super::error::ProxyError;
 use super::inject::{clean_query, clean_request_headers, clean_response_headers, Injection};
 use super::upstream::UpstreamClient;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// OAuth refreshes, one at a time per profile.
     pub refresher: Refresher,
+    /// Bytes of request bodies held at once, over every request (`max_buffered_bodies`).
+    pub body_budget: BodyBudget,
 }
 
 /// What the access log line says about a request.
@@ -123,6 +126,7 @@ impl AppState {
             })
             .collect();
         Self {
+            body_budget: BodyBudget::new(config.server.max_buffered_bodies),
             config,
             gate,
             registry,
@@ -260,7 +264,22 @@ async fn proxy<'s>(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let read_until = start + state.config.server.request_timeout;
-    let mut body = read_body(body, limit, declared, read_until).await?;
+    // Held until the exchange ends: the body stays in memory for retries.
+    let mut reservation = Reservation::default();
+    if let Some(len) = declared {
+        state
+            .body_budget
+            .reserve(&mut reservation, len as usize, limit)
+            .map_err(|_| ProxyError::BodiesOverBudget)?;
+    }
+    let mut body = read_body(
+        body,
+        limit,
+        declared,
+        read_until,
+        (&state.body_budget, &mut reservation),
+    )
+    .await?;
 
     // 4. Model and pin.
     let mut pinned: Option<String> = parts
@@ -772,6 +791,7 @@ async fn read_body(
     limit: usize,
     declared: Option<u64>,
     until: Instant,
+    (budget, reservation): (&BodyBudget, &mut Reservation),
 ) -> Result<Bytes, ProxyError> {
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
@@ -798,6 +818,11 @@ async fn read_body(
         if total > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
+        // A declared length was reserved up front; a body without one (or longer than it
+        // said, which hyper refuses anyway) grows its reservation as it arrives.
+        budget
+            .reserve(reservation, total, limit)
+            .map_err(|_| ProxyError::BodiesOverBudget)?;
         match (&mut buf, first.take()) {
             (Some(b), _) => b.extend_from_slice(&data),
             (None, None) => first = Some(data),

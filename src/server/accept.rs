@@ -48,7 +48,9 @@ pub fn raise_nofile_limit() -> Option<u64> {
 /// half of what is left after [`RESERVED_FDS`] (a client connection may need an upstream
 /// one), at least 8.
 pub fn default_max_connections(nofile: Option<u64>) -> usize {
-    let nofile = nofile.unwrap_or(MAX_DEFAULT_CONNECTIONS * 2);
+    let Some(nofile) = nofile else {
+        return MAX_DEFAULT_CONNECTIONS as usize;
+    };
     let reserved = RESERVED_FDS.min(nofile / 4);
     let n = (nofile.saturating_sub(reserved) / 2).clamp(8, MAX_DEFAULT_CONNECTIONS);
     usize::try_from(n).unwrap_or(usize::MAX)

@@ -293,3 +293,25 @@ async fn the_default_connection_cap_is_sized_from_the_descriptor_limit() {
         "keygate exited"
     );
 }
+
+#[tokio::test]
+async fn an_http2_connection_is_offered_at_most_128_streams() {
+    let kg = support::keygate::Keygate::start(support::keygate::Opts::default()).await;
+    let tcp = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::get(kg.url("/healthz"))
+        .body(())
+        .expect("request");
+    let (resp, _) = client.send_request(req, true).expect("send");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("in time")
+        .expect("answer");
+    assert_eq!(resp.status(), 200);
+    // The server's SETTINGS arrived before its answer.
+    assert_eq!(client.current_max_send_streams(), 128);
+}

@@ -12,7 +12,6 @@ mod repoll;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +20,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::admin;
 use crate::proxy::service::handle;
 use crate::proxy::AppState;
-use accept::Acceptor;
 pub use accept::{default_max_connections, max_connections, raise_nofile_limit};
+use accept::{Accepted, Acceptor};
 use repoll::Repoll;
 
 /// How often credential files are checked for changes.
@@ -61,11 +59,11 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
         .map(|l| Acceptor::new(l, MAX_ADMIN_CONNECTIONS, "admin"));
     loop {
         tokio::select! {
-            (stream, peer, slot) = main.next() => {
-                serve_conn(&builders, &graceful, &conn_stop, stream, peer, slot, state.clone(), false);
+            conn = main.next() => {
+                serve_conn(&builders, &graceful, &conn_stop, conn, state.clone(), false);
             }
-            (stream, peer, slot) = accept_opt(admin.as_mut()) => {
-                serve_conn(&builders, &graceful, &conn_stop, stream, peer, slot, state.clone(), true);
+            conn = accept_opt(admin.as_mut()) => {
+                serve_conn(&builders, &graceful, &conn_stop, conn, state.clone(), true);
             }
             () = &mut shutdown => break,
         }
@@ -81,9 +79,7 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     }
 }
 
-async fn accept_opt(
-    a: Option<&mut Acceptor>,
-) -> (tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit) {
+async fn accept_opt(a: Option<&mut Acceptor>) -> Accepted {
     match a {
         Some(a) => a.next().await,
         None => std::future::pending().await,
@@ -176,12 +172,11 @@ fn serve_conn(
     builders: &Arc<Builders>,
     graceful: &GracefulShutdown,
     stop: &tokio::sync::watch::Receiver<bool>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    conn: Accepted,
     state: Arc<AppState>,
     is_admin: bool,
 ) {
+    let Accepted { stream, peer, slot } = conn;
     let _ = stream.set_nodelay(true);
     let svc = service_fn(move |req| {
         let state = state.clone();

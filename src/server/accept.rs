@@ -36,7 +36,7 @@ pub fn raise_nofile_limit() -> Option<u64> {
     if let (Some(cur), Some(max)) = (lim.current, lim.maximum) {
         if cur < max {
             lim.current = Some(max);
-            if setrlimit(Resource::Nofile, lim.clone()).is_err() {
+            if setrlimit(Resource::Nofile, lim).is_err() {
                 lim.current = Some(cur);
             }
         }
@@ -63,6 +63,13 @@ pub fn max_connections(configured: Option<usize>) -> usize {
             rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
         )
     })
+}
+
+/// An accepted connection and the `max_connections` slot it holds until it ends.
+pub(super) struct Accepted {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) slot: OwnedSemaphorePermit,
 }
 
 /// One listener's accept loop state.
@@ -94,7 +101,7 @@ impl Acceptor {
     /// The next connection and the slot it holds until it ends. Cancel-safe: dropping the
     /// future loses no connection (tokio's `accept` is cancel-safe) and keeps the episode
     /// state.
-    pub(super) async fn next(&mut self) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    pub(super) async fn next(&mut self) -> Accepted {
         loop {
             let slot = match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
@@ -140,7 +147,7 @@ impl Acceptor {
                         self.failures = 0;
                         self.backoff = FIRST_BACKOFF;
                     }
-                    return (stream, peer, slot);
+                    return Accepted { stream, peer, slot };
                 }
                 // The peer gave up between SYN and accept: nothing wrong here.
                 Err(e) if per_connection(&e) => {}

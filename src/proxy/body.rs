@@ -19,6 +19,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::redact::Redactor;
+
 /// The boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -75,6 +77,9 @@ pin_project! {
         // Sent to the client when the upstream breaks after commit (no silent truncation).
         error_event: Option<Bytes>,
         observer: Option<Box<dyn Observer>>,
+        // Error answers only (SPEC §8): the injected secret replaced in every data frame
+        // (the error event, keygate's own text, is not scanned). `None` on every success.
+        redact: Option<Box<Redactor>>,
         state: State,
     }
 
@@ -131,10 +136,28 @@ impl ProxyBody {
                     timer: None,
                     error_event,
                     observer,
+                    redact: None,
                     state: State::Streaming,
                 },
             },
         }
+    }
+
+    /// [`ProxyBody::upstream`] for an error answer passed on with every occurrence of a
+    /// secret replaced (`held` frames included). Its length is not known in advance, so the
+    /// caller drops `content-length`.
+    pub fn redacted(
+        held: VecDeque<Bytes>,
+        inner: Option<Incoming>,
+        deadline: Instant,
+        error_event: Option<Bytes>,
+        redactor: Redactor,
+    ) -> Self {
+        let mut body = Self::upstream(held, inner, deadline, error_event, None);
+        if let Kind::Upstream { inner } = &mut body.kind {
+            inner.redact = Some(Box::new(redactor));
+        }
+        body
     }
 }
 
@@ -165,7 +188,9 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Upstream { inner } => match (&inner.inner, inner.state) {
-                (Some(i), State::Streaming) if inner.held.is_empty() => i.size_hint(),
+                (Some(i), State::Streaming) if inner.held.is_empty() && inner.redact.is_none() => {
+                    i.size_hint()
+                }
                 _ => SizeHint::default(),
             },
         }
@@ -193,32 +218,55 @@ impl Passthrough {
             }
             State::Streaming => {}
         }
-        if let Some(data) = this.held.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        let polled = match this.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
-        };
-        let end = match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
-                    o.frame(data);
+        let end = loop {
+            if let Some(data) = this.held.pop_front() {
+                match this.redact.as_mut() {
+                    None => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Some(r) => {
+                        let out = r.push(&data);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
                 }
-                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(None) => StreamEnd::Complete,
-            Poll::Ready(Some(Err(_))) => StreamEnd::UpstreamError,
-            Poll::Pending => {
-                if this.timer.is_none() {
-                    this.timer
-                        .set(Some(tokio::time::sleep_until(*this.deadline)));
+            let polled = match this.inner.as_mut() {
+                Some(inner) => Pin::new(inner).poll_frame(cx),
+                None => Poll::Ready(None),
+            };
+            break match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
+                        o.frame(data);
+                    }
+                    let Some(r) = this.redact.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    match frame.into_data() {
+                        Ok(data) => {
+                            let out = r.push(&data);
+                            if out.is_empty() {
+                                continue;
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    }
                 }
-                if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-                    ready!(timer.poll(cx));
+                Poll::Ready(None) => StreamEnd::Complete,
+                Poll::Ready(Some(Err(_))) => StreamEnd::UpstreamError,
+                Poll::Pending => {
+                    if this.timer.is_none() {
+                        this.timer
+                            .set(Some(tokio::time::sleep_until(*this.deadline)));
+                    }
+                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                        ready!(timer.poll(cx));
+                    }
+                    StreamEnd::Deadline
                 }
-                StreamEnd::Deadline
-            }
+            };
         };
         *this.inner = None;
         let incomplete = match this.observer.take() {
@@ -226,8 +274,17 @@ impl Passthrough {
             None => false,
         };
         if end == StreamEnd::Complete && !incomplete {
+            // The redacted tail held back for an occurrence that did not come.
+            if let Some(tail) = this.redact.take().map(|mut r| r.finish()) {
+                if !tail.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+            }
             *this.state = State::Done;
             return Poll::Ready(None);
+        }
+        if let Some(r) = this.redact.as_mut() {
+            r.discard();
         }
         match this.error_event.take() {
             Some(event) => {

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod error;
 pub mod inject;
+pub mod redact;
 pub mod service;
 pub mod upstream;
 

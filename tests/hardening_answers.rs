@@ -124,12 +124,18 @@ async fn a_token_endpoint_error_echoing_the_refresh_token_reaches_neither_client
     );
     assert!(answer.len() < 1024, "bounded error text: {answer}");
     let log = log_text();
-    assert!(log.contains("oauth refresh failed"), "the WARN line is logged");
+    assert!(
+        log.contains("oauth refresh failed"),
+        "the WARN line is logged"
+    );
     for secret in [REFRESH, OLD_ACCESS, "rt%2Dhardening"] {
         assert!(!answer.contains(secret), "{secret} in the answer: {answer}");
         assert!(!log.contains(secret), "{secret} in the log");
     }
-    assert!(!log.contains(&"x".repeat(600)), "unbounded error text in the log");
+    assert!(
+        !log.contains(&"x".repeat(600)),
+        "unbounded error text in the log"
+    );
     assert!(api.requests().is_empty());
 }
 
@@ -228,7 +234,10 @@ async fn an_error_body_longer_than_max_error_body_is_redacted_to_its_end() {
     let text = a.text();
     assert!(!text.contains(ECHO_KEY), "key in the body");
     assert_eq!(text.matches("…WXYZ").count(), 3);
-    assert_eq!(text.len(), body.len() - 3 * (ECHO_KEY.len() - "…WXYZ".len()));
+    assert_eq!(
+        text.len(),
+        body.len() - 3 * (ECHO_KEY.len() - "…WXYZ".len())
+    );
     if let Some(len) = a.header("content-length") {
         assert_eq!(len, a.body.len().to_string(), "content-length fixed");
     }
@@ -275,7 +284,10 @@ fn broken_after_message_start() -> Behaviour {
 #[tokio::test]
 async fn a_stream_broken_before_its_first_content_event_rotates_to_the_next_key() {
     let mock = MockProvider::start().await;
-    mock.on_key("sk-ant-api03-broken-stream-key-1", broken_after_message_start());
+    mock.on_key(
+        "sk-ant-api03-broken-stream-key-1",
+        broken_after_message_start(),
+    );
     let kg = Keygate::start(
         Opts::default()
             .config(providers_at(&mock.url(), &["anthropic"]))
@@ -306,7 +318,11 @@ async fn a_stream_broken_before_its_first_content_event_rotates_to_the_next_key(
         .map(|(_, b)| String::from_utf8_lossy(b))
         .collect();
     assert!(!errored, "the second key's stream is complete: {text}");
-    assert_eq!(text.matches("message_start").count(), 2, "one message: {text}");
+    assert_eq!(
+        text.matches("message_start").count(),
+        2,
+        "one message: {text}"
+    );
     assert!(text.contains("message_stop"), "{text}");
     assert!(!text.contains("event: error"), "{text}");
     assert_eq!(
@@ -339,6 +355,41 @@ async fn a_stream_broken_before_its_first_content_event_with_no_key_left_is_502(
     assert_eq!(a.json()["type"], "error", "{}", a.text());
     assert_eq!(a.header("x-keygate-attempts"), Some("1"));
     assert!(!a.text().contains("message_start"));
+}
+
+#[tokio::test]
+async fn an_error_body_that_breaks_is_not_passed_on_as_complete() {
+    let partial = format!(
+        "{{\"error\":{{\"type\":\"invalid_request_error\",\"message\":\"{ECHO_KEY} and more"
+    );
+    let raw = RawUpstream::start_closing(vec![format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{partial}"
+    )
+    .into_bytes()])
+    .await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&raw.url(), &["anthropic"]))
+            .env("KEYGATE_TOKEN", GW)
+            .env("ANTHROPIC_API_KEY", ECHO_KEY),
+    )
+    .await;
+    let req = request(
+        Method::POST,
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW), ("content-type", "application/json")],
+        Bytes::from(json!({"model": "claude-sonnet-4-5"}).to_string()),
+    );
+    let resp = client().request(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_no_key_in_headers(resp.headers());
+    let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
+    let text: String = chunks
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b))
+        .collect();
+    assert!(errored, "a broken error body must not end cleanly: {text}");
+    assert!(!text.contains(ECHO_KEY), "{text}");
 }
 
 // ---------------------------------------------------------------------------------------

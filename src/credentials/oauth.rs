@@ -264,7 +264,12 @@ fn error_code(body: &[u8], secrets: &[&str]) -> String {
         .filter(|c| !c.is_control())
         .take(MAX_ERROR_CODE)
         .collect();
-    if code.chars().filter(|c| !c.is_control()).nth(MAX_ERROR_CODE).is_some() {
+    if code
+        .chars()
+        .filter(|c| !c.is_control())
+        .nth(MAX_ERROR_CODE)
+        .is_some()
+    {
         out.push('…');
     }
     if out.trim().is_empty() {
@@ -286,11 +291,17 @@ mod tests {
     #[test]
     fn the_error_code_is_shown() {
         assert_eq!(
-            error_code(br#"{"error":"invalid_grant","error_description":"x"}"#, &[REFRESH]),
+            error_code(
+                br#"{"error":"invalid_grant","error_description":"x"}"#,
+                &[REFRESH]
+            ),
             "invalid_grant"
         );
         assert_eq!(error_code(b"<html>", &[REFRESH]), "error");
-        assert_eq!(error_code(br#"{"error":{"message":"m"}}"#, &[REFRESH]), "error");
+        assert_eq!(
+            error_code(br#"{"error":{"message":"m"}}"#, &[REFRESH]),
+            "error"
+        );
     }
 
     #[test]

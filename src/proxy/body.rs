@@ -80,6 +80,9 @@ pin_project! {
         // Error answers only (SPEC §8): the injected secret replaced in every data frame
         // (the error event, keygate's own text, is not scanned). `None` on every success.
         redact: Option<Box<Redactor>>,
+        // The upstream broke while `held` was being read: once `held` is out, the body
+        // ends as a break, not a clean end.
+        broken: bool,
         state: State,
     }
 
@@ -137,6 +140,7 @@ impl ProxyBody {
                     error_event,
                     observer,
                     redact: None,
+                    broken: false,
                     state: State::Streaming,
                 },
             },
@@ -158,6 +162,15 @@ impl ProxyBody {
             inner.redact = Some(Box::new(redactor));
         }
         body
+    }
+
+    /// Marks an upstream body that broke while its first frames were held (`inner` is
+    /// `None`): after them the client sees a body error, never a clean end (SPEC §7).
+    pub fn broken(mut self) -> Self {
+        if let Kind::Upstream { inner } = &mut self.kind {
+            inner.broken = true;
+        }
+        self
     }
 }
 
@@ -233,6 +246,7 @@ impl Passthrough {
             }
             let polled = match this.inner.as_mut() {
                 Some(inner) => Pin::new(inner).poll_frame(cx),
+                None if *this.broken => break StreamEnd::UpstreamError,
                 None => Poll::Ready(None),
             };
             break match polled {
@@ -292,8 +306,11 @@ impl Passthrough {
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => {
-                *this.state = State::Done;
-                Poll::Ready(Some(Err("upstream stream did not complete".into())))
+                // Yield once first, so what was already handed to hyper (the head, the
+                // frames before the break) reaches the client before the body fails.
+                *this.state = State::Failing;
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
         }
     }

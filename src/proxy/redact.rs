@@ -170,8 +170,14 @@ mod tests {
         let r = redactor();
         let text = format!("a {KEY} b {KEY}{KEY} c");
         let out = r.redact_all(text.as_bytes()).expect("found");
-        assert_eq!(String::from_utf8(out).expect("utf8"), "a …WXYZ b …WXYZ…WXYZ c");
-        assert!(r.redact_all(b"nothing here").is_none(), "no copy without a match");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "a …WXYZ b …WXYZ…WXYZ c"
+        );
+        assert!(
+            r.redact_all(b"nothing here").is_none(),
+            "no copy without a match"
+        );
     }
 
     #[test]
@@ -185,9 +191,15 @@ mod tests {
         let out = r
             .redact_all(b"url ?key=key%2Bwith%2Fodd%3Dchars and key+with/odd=chars")
             .expect("found");
-        assert_eq!(String::from_utf8(out).expect("utf8"), "url ?key=…hars and …hars");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "url ?key=…hars and …hars"
+        );
         let r = Redactor::new(&Secret::new("sk-dash_key.with~unreserved")).expect("long");
-        for sent in ["sk-dash_key.with~unreserved", "sk%2Ddash%5Fkey%2Ewith%7Eunreserved"] {
+        for sent in [
+            "sk-dash_key.with~unreserved",
+            "sk%2Ddash%5Fkey%2Ewith%7Eunreserved",
+        ] {
             let out = r.redact_all(sent.as_bytes()).expect("found");
             assert_eq!(out, "…rved".as_bytes());
         }
@@ -205,7 +217,11 @@ mod tests {
                 out.extend_from_slice(&r.push(chunk));
             }
             out.extend_from_slice(&r.finish());
-            assert_eq!(String::from_utf8(out).expect("utf8"), whole, "chunks of {size}");
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                whole,
+                "chunks of {size}"
+            );
         }
     }
 
@@ -214,7 +230,10 @@ mod tests {
         let mut r = redactor();
         let out = r.push(format!("ok {}", &KEY[..KEY.len() - 1]).as_bytes());
         r.discard();
-        assert!(!String::from_utf8_lossy(&out).contains(&KEY[..8]), "{out:?}");
+        assert!(
+            !String::from_utf8_lossy(&out).contains(&KEY[..8]),
+            "{out:?}"
+        );
     }
 
     #[test]

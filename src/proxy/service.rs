@@ -637,7 +637,7 @@ impl Exchange<'_> {
         // A 304 is no error: it has no body and goes back as it came, like a 204.
         if !status.is_success() && status != StatusCode::NOT_MODIFIED {
             // Read the error body as it streams in, up to max_error_body, to classify it.
-            let (held, rest, collected) =
+            let (held, rest, collected, broke) =
                 read_error_body(incoming, server.max_error_body, wait_until).await;
             let verdict = classify::classify_response(
                 &self.provider.id,
@@ -647,7 +647,18 @@ impl Exchange<'_> {
                 SystemTime::now(),
             );
             self.mark(cand, &verdict, Some(status.as_u16()));
-            let body = redact_error(&mut parts.headers, secret, held, rest, self.deadline, None);
+            let mut body = redact_error(
+                &mut parts.headers,
+                secret,
+                held,
+                rest,
+                broke,
+                self.deadline,
+                None,
+            );
+            if broke {
+                body = body.broken();
+            }
             let resp = Response::from_parts(parts, body);
             return Ok(Attempt::Failed(resp, verdict.reason));
         }
@@ -691,22 +702,26 @@ impl Exchange<'_> {
         if st.config.rotation.peek_stream && !self.pinned {
             // The commit point: hold the stream until its first content-bearing event, so an
             // error event before it can still be retried on another credential.
-            let (h, r, err) =
-                match peek_stream(rest.take(), &mut scanner, server.max_error_body, wait_until)
-                    .await
-                {
-                    Peek::Commit(h, r) => (h, r, None),
-                    Peek::Error(h, r, verdict) => (h, r, Some(verdict)),
-                    Peek::Broke => {
-                        // Nothing reached the client: the next candidate may serve (SPEC §7,
-                        // no silent truncation). A broken connection says nothing about the
-                        // credential, so nothing is marked.
-                        tracing::warn!(provider = %self.provider.id, credential = id, "upstream stream broke before its first content event");
-                        return Ok(Attempt::Broken(ProxyError::UpstreamBroken(
-                            "its stream broke before the first content event",
-                        )));
-                    }
-                };
+            let (h, r, err) = match peek_stream(
+                rest.take(),
+                &mut scanner,
+                server.max_error_body,
+                wait_until,
+            )
+            .await
+            {
+                Peek::Commit(h, r) => (h, r, None),
+                Peek::Error(h, r, verdict) => (h, r, Some(verdict)),
+                Peek::Broke => {
+                    // Nothing reached the client: the next candidate may serve (SPEC §7,
+                    // no silent truncation). A broken connection says nothing about the
+                    // credential, so nothing is marked.
+                    tracing::warn!(provider = %self.provider.id, credential = id, "upstream stream broke before its first content event");
+                    return Ok(Attempt::Broken(ProxyError::UpstreamBroken(
+                        "its stream broke before the first content event",
+                    )));
+                }
+            };
             held = h;
             rest = r;
             if let Some(mut verdict) = err {
@@ -719,8 +734,15 @@ impl Exchange<'_> {
                     );
                 }
                 self.mark(cand, &verdict, None);
-                let body =
-                    redact_error(&mut parts.headers, secret, held, rest, self.deadline, error_event);
+                let body = redact_error(
+                    &mut parts.headers,
+                    secret,
+                    held,
+                    rest,
+                    false,
+                    self.deadline,
+                    error_event,
+                );
                 let resp = Response::from_parts(parts, body);
                 return Ok(Attempt::Failed(resp, verdict.reason));
             }
@@ -863,12 +885,13 @@ async fn read_body(
 }
 
 /// Reads up to `limit` bytes of an error body before `until`. Returns the frames read (to
-/// replay), the rest of the body (`None` when it ended), and the bytes to classify.
+/// replay), the rest of the body (`None` when it ended), the bytes to classify, and
+/// whether the body broke (reset, read error) instead of ending.
 async fn read_error_body(
     mut body: Incoming,
     limit: usize,
     until: Instant,
-) -> (VecDeque<Bytes>, Option<Incoming>, ErrorBody) {
+) -> (VecDeque<Bytes>, Option<Incoming>, ErrorBody, bool) {
     let mut held = VecDeque::new();
     let mut collected = ErrorBody::new(limit);
     loop {
@@ -878,12 +901,13 @@ async fn read_error_body(
                     let more = collected.feed(&data);
                     held.push_back(data);
                     if !more {
-                        return (held, Some(body), collected);
+                        return (held, Some(body), collected, false);
                     }
                 }
             }
-            Ok(None) | Ok(Some(Err(_))) => return (held, None, collected),
-            Err(_) => return (held, Some(body), collected),
+            Ok(None) => return (held, None, collected, false),
+            Ok(Some(Err(_))) => return (held, None, collected, true),
+            Err(_) => return (held, Some(body), collected, false),
         }
     }
 }
@@ -891,13 +915,14 @@ async fn read_error_body(
 /// The body of an upstream error answer passed on, with every occurrence of the injected
 /// secret replaced in it and in `headers` (SPEC §8). Runs only on answers already treated
 /// as errors, whose first `max_error_body` bytes are already held. A complete body is
-/// redacted at once and gets its exact length; a longer one is redacted as it streams and
-/// loses `content-length`.
+/// redacted at once and gets its exact length; a longer one (or one that `broke` while
+/// being read) is redacted as it streams and loses `content-length`.
 fn redact_error(
     headers: &mut http::HeaderMap,
     secret: &Secret,
     mut held: VecDeque<Bytes>,
     rest: Option<Incoming>,
+    broke: bool,
     deadline: Instant,
     error_event: Option<Bytes>,
 ) -> ProxyBody {
@@ -905,11 +930,15 @@ fn redact_error(
         return ProxyBody::upstream(held, rest, deadline, error_event, None);
     };
     redactor.headers(headers);
-    if rest.is_none() {
+    if rest.is_none() && !broke {
         let whole: Bytes = match held.len() {
             0 => Bytes::new(),
             1 => held.pop_front().unwrap_or_default(),
-            _ => held.iter().flat_map(|b| b.iter().copied()).collect::<Vec<u8>>().into(),
+            _ => held
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .collect::<Vec<u8>>()
+                .into(),
         };
         return match redactor.redact_all(&whole) {
             Some(clean) => {

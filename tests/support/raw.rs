@@ -25,6 +25,16 @@ impl RawUpstream {
     /// Binds `127.0.0.1:0`; request `n` (0-based, across connections) gets
     /// `script[min(n, len - 1)]`.
     pub async fn start(script: Vec<Vec<u8>>) -> RawUpstream {
+        Self::spawn(script, false).await
+    }
+
+    /// [`RawUpstream::start`], closing each connection right after its answer (an answer
+    /// shorter than its `content-length` then reaches the client as a broken body).
+    pub async fn start_closing(script: Vec<Vec<u8>>) -> RawUpstream {
+        Self::spawn(script, true).await
+    }
+
+    async fn spawn(script: Vec<Vec<u8>>, close: bool) -> RawUpstream {
         assert!(!script.is_empty(), "raw upstream needs an answer");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("raw: bind");
         let addr = listener.local_addr().expect("raw: addr");
@@ -37,7 +47,7 @@ impl RawUpstream {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
-                        conns.spawn(serve(stream, script.clone(), counter.clone()));
+                        conns.spawn(serve(stream, script.clone(), counter.clone(), close));
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
@@ -67,7 +77,12 @@ impl Drop for RawUpstream {
     }
 }
 
-async fn serve(mut s: TcpStream, script: Arc<Vec<Vec<u8>>>, counter: Arc<AtomicUsize>) {
+async fn serve(
+    mut s: TcpStream,
+    script: Arc<Vec<Vec<u8>>>,
+    counter: Arc<AtomicUsize>,
+    close: bool,
+) {
     let mut buf = Vec::new();
     loop {
         let Some(head_end) = read_until_head(&mut s, &mut buf).await else {
@@ -84,7 +99,7 @@ async fn serve(mut s: TcpStream, script: Arc<Vec<Vec<u8>>>, counter: Arc<AtomicU
         buf.drain(..head_end + len);
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let answer = &script[n.min(script.len() - 1)];
-        if s.write_all(answer).await.is_err() {
+        if s.write_all(answer).await.is_err() || close {
             return;
         }
     }

@@ -429,6 +429,23 @@ async fn an_upstream_101_is_answered_with_502() {
 /// One answer read off a keep-alive connection the way a simple client does: the head, then
 /// `content-length` bytes of body (bounded waits: a desynchronised connection fails here).
 async fn read_answer(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let head = read_head(s, buf).await;
+    let len = content_length(head.as_bytes());
+    while buf.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("the announced body within 10 s (keep-alive out of sync)")
+            .expect("read");
+        assert!(n > 0, "connection closed inside the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf.drain(..len).collect();
+    (head, body)
+}
+
+/// An answer head off a keep-alive connection (bounded wait); `buf` keeps what follows.
+async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> String {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -442,19 +459,8 @@ async fn read_answer(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (Strin
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len = content_length(head.as_bytes());
-    while buf.len() < head_end + len {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("the announced body within 10 s (keep-alive out of sync)")
-            .expect("read");
-        assert!(n > 0, "connection closed inside the body");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body = buf[head_end..head_end + len].to_vec();
-    buf.drain(..head_end + len);
-    (head, body)
+    buf.drain(..head_end);
+    head
 }
 
 async fn bodiless_then_ok(first: &str) {
@@ -510,4 +516,43 @@ async fn a_204_with_content_length_keeps_keep_alive_in_sync() {
 #[tokio::test]
 async fn a_304_with_content_length_keeps_keep_alive_in_sync() {
     bodiless_then_ok("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\netag: \"x\"\r\n\r\n").await;
+}
+
+#[tokio::test]
+async fn a_head_answer_keeps_its_content_length_and_sends_no_body() {
+    let raw = RawUpstream::start(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\n".to_vec(),
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
+            .to_vec(),
+    ])
+    .await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&raw.url(), &["openai"]))
+            .env("KEYGATE_TOKEN", GW)
+            .env("OPENAI_API_KEY", "sk-openai-head-key-0001"),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(kg.addr)
+        .await
+        .expect("connect");
+    let head_req = format!(
+        "HEAD /openai/v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {GW}\r\n\r\n"
+    );
+    let get_req = format!(
+        "GET /openai/v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {GW}\r\n\r\n"
+    );
+    s.write_all(head_req.as_bytes()).await.expect("write 1");
+    s.write_all(get_req.as_bytes()).await.expect("write 2");
+    // Both answers, back to back: the HEAD one has a length and no body.
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 5"),
+        "{head}"
+    );
+    let (head, body) = read_answer(&mut s, &mut buf).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body, b"{\"ok\":true}");
 }

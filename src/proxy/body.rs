@@ -5,8 +5,10 @@
 //! while deciding whether to retry (an error body being classified, or a stream before its
 //! commit point) are replayed first. When the upstream breaks after bytes have reached the
 //! client, or ends without its terminal event, the stream ends with a protocol-correct
-//! error event followed by a body error, never a clean end of stream. It does not own
-//! classification: it hands every frame, by reference, to an [`Observer`].
+//! error event followed by a body error, never a clean end of stream. An error answer may
+//! carry a [`Redactor`] that replaces the injected secret in every frame (SPEC §8); a
+//! success never does. It does not own classification: it hands every frame, by reference,
+//! to an [`Observer`].
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -647,7 +647,7 @@ impl Exchange<'_> {
                 SystemTime::now(),
             );
             self.mark(cand, &verdict, Some(status.as_u16()));
-            let mut body = redact_error(
+            let body = redact_error(
                 &mut parts.headers,
                 secret,
                 held,
@@ -656,9 +656,6 @@ impl Exchange<'_> {
                 self.deadline,
                 None,
             );
-            if broke {
-                body = body.broken();
-            }
             let resp = Response::from_parts(parts, body);
             return Ok(Attempt::Failed(resp, verdict.reason));
         }
@@ -916,7 +913,8 @@ async fn read_error_body(
 /// secret replaced in it and in `headers` (SPEC §8). Runs only on answers already treated
 /// as errors, whose first `max_error_body` bytes are already held. A complete body is
 /// redacted at once and gets its exact length; a longer one (or one that `broke` while
-/// being read) is redacted as it streams and loses `content-length`.
+/// being read) is redacted as it streams and loses `content-length`. A body that `broke`
+/// ends with a body error after its held frames, never cleanly.
 fn redact_error(
     headers: &mut http::HeaderMap,
     secret: &Secret,
@@ -927,10 +925,15 @@ fn redact_error(
     error_event: Option<Bytes>,
 ) -> ProxyBody {
     let Some(redactor) = Redactor::new(secret) else {
-        return ProxyBody::upstream(held, rest, deadline, error_event, None);
+        let body = ProxyBody::upstream(held, rest, deadline, error_event, None);
+        return if broke { body.broken() } else { body };
     };
     redactor.headers(headers);
-    if rest.is_none() && !broke {
+    if broke {
+        headers.remove(header::CONTENT_LENGTH);
+        return ProxyBody::redacted(held, None, deadline, error_event, redactor).broken();
+    }
+    if rest.is_none() {
         let whole: Bytes = match held.len() {
             0 => Bytes::new(),
             1 => held.pop_front().unwrap_or_default(),

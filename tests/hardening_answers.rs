@@ -171,6 +171,7 @@ fn assert_no_key_in_headers(headers: &http::HeaderMap) {
 
 #[tokio::test]
 async fn an_error_answer_echoing_the_key_is_redacted_in_body_and_headers() {
+    logs();
     let mock = MockProvider::start().await;
     let body = json!({"type": "error", "error": {"type": "authentication_error",
         "message": format!("invalid x-api-key: {ECHO_KEY} (you sent {ECHO_KEY})")}})
@@ -213,6 +214,7 @@ async fn an_error_answer_echoing_the_key_is_redacted_in_body_and_headers() {
     if let Some(len) = a.header("content-length") {
         assert_eq!(len, a.body.len().to_string(), "content-length fixed");
     }
+    assert!(!log_text().contains(ECHO_KEY), "key in the log");
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::config::OAuthConfig;
 use crate::credentials::store;
+use crate::proxy::redact::Redactor;
 use crate::proxy::upstream::UpstreamClient;
 use crate::secret::Secret;
 
@@ -111,7 +112,7 @@ impl Refresher {
             .ok_or("the profile has no refresh token")?
             .to_owned();
         let cfg = cfg.ok_or("no [providers.<p>.oauth] token_url is configured")?;
-        let (access, new_refresh, expires_in) = exchange(client, cfg, &refresh).await?;
+        let (access, new_refresh, expires_in) = exchange(client, cfg, &refresh, access).await?;
         let expires_ms = now_ms() + (expires_in * 1000.0) as i64;
         let write_path = path.to_owned();
         let id = profile.to_owned();
@@ -166,10 +167,12 @@ async fn read_entry(path: &Path, profile: &str) -> Result<serde_json::Map<String
 }
 
 /// The `refresh_token` grant. Returns (access token, new refresh token, expires_in seconds).
+/// `old_access` is only for keeping it out of the error text.
 async fn exchange(
     client: &UpstreamClient,
     cfg: &OAuthConfig,
     refresh: &str,
+    old_access: &str,
 ) -> Result<(String, Option<String>, f64), String> {
     let (body, content_type) = if cfg.form {
         let mut form = String::from("grant_type=refresh_token&refresh_token=");
@@ -207,11 +210,7 @@ async fn exchange(
         .map_err(|_| "the token endpoint's answer could not be read".to_owned())?
         .to_bytes();
     if !status.is_success() {
-        // The error code only (e.g. invalid_grant): descriptions may echo the token.
-        let code = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| "error".into());
+        let code = error_code(&body, &[refresh, old_access]);
         return Err(format!(
             "the token endpoint answered {} ({code})",
             status.as_u16()
@@ -236,6 +235,88 @@ async fn exchange(
     Ok((access.to_owned(), new_refresh, expires_in))
 }
 
+/// Longest error code shown, in characters.
+const MAX_ERROR_CODE: usize = 64;
+
+/// What a failed token exchange may say about itself: the `error` member only (RFC 6749
+/// §5.2, e.g. `invalid_grant`; descriptions are never shown), with every secret the request
+/// carried (`secrets`, also percent-encoded) replaced by its masked form, control
+/// characters dropped, and at most [`MAX_ERROR_CODE`] characters. `error` when there is
+/// no such string. The result reaches the client's 401 and the log.
+fn error_code(body: &[u8], secrets: &[&str]) -> String {
+    let Some(code) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+    else {
+        return "error".into();
+    };
+    let mut code = code;
+    for s in secrets {
+        let secret = Secret::new(*s);
+        if let Some(r) = Redactor::new(&secret) {
+            if let Some(clean) = r.redact_all(code.as_bytes()) {
+                code = String::from_utf8_lossy(&clean).into_owned();
+            }
+        }
+    }
+    let mut out: String = code
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR_CODE)
+        .collect();
+    if code
+        .chars()
+        .filter(|c| !c.is_control())
+        .nth(MAX_ERROR_CODE)
+        .is_some()
+    {
+        out.push('…');
+    }
+    if out.trim().is_empty() {
+        return "error".into();
+    }
+    out
+}
+
 fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REFRESH: &str = "rt-unit-refresh-token-0001";
+
+    #[test]
+    fn the_error_code_is_shown() {
+        assert_eq!(
+            error_code(
+                br#"{"error":"invalid_grant","error_description":"x"}"#,
+                &[REFRESH]
+            ),
+            "invalid_grant"
+        );
+        assert_eq!(error_code(b"<html>", &[REFRESH]), "error");
+        assert_eq!(
+            error_code(br#"{"error":{"message":"m"}}"#, &[REFRESH]),
+            "error"
+        );
+    }
+
+    #[test]
+    fn a_secret_in_the_error_code_is_masked() {
+        let body = format!(r#"{{"error":"bad token {REFRESH} / {}"}}"#, encode(REFRESH));
+        let code = error_code(body.as_bytes(), &[REFRESH, "at-unit-access-0002"]);
+        assert_eq!(code, "bad token …0001 / …0001");
+    }
+
+    #[test]
+    fn the_error_code_is_bounded_and_has_no_control_characters() {
+        let body = serde_json::json!({ "error": format!("a\nb{}", "x".repeat(500)) }).to_string();
+        let code = error_code(body.as_bytes(), &[REFRESH]);
+        assert_eq!(code.chars().count(), MAX_ERROR_CODE + 1);
+        assert!(code.starts_with("abx"), "{code}");
+        assert!(!code.contains('\n'));
+    }
 }

@@ -5,8 +5,10 @@
 //! while deciding whether to retry (an error body being classified, or a stream before its
 //! commit point) are replayed first. When the upstream breaks after bytes have reached the
 //! client, or ends without its terminal event, the stream ends with a protocol-correct
-//! error event followed by a body error, never a clean end of stream. It does not own
-//! classification: it hands every frame, by reference, to an [`Observer`].
+//! error event followed by a body error, never a clean end of stream. An error answer may
+//! carry a [`Redactor`] that replaces the injected secret in every frame (SPEC §8); a
+//! success never does. It does not own classification: it hands every frame, by reference,
+//! to an [`Observer`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,6 +20,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
+
+use super::redact::Redactor;
 
 /// The boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -75,6 +79,12 @@ pin_project! {
         // Sent to the client when the upstream breaks after commit (no silent truncation).
         error_event: Option<Bytes>,
         observer: Option<Box<dyn Observer>>,
+        // Error answers only (SPEC §8): the injected secret replaced in every data frame
+        // (the error event, keygate's own text, is not scanned). `None` on every success.
+        redact: Option<Box<Redactor>>,
+        // The upstream broke while `held` was being read: once `held` is out, the body
+        // ends as a break, not a clean end.
+        broken: bool,
         state: State,
     }
 
@@ -131,10 +141,38 @@ impl ProxyBody {
                     timer: None,
                     error_event,
                     observer,
+                    redact: None,
+                    broken: false,
                     state: State::Streaming,
                 },
             },
         }
+    }
+
+    /// [`ProxyBody::upstream`] for an error answer passed on with every occurrence of a
+    /// secret replaced (`held` frames included). Its length is not known in advance, so the
+    /// caller drops `content-length`.
+    pub fn redacted(
+        held: VecDeque<Bytes>,
+        inner: Option<Incoming>,
+        deadline: Instant,
+        error_event: Option<Bytes>,
+        redactor: Redactor,
+    ) -> Self {
+        let mut body = Self::upstream(held, inner, deadline, error_event, None);
+        if let Kind::Upstream { inner } = &mut body.kind {
+            inner.redact = Some(Box::new(redactor));
+        }
+        body
+    }
+
+    /// Marks an upstream body that broke while its first frames were held (`inner` is
+    /// `None`): after them the client sees a body error, never a clean end (SPEC §7).
+    pub fn broken(mut self) -> Self {
+        if let Kind::Upstream { inner } = &mut self.kind {
+            inner.broken = true;
+        }
+        self
     }
 }
 
@@ -165,7 +203,9 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Upstream { inner } => match (&inner.inner, inner.state) {
-                (Some(i), State::Streaming) if inner.held.is_empty() => i.size_hint(),
+                (Some(i), State::Streaming) if inner.held.is_empty() && inner.redact.is_none() => {
+                    i.size_hint()
+                }
                 _ => SizeHint::default(),
             },
         }
@@ -193,32 +233,56 @@ impl Passthrough {
             }
             State::Streaming => {}
         }
-        if let Some(data) = this.held.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        let polled = match this.inner.as_mut() {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
-        };
-        let end = match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
-                    o.frame(data);
+        let end = loop {
+            if let Some(data) = this.held.pop_front() {
+                match this.redact.as_mut() {
+                    None => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Some(r) => {
+                        let out = r.push(&data);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
                 }
-                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(None) => StreamEnd::Complete,
-            Poll::Ready(Some(Err(_))) => StreamEnd::UpstreamError,
-            Poll::Pending => {
-                if this.timer.is_none() {
-                    this.timer
-                        .set(Some(tokio::time::sleep_until(*this.deadline)));
+            let polled = match this.inner.as_mut() {
+                Some(inner) => Pin::new(inner).poll_frame(cx),
+                None if *this.broken => break StreamEnd::UpstreamError,
+                None => Poll::Ready(None),
+            };
+            break match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(data), Some(o)) = (frame.data_ref(), this.observer.as_mut()) {
+                        o.frame(data);
+                    }
+                    let Some(r) = this.redact.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    match frame.into_data() {
+                        Ok(data) => {
+                            let out = r.push(&data);
+                            if out.is_empty() {
+                                continue;
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    }
                 }
-                if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-                    ready!(timer.poll(cx));
+                Poll::Ready(None) => StreamEnd::Complete,
+                Poll::Ready(Some(Err(_))) => StreamEnd::UpstreamError,
+                Poll::Pending => {
+                    if this.timer.is_none() {
+                        this.timer
+                            .set(Some(tokio::time::sleep_until(*this.deadline)));
+                    }
+                    if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                        ready!(timer.poll(cx));
+                    }
+                    StreamEnd::Deadline
                 }
-                StreamEnd::Deadline
-            }
+            };
         };
         *this.inner = None;
         let incomplete = match this.observer.take() {
@@ -226,8 +290,17 @@ impl Passthrough {
             None => false,
         };
         if end == StreamEnd::Complete && !incomplete {
+            // The redacted tail held back for an occurrence that did not come.
+            if let Some(tail) = this.redact.take().map(|mut r| r.finish()) {
+                if !tail.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+            }
             *this.state = State::Done;
             return Poll::Ready(None);
+        }
+        if let Some(r) = this.redact.as_mut() {
+            r.discard();
         }
         match this.error_event.take() {
             Some(event) => {
@@ -235,8 +308,11 @@ impl Passthrough {
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => {
-                *this.state = State::Done;
-                Poll::Ready(Some(Err("upstream stream did not complete".into())))
+                // Yield once first, so what was already handed to hyper (the head, the
+                // frames before the break) reaches the client before the body fails.
+                *this.state = State::Failing;
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
         }
     }

@@ -97,6 +97,10 @@ pub enum ProxyError {
     /// The upstream could not be reached or broke before answering.
     #[error("upstream unavailable: {0}")]
     Upstream(String),
+    /// The upstream answered, but not with anything a client can use: a `101`, or a 2xx
+    /// stream that broke before its first content event (and no candidate was left).
+    #[error("the upstream's answer is unusable: {0}")]
+    UpstreamBroken(&'static str),
     /// No answer from the upstream in time.
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(Duration),
@@ -125,7 +129,9 @@ impl ProxyError {
             ProxyError::LockedOut { .. } | ProxyError::AllCooling { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ProxyError::NoBaseUrl(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NoBaseUrl(_) | ProxyError::Upstream(_) | ProxyError::UpstreamBroken(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::BodiesOverBudget => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -154,6 +160,7 @@ impl ProxyError {
             ProxyError::AllCooling { .. } => "all_cooling",
             ProxyError::NoBaseUrl(_) => "no_base_url",
             ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::UpstreamBroken(_) => "upstream_broken",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
         }
     }

@@ -9,6 +9,7 @@ pub mod body;
 pub mod budget;
 pub mod error;
 pub mod inject;
+pub mod redact;
 pub mod service;
 pub mod upstream;
 

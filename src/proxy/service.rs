@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -27,6 +27,7 @@ use super::body::ProxyBody;
 use super::budget::{BodyBudget, Reservation};
 use super::error::ProxyError;
 use super::inject::{clean_query, clean_request_headers, clean_response_headers, Injection};
+use super::redact::Redactor;
 use super::upstream::UpstreamClient;
 use crate::admin;
 use crate::classify::{self, ErrorBody, Reason, SseScanner, Verdict};
@@ -39,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::pin;
 use crate::provider::{self, ModelFrom};
 use crate::resolver::{Candidate, Registry};
+use crate::secret::Secret;
 
 /// Header a client may use to pin a credential.
 pub const PROFILE_HEADER: HeaderName = HeaderName::from_static("x-keygate-profile");
@@ -396,6 +398,9 @@ enum Attempt {
     Error(ProxyError, Reason),
     /// Not sent: the credential could not be made usable (OAuth refresh failed).
     Skip(ProxyError),
+    /// A 2xx stream that broke before its commit point: nothing reached the client, so
+    /// the next candidate is tried whatever `rotate_on` says.
+    Broken(ProxyError),
 }
 
 impl Exchange<'_> {
@@ -517,6 +522,8 @@ impl Exchange<'_> {
                     return finish(outcome, attempts);
                 }
                 Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
+                // Counted as SPEC §7 counts a stream that breaks after commit.
+                Attempt::Broken(_) => Reason::Timeout,
                 Attempt::Skip(_) => {
                     // Not sent: the next credential serves and this one is not an attempt.
                     attempts -= 1;
@@ -529,7 +536,8 @@ impl Exchange<'_> {
             };
             cand.count_attempt(Some(reason));
             let more = !self.pinned && tried.iter().any(|t| !t);
-            if !(more && st.rotate_on.contains(&reason)) {
+            let rotates = st.rotate_on.contains(&reason) || matches!(outcome, Attempt::Broken(_));
+            if !(more && rotates) {
                 return finish(outcome, attempts);
             }
             tracing::debug!(credential = %cand.cred.id, reason = reason.as_str(), "rotating to the next credential");
@@ -550,7 +558,8 @@ impl Exchange<'_> {
         let server = &st.config.server;
         // An oauth profile about to expire is refreshed first (SPEC §5).
         let refreshed;
-        let inject = if needs_oauth_refresh(cand) {
+        let fresh_secret;
+        let (inject, secret) = if needs_oauth_refresh(cand) {
             let path =
                 store::agent_dir(st.registry.state_dir(), self.agent).join(store::PROFILES_FILE);
             // Boxed: a refresh is rare, and its future (an HTTP exchange of its own) would
@@ -564,11 +573,12 @@ impl Exchange<'_> {
             match refresh.await {
                 Ok(fresh) => {
                     let mut cred = cand.cred.clone();
-                    cred.secret = fresh.access;
+                    fresh_secret = fresh.access;
+                    cred.secret = fresh_secret.clone();
                     cred.expires_ms = Some(fresh.expires_ms);
                     refreshed = Injection::new(self.provider, &cred)
                         .map_err(|e| ProxyError::Upstream(e.to_string()))?;
-                    &refreshed
+                    (&refreshed, &fresh_secret)
                 }
                 Err(reason) => {
                     let verdict = Verdict {
@@ -585,7 +595,7 @@ impl Exchange<'_> {
                 }
             }
         } else {
-            &cand.inject
+            (&cand.inject, &cand.cred.secret)
         };
         let uri = match (inject.query(), plain_uri) {
             (None, Some(uri)) => uri,
@@ -616,6 +626,16 @@ impl Exchange<'_> {
             }
             Ok(Ok(resp)) => resp,
         };
+        if resp.status().is_informational() {
+            // hyper passes a `101` on as the answer (any other 1xx is skipped): relaying it
+            // would switch the client's connection (over h2, a protocol error).
+            return Ok(Attempt::Error(
+                ProxyError::UpstreamBroken(
+                    "it switched protocols (101), which keygate does not relay",
+                ),
+                Reason::Unknown,
+            ));
+        }
         let (mut parts, incoming) = resp.into_parts();
         clean_response_headers(&mut parts.headers);
         parts
@@ -633,9 +653,10 @@ impl Exchange<'_> {
         let id = cand.cred.id.as_str();
         let model = self.model.as_deref();
 
-        if !status.is_success() {
+        // A 304 is no error: it has no body and goes back as it came, like a 204.
+        if !status.is_success() && status != StatusCode::NOT_MODIFIED {
             // Read the error body as it streams in, up to max_error_body, to classify it.
-            let (held, rest, collected) =
+            let (held, rest, collected, broke) =
                 read_error_body(incoming, server.max_error_body, wait_until).await;
             let verdict = classify::classify_response(
                 &self.provider.id,
@@ -645,7 +666,15 @@ impl Exchange<'_> {
                 SystemTime::now(),
             );
             self.mark(cand, &verdict, Some(status.as_u16()));
-            let body = ProxyBody::upstream(held, rest, self.deadline, None, None);
+            let body = redact_error(
+                &mut parts.headers,
+                secret,
+                held,
+                rest,
+                broke,
+                self.deadline,
+                None,
+            );
             let resp = Response::from_parts(parts, body);
             return Ok(Attempt::Failed(resp, verdict.reason));
         }
@@ -667,6 +696,16 @@ impl Exchange<'_> {
             _ => st.cooldowns.record_success(id, cand.fp, model, now),
         }
 
+        if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+            // No body by definition (RFC 9110 §15.3.5, §15.4.5): the upstream's
+            // `content-length` (transfer-encoding is already gone) would make a keep-alive
+            // client wait for bytes that never come, or read the next answer as this body.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(Attempt::Done(Response::from_parts(
+                parts,
+                ProxyBody::full(Bytes::new()),
+            )));
+        }
         if stream.is_none() {
             return Ok(Attempt::Done(Response::from_parts(
                 parts,
@@ -679,8 +718,26 @@ impl Exchange<'_> {
         if st.config.rotation.peek_stream && !self.pinned {
             // The commit point: hold the stream until its first content-bearing event, so an
             // error event before it can still be retried on another credential.
-            let (h, r, err) =
-                peek_stream(rest.take(), &mut scanner, server.max_error_body, wait_until).await;
+            let (h, r, err) = match peek_stream(
+                rest.take(),
+                &mut scanner,
+                server.max_error_body,
+                wait_until,
+            )
+            .await
+            {
+                Peek::Commit(h, r) => (h, r, None),
+                Peek::Error(h, r, verdict) => (h, r, Some(verdict)),
+                Peek::Broke => {
+                    // Nothing reached the client: the next candidate may serve (SPEC §7,
+                    // no silent truncation). A broken connection says nothing about the
+                    // credential, so nothing is marked.
+                    tracing::warn!(provider = %self.provider.id, credential = id, "upstream stream broke before its first content event");
+                    return Ok(Attempt::Broken(ProxyError::UpstreamBroken(
+                        "its stream broke before the first content event",
+                    )));
+                }
+            };
             held = h;
             rest = r;
             if let Some(mut verdict) = err {
@@ -693,10 +750,16 @@ impl Exchange<'_> {
                     );
                 }
                 self.mark(cand, &verdict, None);
-                let resp = Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(held, rest, self.deadline, error_event, None),
+                let body = redact_error(
+                    &mut parts.headers,
+                    secret,
+                    held,
+                    rest,
+                    false,
+                    self.deadline,
+                    error_event,
                 );
+                let resp = Response::from_parts(parts, body);
                 return Ok(Attempt::Failed(resp, verdict.reason));
             }
         }
@@ -762,7 +825,7 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
                 .insert(ATTEMPTS_HEADER, attempts_value(attempts));
             Ok(r)
         }
-        Attempt::Error(e, _) | Attempt::Skip(e) => Err(e),
+        Attempt::Error(e, _) | Attempt::Skip(e) | Attempt::Broken(e) => Err(e),
     }
 }
 
@@ -844,12 +907,13 @@ async fn read_body(
 }
 
 /// Reads up to `limit` bytes of an error body before `until`. Returns the frames read (to
-/// replay), the rest of the body (`None` when it ended), and the bytes to classify.
+/// replay), the rest of the body (`None` when it ended), the bytes to classify, and
+/// whether the body broke (reset, read error) instead of ending.
 async fn read_error_body(
     mut body: Incoming,
     limit: usize,
     until: Instant,
-) -> (VecDeque<Bytes>, Option<Incoming>, ErrorBody) {
+) -> (VecDeque<Bytes>, Option<Incoming>, ErrorBody, bool) {
     let mut held = VecDeque::new();
     let mut collected = ErrorBody::new(limit);
     loop {
@@ -859,28 +923,92 @@ async fn read_error_body(
                     let more = collected.feed(&data);
                     held.push_back(data);
                     if !more {
-                        return (held, Some(body), collected);
+                        return (held, Some(body), collected, false);
                     }
                 }
             }
-            Ok(None) | Ok(Some(Err(_))) => return (held, None, collected),
-            Err(_) => return (held, Some(body), collected),
+            Ok(None) => return (held, None, collected, false),
+            Ok(Some(Err(_))) => return (held, None, collected, true),
+            Err(_) => return (held, Some(body), collected, false),
         }
     }
 }
 
+/// The body of an upstream error answer passed on, with every occurrence of the injected
+/// secret replaced in it and in `headers` (SPEC §8). Runs only on answers already treated
+/// as errors, whose first `max_error_body` bytes are already held. A complete body is
+/// redacted at once and gets its exact length; a longer one (or one that `broke` while
+/// being read) is redacted as it streams and loses `content-length`. A body that `broke`
+/// ends with a body error after its held frames, never cleanly.
+fn redact_error(
+    headers: &mut http::HeaderMap,
+    secret: &Secret,
+    mut held: VecDeque<Bytes>,
+    rest: Option<Incoming>,
+    broke: bool,
+    deadline: Instant,
+    error_event: Option<Bytes>,
+) -> ProxyBody {
+    let Some(redactor) = Redactor::new(secret) else {
+        let body = ProxyBody::upstream(held, rest, deadline, error_event, None);
+        return if broke { body.broken() } else { body };
+    };
+    redactor.headers(headers);
+    if broke {
+        headers.remove(header::CONTENT_LENGTH);
+        return ProxyBody::redacted(held, None, deadline, error_event, redactor).broken();
+    }
+    if rest.is_none() {
+        let whole: Bytes = match held.len() {
+            0 => Bytes::new(),
+            1 => held.pop_front().unwrap_or_default(),
+            _ => held
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .collect::<Vec<u8>>()
+                .into(),
+        };
+        return match redactor.redact_all(&whole) {
+            Some(clean) => {
+                // `ProxyBody::full` has an exact size: hyper writes the new length.
+                headers.remove(header::CONTENT_LENGTH);
+                ProxyBody::full(clean)
+            }
+            None => {
+                let held = if whole.is_empty() {
+                    VecDeque::new()
+                } else {
+                    VecDeque::from([whole])
+                };
+                ProxyBody::upstream(held, None, deadline, error_event, None)
+            }
+        };
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    ProxyBody::redacted(held, rest, deadline, error_event, redactor)
+}
+
+/// What holding a 2xx stream back came to.
+enum Peek {
+    /// Pass it on: the held frames, then the rest (`None` when it already ended).
+    Commit(VecDeque<Bytes>, Option<Incoming>),
+    /// An error event came before the commit point.
+    Error(VecDeque<Bytes>, Option<Incoming>, Verdict),
+    /// The upstream broke (reset, read error) before the commit point.
+    Broke,
+}
+
 /// Holds a 2xx stream until its first content-bearing event, an error event, `limit`
-/// bytes, the end, or `until`. Returns the held frames, the rest, and an error verdict
-/// when an error event came before the commit point.
+/// bytes, the end, a break, or `until`.
 async fn peek_stream(
     body: Option<Incoming>,
     scanner: &mut SseScanner,
     limit: usize,
     until: Instant,
-) -> (VecDeque<Bytes>, Option<Incoming>, Option<Verdict>) {
+) -> Peek {
     let mut held = VecDeque::new();
     let Some(mut body) = body else {
-        return (held, None, None);
+        return Peek::Commit(held, None);
     };
     let mut seen = 0usize;
     loop {
@@ -893,18 +1021,23 @@ async fn peek_stream(
                 seen += data.len();
                 held.push_back(data);
                 if let Some(e) = r.error.filter(|e| !e.after_content) {
-                    return (held, Some(body), Some(e.verdict));
+                    return Peek::Error(held, Some(body), e.verdict);
                 }
                 if r.first_content || scanner.saw_content() || seen >= limit {
-                    return (held, Some(body), None);
+                    return Peek::Commit(held, Some(body));
                 }
             }
             Ok(None) => {
                 let r = scanner.finish();
-                let err = r.error.filter(|e| !e.after_content).map(|e| e.verdict);
-                return (held, None, err);
+                return match r.error.filter(|e| !e.after_content) {
+                    Some(e) => Peek::Error(held, None, e.verdict),
+                    None => Peek::Commit(held, None),
+                };
             }
-            Ok(Some(Err(_))) | Err(_) => return (held, Some(body), None),
+            // Handing on a body that already failed would end the client's stream cleanly.
+            Ok(Some(Err(_))) => return Peek::Broke,
+            // `first_byte_timeout`: commit; the stream runs on under the request deadline.
+            Err(_) => return Peek::Commit(held, Some(body)),
         }
     }
 }

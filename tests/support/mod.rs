@@ -6,3 +6,4 @@
 
 pub mod keygate;
 pub mod mock;
+pub mod raw;

@@ -152,11 +152,12 @@ pub(super) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Loads the config for a command; prints the error and gives exit 64 when it is invalid.
+/// Loads the config for a command; prints the error and gives exit 64 when it is invalid,
+/// 1 when it cannot be read (SPEC §1).
 pub(super) fn config_or_exit(cx: &Context) -> Result<Config, ExitCode> {
     cx.load_config().map_err(|e| {
         eprintln!("error: {e}");
-        ExitCode::from(EXIT_USAGE)
+        ExitCode::from(e.exit_code())
     })
 }
 

@@ -22,7 +22,7 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(e.exit_code());
         }
     };
     // Held until `run` returns, so queued log lines are flushed at exit.

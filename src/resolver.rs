@@ -397,9 +397,14 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                     {
                         list.push(c);
                     } else {
-                        warnings.push(format!(
-                            "order for {id} lists \"{oid}\", which does not resolve to a credential; skipped"
-                        ));
+                        warnings.push(match store::shown_id(oid) {
+                            Some(oid) => format!(
+                                "order for {id} lists \"{oid}\", which does not resolve to a credential; skipped"
+                            ),
+                            None => format!(
+                                "order for {id} lists an entry that is not a credential id (not shown); skipped"
+                            ),
+                        });
                     }
                 }
                 let excluded = profiles

@@ -218,7 +218,7 @@ fn values_from_state_files_are_never_echoed_in_warnings() {
     ] {
         let r = keygate(s, &args, &[], "");
         r.assert_no_secret(&secrets);
-        assert!(r.all().contains("\"version\""), "{args:?}: {r:?}");
+        assert!(r.all().contains("version"), "{args:?}: {r:?}");
         assert!(r.all().contains("anthropic:typed"), "{args:?}: {r:?}");
         assert!(r.all().contains("anthropic:prov"), "{args:?}: {r:?}");
     }

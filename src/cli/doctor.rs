@@ -283,8 +283,14 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                 }
                 for provider in state.order.keys() {
                     if config.provider(provider).is_none() {
+                        // The key is shown only when it is a provider id (never a value).
+                        let name = if store::is_provider_id(provider) {
+                            format!("order.{provider}")
+                        } else {
+                            "an entry of \"order\" (its provider is not a provider id)".to_owned()
+                        };
                         r.warn(format!(
-                            "{}: order.{provider} is for a provider the config does not define",
+                            "{}: {name} is for a provider the config does not define",
                             state_path.display()
                         ));
                     }

@@ -334,6 +334,19 @@ pub(super) fn build_view(
         } else {
             assign_positions(&mut rows);
         }
+        // Shown as the ids it lists; an entry that is neither a credential here nor shaped
+        // like an id is not echoed (a file can hold anything there).
+        let order = order.map(|o| {
+            o.into_iter()
+                .map(|id| {
+                    if rows.iter().any(|r| r.id == id) || store::shown_id(&id).is_some() {
+                        id
+                    } else {
+                        "(not shown)".to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
         providers.push(ProviderStatus {
             configured: pc.is_some_and(|p| p.configured),
             known: pc.is_some(),
@@ -411,9 +424,14 @@ fn apply_explicit_order(
             rows.push(r);
             continue;
         }
-        warnings.push(format!(
-            "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
-        ));
+        warnings.push(match store::shown_id(oid) {
+            Some(oid) => format!(
+                "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
+            ),
+            None => format!(
+                "order for {provider} lists an entry that is not a credential id (not shown); it is skipped"
+            ),
+        });
     }
     for r in rows.iter_mut() {
         if !order.contains(&r.id) {

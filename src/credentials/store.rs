@@ -259,9 +259,10 @@ pub fn load_profiles_from_str(
         let Value::Object(entries) = profiles else {
             return Err(profiles_shape_error(text, path_for_messages));
         };
-        if let Some(v) = top.get("version").filter(|v| v.as_u64() != Some(1)) {
+        if top.get("version").is_some_and(|v| v.as_u64() != Some(1)) {
+            // Never the value: a mutated file can hold anything there, a secret included.
             set.warnings.push(format!(
-                "{}: unknown \"version\" {v}; reading it as version 1",
+                "{}: \"version\" is not 1; reading it as version 1",
                 path_for_messages.display()
             ));
         }
@@ -312,8 +313,9 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
             for (provider, ids) in order {
                 let Value::Array(ids) = ids else {
                     state.warnings.push(format!(
-                        "{}: order.{provider} is not a list of credential ids; ignored",
-                        path.display()
+                        "{}: {} is not a list of credential ids; ignored",
+                        path.display(),
+                        order_key(&provider)
                     ));
                     continue;
                 };
@@ -326,8 +328,9 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
                             }
                         }
                         _ => state.warnings.push(format!(
-                            "{}: order.{provider}[{i}] is not a credential id; ignored",
-                            path.display()
+                            "{}: {}[{i}] is not a credential id; ignored",
+                            path.display(),
+                            order_key(&provider)
                         )),
                     }
                 }
@@ -496,6 +499,40 @@ fn profiles_shape_error(text: &str, path: &Path) -> StoreError {
     }
 }
 
+/// `order.<provider>`, or `an entry of "order"` when the key is not a provider id (it is
+/// never echoed then: it could be anything, a secret included).
+fn order_key(provider: &str) -> String {
+    if is_provider_id(provider) {
+        format!("order.{provider}")
+    } else {
+        "an entry of \"order\" (its provider is not a provider id)".to_owned()
+    }
+}
+
+/// Provider id syntax (as in the config): lowercase letters, digits, `_` and `-`, at most
+/// 32 characters, not starting with `_`.
+pub fn is_provider_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// `id` when it has the shape of a credential id (`provider:name`, `env:VAR#N`) and may be
+/// shown in a message about a value read from a file; `None` for anything else, which is
+/// then named by its position only (it could be a secret pasted in the wrong place).
+pub fn shown_id(id: &str) -> Option<&str> {
+    let (head, tail) = id.split_once(':')?;
+    let ok = id.len() <= 64
+        && is_provider_id(head)
+        && !tail.is_empty()
+        && tail.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'#' | b':')
+        });
+    ok.then_some(id)
+}
+
 fn skipped(id: &str, why: &str) -> String {
     format!("auth profile \"{id}\" skipped: {why}")
 }
@@ -530,6 +567,12 @@ fn parse_entry(
             .ok_or("it has no provider")?
             .to_owned(),
     };
+    if !is_provider_id(&provider) {
+        // Such a profile can never serve a provider; and its value is not echoed.
+        return Err(
+            "its provider is not a provider id (lowercase letters, digits, '_' and '-')".to_owned(),
+        );
+    }
 
     let (secret, expires, refresh) = match kind {
         Kind::ApiKey => (
@@ -576,18 +619,10 @@ fn parse_kind(t: &str) -> Option<Kind> {
     }
 }
 
-fn unknown_type(t: &str) -> String {
-    // Show the type only when it looks like a type name (short, letters only): it could be
-    // anything, even a secret pasted into the wrong field.
-    let shown = !t.is_empty()
-        && t.len() <= 16
-        && t.chars()
-            .all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-');
-    if shown {
-        format!("unknown type \"{t}\" (expected api_key, token or oauth)")
-    } else {
-        "unknown type (expected api_key, token or oauth)".to_owned()
-    }
+fn unknown_type(_t: &str) -> String {
+    // The field is named, never its value: it could be anything, even a secret pasted into
+    // the wrong field.
+    "its \"type\" is not api_key, token or oauth".to_owned()
 }
 
 /// SPEC §6 inference: `key`/`apiKey` → api_key, `token` → token,

@@ -57,6 +57,9 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
             return ExitCode::from(1);
         }
     };
+    // Load (and judge) the selected agent's store now, so what it skips or refuses is in the
+    // log at start, not at the first request; reloads log it again.
+    let _ = state.registry.agent(&cx.agent);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -131,6 +131,9 @@ pub(super) struct ProviderStatus {
 pub(super) struct StatusView {
     pub(super) providers: Vec<ProviderStatus>,
     pub(super) warnings: Vec<String>,
+    /// Hard errors (SPEC §6: an oauth profile carrying a SecretRef), naming profile and
+    /// field: `status` prints them and exits 1.
+    pub(super) errors: Vec<String>,
 }
 
 /// Runs `models ...`.
@@ -215,6 +218,12 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
             println!();
             println!("check: {result}");
         }
+    }
+    if !view.errors.is_empty() {
+        for e in &view.errors {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::from(1);
     }
     if args.check {
         ExitCode::from(check_code)
@@ -356,9 +365,21 @@ pub(super) fn build_view(
             rows,
         });
     }
+    let errors = set
+        .profiles
+        .iter()
+        .filter(|p| only.is_none_or(|o| o == p.provider))
+        .filter_map(|p| match &p.secret {
+            Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
+                Some(format!("auth profile \"{}\": {e}", p.id))
+            }
+            _ => None,
+        })
+        .collect();
     Ok(StatusView {
         providers,
         warnings,
+        errors,
     })
 }
 
@@ -478,14 +499,7 @@ pub(super) fn profile_health(
             return (Health::Missing, Some("unresolved_ref"), Some(why.clone()))
         }
         Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
-            return (
-                Health::Missing,
-                Some("unresolved_ref"),
-                Some(format!(
-                    "OAuth + SecretRef is not supported: profile \"{}\": {e}",
-                    p.id
-                )),
-            )
+            return (Health::Missing, Some("unresolved_ref"), Some(e.to_string()))
         }
         Err(e @ ProfileProblem::MissingSecret) => {
             return (

@@ -90,7 +90,8 @@ pub enum ProfileProblem {
     /// An `oauth` profile carrying a SecretRef (or `${VAR}`) in `field`.
     #[error("OAuth + SecretRef is not supported (field {field}); store the OAuth tokens directly")]
     OAuthSecretRef {
-        /// The offending field: `access`, `refresh`, `accessRef` or `refreshRef`.
+        /// The offending field: `access`, `refresh`, `accessRef`, `refreshRef`, `keyRef`,
+        /// `tokenRef`, `key` or `token`.
         field: &'static str,
     },
 }
@@ -702,8 +703,15 @@ fn oauth_secrets(obj: &Map<String, Value>) -> (Result<Secret, ProfileProblem>, O
             return (Err(ProfileProblem::OAuthSecretRef { field }), None);
         }
     }
-    for field in ["accessRef", "refreshRef"] {
+    // `keyRef` / `tokenRef` (and a reference in `key` / `token`) would make the secret of
+    // an oauth profile come from elsewhere: refused the same way (SPEC §6).
+    for field in ["accessRef", "refreshRef", "keyRef", "tokenRef"] {
         if obj.get(field).is_some_and(|v| !v.is_null()) {
+            return (Err(ProfileProblem::OAuthSecretRef { field }), None);
+        }
+    }
+    for field in ["key", "token"] {
+        if is_ref(field) {
             return (Err(ProfileProblem::OAuthSecretRef { field }), None);
         }
     }

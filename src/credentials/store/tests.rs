@@ -238,6 +238,15 @@ fn oauth_with_secret_ref_is_an_error_naming_the_field() {
             r#""accessRef":{"source":"env","id":"A"},"refresh":"r""#,
             "accessRef",
         ),
+        (
+            r#""access":"a","refresh":"r","keyRef":{"source":"env","id":"A"}"#,
+            "keyRef",
+        ),
+        (
+            r#""access":"a","refresh":"r","tokenRef":"${A}""#,
+            "tokenRef",
+        ),
+        (r#""access":"a","refresh":"r","token":"${A}""#, "token"),
     ];
     for (fields, field) in cases {
         let text = format!(

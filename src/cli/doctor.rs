@@ -42,12 +42,19 @@ pub struct DoctorArgs {
 struct Report {
     problems: usize,
     fixed: usize,
+    /// Problems printed so far (one refused link is met by the load and the mode check).
+    seen: Vec<String>,
 }
 
 impl Report {
     fn problem(&mut self, msg: impl std::fmt::Display) {
+        let msg = msg.to_string();
+        if self.seen.contains(&msg) {
+            return;
+        }
         self.problems += 1;
         println!("problem: {msg}");
+        self.seen.push(msg);
     }
     fn warn(&mut self, msg: impl std::fmt::Display) {
         println!("warning: {msg}");
@@ -79,10 +86,19 @@ pub(super) fn run(cx: &Context, args: DoctorArgs) -> ExitCode {
     };
 
     if cx.state_dir.exists() {
-        check_mode(&mut r, &cx.state_dir, true, args.fix, true);
+        // The check every other command refuses to run past (SPEC §6); doctor reports it,
+        // and --fix repairs the mode (not the owner).
+        match store::check_state_dir(&cx.state_dir) {
+            Ok(()) => check_mode(&mut r, &cx.state_dir, &cx.state_dir, true, args.fix, true),
+            Err(e @ store::UnsafeStateDir::Writable { .. }) if !args.fix => r.problem(e),
+            Err(e @ store::UnsafeStateDir::Owner { .. }) => r.problem(e),
+            Err(store::UnsafeStateDir::Writable { .. }) => {
+                check_mode(&mut r, &cx.state_dir, &cx.state_dir, true, args.fix, true)
+            }
+        }
         let dotenv = cx.state_dir.join(".env");
-        if dotenv.exists() {
-            check_mode(&mut r, &dotenv, false, args.fix, true);
+        if dotenv.symlink_metadata().is_ok() {
+            check_mode(&mut r, &cx.state_dir, &dotenv, false, args.fix, true);
         }
     } else {
         r.info(format!(
@@ -125,9 +141,23 @@ pub(super) fn run(cx: &Context, args: DoctorArgs) -> ExitCode {
 }
 
 /// Checks (and with `fix` repairs) a file's or directory's mode. `fixable` is false for a
-/// file that does not parse.
-fn check_mode(r: &mut Report, path: &Path, dir: bool, fix: bool, fixable: bool) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+/// file that does not parse. A symbolic link below `root` (the state dir) is followed only
+/// while it stays inside it, and the mode is changed on an `O_NOFOLLOW` descriptor
+/// (`fchmod`), so a link never makes doctor change a file elsewhere.
+fn check_mode(r: &mut Report, root: &Path, path: &Path, dir: bool, fix: bool, fixable: bool) {
+    let real = if path == root {
+        // The state dir itself may be a link (to where the user keeps it).
+        match path.canonicalize() {
+            Ok(p) => p,
+            Err(_) => return,
+        }
+    } else {
+        match store::confine_in(root, path) {
+            Ok(p) => p,
+            Err(e) => return r.problem(e),
+        }
+    };
+    let Ok(meta) = std::fs::symlink_metadata(&real) else {
         return;
     };
     let mode = meta.permissions().mode() & 0o777;
@@ -141,7 +171,7 @@ fn check_mode(r: &mut Report, path: &Path, dir: bool, fix: bool, fixable: bool) 
     }
     let what = if dir { "directory" } else { "file" };
     if fix && fixable {
-        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)) {
+        match store::chmod_nofollow(&real, want, dir) {
             Ok(()) => r.fixed(format!(
                 "{what} {} had mode {mode:03o}; set to {want:03o}",
                 path.display()
@@ -175,14 +205,14 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
         .into_iter()
         .flatten()
     {
-        check_mode(r, &d, true, fix, true);
+        check_mode(r, &cx.state_dir, &d, true, fix, true);
     }
     let profiles_path = dir.join(PROFILES_FILE);
     let state_path = dir.join(AUTH_STATE_FILE);
 
     // auth-profiles.json
     let mut parsed = false;
-    if profiles_path.exists() {
+    if profiles_path.symlink_metadata().is_ok() {
         match store::load_profiles(&profiles_path, &cx.env, &config.secret_providers) {
             Err(e) => r.problem(e),
             Ok(set) => {
@@ -267,15 +297,15 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                 }
             }
         }
-        check_mode(r, &profiles_path, false, fix, parsed);
+        check_mode(r, &cx.state_dir, &profiles_path, false, fix, parsed);
     }
 
     // auth-state.json
-    if state_path.exists() {
+    if state_path.symlink_metadata().is_ok() {
         match store::load_auth_state(&state_path) {
             Err(e) => {
                 r.problem(e);
-                check_mode(r, &state_path, false, fix, false);
+                check_mode(r, &cx.state_dir, &state_path, false, fix, false);
             }
             Ok(state) => {
                 for w in &state.warnings {
@@ -295,7 +325,7 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                         ));
                     }
                 }
-                check_mode(r, &state_path, false, fix, true);
+                check_mode(r, &cx.state_dir, &state_path, false, fix, true);
             }
         }
     }

@@ -146,6 +146,14 @@ pub fn main() -> ExitCode {
                 .map(|h| PathBuf::from(h).join(".openclaw"))
         })
         .unwrap_or_else(|| PathBuf::from(".openclaw"));
+    // A state dir other users can write to is refused before anything in it is read
+    // (SPEC §6); doctor, which reports and repairs it, still runs.
+    if !matches!(cli.command, Command::Doctor(_)) {
+        if let Err(e) = crate::credentials::store::check_state_dir(&state_dir) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let env = match process_env
         .clone()
         .with_dotenv_file(&state_dir.join(".env"))

@@ -174,6 +174,15 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A state file, directory or lock is a symbolic link that leads out of the state
+    /// directory (or does not resolve): never followed (SPEC §6).
+    #[error(
+        "{path} is a symbolic link that leads out of the state directory (or nowhere); keygate does not follow it: replace the link with the file or directory itself"
+    )]
+    Symlink {
+        /// The link, as the caller named it.
+        path: PathBuf,
+    },
     /// A write was asked of a legacy flat `auth-profiles.json`.
     #[error(
         "{path} is in the legacy flat format; run `keygate doctor --fix` to rewrite it in the canonical shape first"
@@ -185,9 +194,11 @@ pub enum StoreError {
 }
 
 mod claude;
+mod guard;
 pub mod write;
 
 pub use claude::{claude_credentials_path, load_claude_cli, CLAUDE_CLI_PROFILE};
+pub use guard::{check_state_dir, chmod_nofollow, confine, confine_in, UnsafeStateDir};
 
 /// Used only to locate a non-object `profiles` member for the error position.
 #[derive(Deserialize)]
@@ -454,16 +465,22 @@ impl SecretRef {
     }
 }
 
-/// Reads a file, `None` when it does not exist.
+/// Reads a state file, `None` when it does not exist. A symbolic link is followed only
+/// while it stays inside the state directory ([`confine`]); the last step never follows
+/// one (`O_NOFOLLOW`).
 fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StoreError::Io {
+    use std::io::Read;
+    let real = confine(path)?;
+    let Some(mut f) = guard::open_read(&real, path)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|source| StoreError::Io {
             path: path.to_owned(),
             source,
-        }),
-    }
+        })?;
+    Ok(Some(text))
 }
 
 /// A parse error with position, whose message never quotes the file (serde_json's

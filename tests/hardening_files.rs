@@ -159,6 +159,19 @@ fn toml_errors_name_the_key_and_line_never_the_value() {
             "line 2",
             &["providers.openai.auth"],
         ),
+        // A secret where a variable name or a path belongs (validation, not parsing).
+        (
+            "[gateway.auth]\nmode = \"token\"\ntokens = [{ token_env = \"sk-live-SECRET-toml-0007\" }]\n",
+            "sk-live-SECRET-toml-0007",
+            "line 3",
+            &["token_env", "not an environment variable name"],
+        ),
+        (
+            "[admin]\ntoken_file = \"sk-live-SECRET-toml-0008\"\n",
+            "sk-live-SECRET-toml-0008",
+            "line 2",
+            &["admin.token_file"],
+        ),
     ];
     for (text, secret, line, keys) in cases {
         let cfg = state.path().join("bad.toml");

@@ -334,6 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_where_a_variable_name_or_path_belongs_is_not_echoed() {
+        for text in [
+            "[admin]\ntoken_env = \"sk-live-abcdefgh\"\n",
+            "[admin]\ntoken_file = \"sk-live-abcdefgh\"\n",
+            "[gateway.auth]\nmode = \"password\"\npassword_env = \"sk-live abcdefgh\"\n",
+        ] {
+            let e = super::super::Config::from_toml(text, None, &|_| None).unwrap_err();
+            let m = e.to_string();
+            assert!(!m.contains("sk-live"), "{m}");
+            assert!(m.contains("line 2") || m.contains("line 3"), "{m}");
+        }
+        let e =
+            super::super::Config::from_toml("[admin]\ntoken_env = \"MY_TOKEN\"\n", None, &|_| None)
+                .unwrap_err();
+        assert!(e.to_string().contains("MY_TOKEN is not set"), "{e}");
+    }
+
+    #[test]
     fn columns_count_characters() {
         assert_eq!(line_col("a\néé = x", 9), (2, 6));
         assert_eq!(line_col("", 5), (1, 1));

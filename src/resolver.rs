@@ -361,8 +361,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         }
     };
 
-    let mut pool = AgentPool::default();
-    pool.errors = profiles
+    let errors = profiles
         .iter()
         .filter_map(|p| match &p.secret {
             Err(e @ store::ProfileProblem::OAuthSecretRef { .. }) => {
@@ -371,6 +370,10 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
             _ => None,
         })
         .collect();
+    let mut pool = AgentPool {
+        errors,
+        ..AgentPool::default()
+    };
     for (id, provider) in &config.providers {
         let mut stored: Vec<(u8, Credential)> = profiles
             .iter()

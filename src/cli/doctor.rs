@@ -10,7 +10,10 @@
 //! credentials; Claude-Code-only tokens (hint); duplicate environment keys (warning).
 //!
 //! `--fix`: rewrites a legacy flat file canonically (backup beside it), sets files to 0600
-//! and directories to 0700. It never changes a file it cannot parse (not even its mode).
+//! and directories to 0700. It never changes a file it cannot parse (not even its mode),
+//! never follows a symbolic link out of the state dir (reported as a problem; modes are
+//! changed with `fchmod` on an `O_NOFOLLOW` descriptor), and is the one command that runs
+//! on a state dir other users can write to (it reports that, and `--fix` repairs the mode).
 //! Exit 0 when nothing is left to fix (warnings allowed), 1 when problems remain.
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,8 +1,9 @@
 //! The command line (SPEC §1): global flags, subcommands, exit codes.
 //!
 //! Owns argument parsing (clap), the state-dir/config resolution shared by every command,
-//! and mapping outcomes to exit codes: 0 ok, 1 error, 64 usage error (bad flags or a bad
-//! config file). Each command lives in its own file.
+//! and mapping outcomes to exit codes: 0 ok, 1 error (a config file that does not exist or
+//! cannot be read, a state dir other users can write to), 64 usage error (bad flags or a
+//! bad config file). Each command lives in its own file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

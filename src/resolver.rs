@@ -69,6 +69,9 @@ pub struct AgentPool {
     pub by_id: HashMap<String, Arc<Candidate>>,
     /// Problems met while loading (named entries, never secrets).
     pub warnings: Vec<String>,
+    /// Hard errors (an oauth profile carrying a SecretRef, SPEC §6): logged at ERROR,
+    /// naming profile and field; the profile is never used.
+    pub errors: Vec<String>,
     /// A state file existed but did not parse (a reload then keeps the last good pool).
     pub broken: bool,
     /// The files this pool was built from, with their signatures at build time.
@@ -182,9 +185,7 @@ impl Registry {
             return p.clone();
         }
         let pool = self.build(agent);
-        for w in &pool.warnings {
-            tracing::warn!(agent, warning = %w, "credential store");
-        }
+        log_problems(agent, &pool);
         let current = self.agents.load();
         if current.len() < MAX_AGENTS {
             let mut next = HashMap::clone(&current);
@@ -264,6 +265,7 @@ impl Registry {
                     providers: clone_providers(&pool.providers),
                     by_id: pool.by_id.clone(),
                     warnings: pool.warnings.clone(),
+                    errors: pool.errors.clone(),
                     broken: false,
                     sources: fresh.sources.clone(),
                 };
@@ -271,9 +273,7 @@ impl Registry {
                 continue;
             }
             tracing::info!(agent = %agent, "credential files changed: reloaded");
-            for w in &fresh.warnings {
-                tracing::warn!(agent = %agent, warning = %w, "credential store");
-            }
+            log_problems(agent, &fresh);
             target.insert(agent.clone(), fresh);
             replaced += 1;
         }
@@ -361,7 +361,19 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         }
     };
 
-    let mut pool = AgentPool::default();
+    let errors = profiles
+        .iter()
+        .filter_map(|p| match &p.secret {
+            Err(e @ store::ProfileProblem::OAuthSecretRef { .. }) => {
+                Some(format!("auth profile \"{}\": {e}", p.id))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut pool = AgentPool {
+        errors,
+        ..AgentPool::default()
+    };
     for (id, provider) in &config.providers {
         let mut stored: Vec<(u8, Credential)> = profiles
             .iter()
@@ -397,9 +409,14 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                     {
                         list.push(c);
                     } else {
-                        warnings.push(format!(
-                            "order for {id} lists \"{oid}\", which does not resolve to a credential; skipped"
-                        ));
+                        warnings.push(match store::shown_id(oid) {
+                            Some(oid) => format!(
+                                "order for {id} lists \"{oid}\", which does not resolve to a credential; skipped"
+                            ),
+                            None => format!(
+                                "order for {id} lists an entry that is not a credential id (not shown); skipped"
+                            ),
+                        });
                     }
                 }
                 let excluded = profiles
@@ -463,6 +480,17 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     pool.warnings = warnings;
     pool.broken = broken;
     pool
+}
+
+/// Logs what loading an agent's store skipped (WARN) or refused (ERROR), naming entries,
+/// never values.
+fn log_problems(agent: &str, pool: &AgentPool) {
+    for w in &pool.warnings {
+        tracing::warn!(agent, warning = %w, "credential store");
+    }
+    for e in &pool.errors {
+        tracing::error!(agent, error = %e, "credential store: profile refused");
+    }
 }
 
 fn clone_providers(p: &HashMap<String, ProviderPool>) -> HashMap<String, ProviderPool> {

@@ -2,16 +2,16 @@
 
 use std::process::ExitCode;
 
-use super::{Context, EXIT_USAGE};
+use super::Context;
 use crate::provider::{AuthStyle, ModelFrom};
 
-/// Validates and prints; exit 64 on a bad config.
+/// Validates and prints; exit 64 on a bad config, 1 when the file cannot be read.
 pub(super) fn run(cx: &Context) -> ExitCode {
     let config = match cx.load_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(e.exit_code());
         }
     };
     match &config.path {

@@ -10,7 +10,10 @@
 //! credentials; Claude-Code-only tokens (hint); duplicate environment keys (warning).
 //!
 //! `--fix`: rewrites a legacy flat file canonically (backup beside it), sets files to 0600
-//! and directories to 0700. It never changes a file it cannot parse (not even its mode).
+//! and directories to 0700. It never changes a file it cannot parse (not even its mode),
+//! never follows a symbolic link out of the state dir (reported as a problem; modes are
+//! changed with `fchmod` on an `O_NOFOLLOW` descriptor), and is the one command that runs
+//! on a state dir other users can write to (it reports that, and `--fix` repairs the mode).
 //! Exit 0 when nothing is left to fix (warnings allowed), 1 when problems remain.
 
 use std::os::unix::fs::PermissionsExt;
@@ -42,12 +45,19 @@ pub struct DoctorArgs {
 struct Report {
     problems: usize,
     fixed: usize,
+    /// Problems printed so far (one refused link is met by the load and the mode check).
+    seen: Vec<String>,
 }
 
 impl Report {
     fn problem(&mut self, msg: impl std::fmt::Display) {
+        let msg = msg.to_string();
+        if self.seen.contains(&msg) {
+            return;
+        }
         self.problems += 1;
         println!("problem: {msg}");
+        self.seen.push(msg);
     }
     fn warn(&mut self, msg: impl std::fmt::Display) {
         println!("warning: {msg}");
@@ -79,10 +89,19 @@ pub(super) fn run(cx: &Context, args: DoctorArgs) -> ExitCode {
     };
 
     if cx.state_dir.exists() {
-        check_mode(&mut r, &cx.state_dir, true, args.fix, true);
+        // The check every other command refuses to run past (SPEC §6); doctor reports it,
+        // and --fix repairs the mode (not the owner).
+        match store::check_state_dir(&cx.state_dir) {
+            Ok(()) => check_mode(&mut r, &cx.state_dir, &cx.state_dir, true, args.fix, true),
+            Err(e @ store::UnsafeStateDir::Writable { .. }) if !args.fix => r.problem(e),
+            Err(e @ store::UnsafeStateDir::Owner { .. }) => r.problem(e),
+            Err(store::UnsafeStateDir::Writable { .. }) => {
+                check_mode(&mut r, &cx.state_dir, &cx.state_dir, true, args.fix, true)
+            }
+        }
         let dotenv = cx.state_dir.join(".env");
-        if dotenv.exists() {
-            check_mode(&mut r, &dotenv, false, args.fix, true);
+        if dotenv.symlink_metadata().is_ok() {
+            check_mode(&mut r, &cx.state_dir, &dotenv, false, args.fix, true);
         }
     } else {
         r.info(format!(
@@ -125,9 +144,23 @@ pub(super) fn run(cx: &Context, args: DoctorArgs) -> ExitCode {
 }
 
 /// Checks (and with `fix` repairs) a file's or directory's mode. `fixable` is false for a
-/// file that does not parse.
-fn check_mode(r: &mut Report, path: &Path, dir: bool, fix: bool, fixable: bool) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+/// file that does not parse. A symbolic link below `root` (the state dir) is followed only
+/// while it stays inside it, and the mode is changed on an `O_NOFOLLOW` descriptor
+/// (`fchmod`), so a link never makes doctor change a file elsewhere.
+fn check_mode(r: &mut Report, root: &Path, path: &Path, dir: bool, fix: bool, fixable: bool) {
+    let real = if path == root {
+        // The state dir itself may be a link (to where the user keeps it).
+        match path.canonicalize() {
+            Ok(p) => p,
+            Err(_) => return,
+        }
+    } else {
+        match store::confine_in(root, path) {
+            Ok(p) => p,
+            Err(e) => return r.problem(e),
+        }
+    };
+    let Ok(meta) = std::fs::symlink_metadata(&real) else {
         return;
     };
     let mode = meta.permissions().mode() & 0o777;
@@ -141,7 +174,7 @@ fn check_mode(r: &mut Report, path: &Path, dir: bool, fix: bool, fixable: bool) 
     }
     let what = if dir { "directory" } else { "file" };
     if fix && fixable {
-        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)) {
+        match store::chmod_nofollow(&real, want, dir) {
             Ok(()) => r.fixed(format!(
                 "{what} {} had mode {mode:03o}; set to {want:03o}",
                 path.display()
@@ -175,14 +208,14 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
         .into_iter()
         .flatten()
     {
-        check_mode(r, &d, true, fix, true);
+        check_mode(r, &cx.state_dir, &d, true, fix, true);
     }
     let profiles_path = dir.join(PROFILES_FILE);
     let state_path = dir.join(AUTH_STATE_FILE);
 
     // auth-profiles.json
     let mut parsed = false;
-    if profiles_path.exists() {
+    if profiles_path.symlink_metadata().is_ok() {
         match store::load_profiles(&profiles_path, &cx.env, &config.secret_providers) {
             Err(e) => r.problem(e),
             Ok(set) => {
@@ -267,15 +300,15 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                 }
             }
         }
-        check_mode(r, &profiles_path, false, fix, parsed);
+        check_mode(r, &cx.state_dir, &profiles_path, false, fix, parsed);
     }
 
     // auth-state.json
-    if state_path.exists() {
+    if state_path.symlink_metadata().is_ok() {
         match store::load_auth_state(&state_path) {
             Err(e) => {
                 r.problem(e);
-                check_mode(r, &state_path, false, fix, false);
+                check_mode(r, &cx.state_dir, &state_path, false, fix, false);
             }
             Ok(state) => {
                 for w in &state.warnings {
@@ -283,13 +316,19 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                 }
                 for provider in state.order.keys() {
                     if config.provider(provider).is_none() {
+                        // The key is shown only when it is a provider id (never a value).
+                        let name = if store::is_provider_id(provider) {
+                            format!("order.{provider}")
+                        } else {
+                            "an entry of \"order\" (its provider is not a provider id)".to_owned()
+                        };
                         r.warn(format!(
-                            "{}: order.{provider} is for a provider the config does not define",
+                            "{}: {name} is for a provider the config does not define",
                             state_path.display()
                         ));
                     }
                 }
-                check_mode(r, &state_path, false, fix, true);
+                check_mode(r, &cx.state_dir, &state_path, false, fix, true);
             }
         }
     }

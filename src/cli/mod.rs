@@ -1,8 +1,9 @@
 //! The command line (SPEC §1): global flags, subcommands, exit codes.
 //!
 //! Owns argument parsing (clap), the state-dir/config resolution shared by every command,
-//! and mapping outcomes to exit codes: 0 ok, 1 error, 64 usage error (bad flags or a bad
-//! config file). Each command lives in its own file.
+//! and mapping outcomes to exit codes: 0 ok, 1 error (a config file that does not exist or
+//! cannot be read, a state dir other users can write to), 64 usage error (bad flags or a
+//! bad config file). Each command lives in its own file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,6 +147,14 @@ pub fn main() -> ExitCode {
                 .map(|h| PathBuf::from(h).join(".openclaw"))
         })
         .unwrap_or_else(|| PathBuf::from(".openclaw"));
+    // A state dir other users can write to is refused before anything in it is read
+    // (SPEC §6); doctor, which reports and repairs it, still runs.
+    if !matches!(cli.command, Command::Doctor(_)) {
+        if let Err(e) = crate::credentials::store::check_state_dir(&state_dir) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let env = match process_env
         .clone()
         .with_dotenv_file(&state_dir.join(".env"))

@@ -131,6 +131,9 @@ pub(super) struct ProviderStatus {
 pub(super) struct StatusView {
     pub(super) providers: Vec<ProviderStatus>,
     pub(super) warnings: Vec<String>,
+    /// Hard errors (SPEC §6: an oauth profile carrying a SecretRef), naming profile and
+    /// field: `status` prints them and exits 1.
+    pub(super) errors: Vec<String>,
 }
 
 /// Runs `models ...`.
@@ -152,11 +155,12 @@ pub(super) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Loads the config for a command; prints the error and gives exit 64 when it is invalid.
+/// Loads the config for a command; prints the error and gives exit 64 when it is invalid,
+/// 1 when it cannot be read (SPEC §1).
 pub(super) fn config_or_exit(cx: &Context) -> Result<Config, ExitCode> {
     cx.load_config().map_err(|e| {
         eprintln!("error: {e}");
-        ExitCode::from(EXIT_USAGE)
+        ExitCode::from(e.exit_code())
     })
 }
 
@@ -214,6 +218,12 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
             println!();
             println!("check: {result}");
         }
+    }
+    if !view.errors.is_empty() {
+        for e in &view.errors {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::from(1);
     }
     if args.check {
         ExitCode::from(check_code)
@@ -333,6 +343,19 @@ pub(super) fn build_view(
         } else {
             assign_positions(&mut rows);
         }
+        // Shown as the ids it lists; an entry that is neither a credential here nor shaped
+        // like an id is not echoed (a file can hold anything there).
+        let order = order.map(|o| {
+            o.into_iter()
+                .map(|id| {
+                    if rows.iter().any(|r| r.id == id) || store::shown_id(&id).is_some() {
+                        id
+                    } else {
+                        "(not shown)".to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
         providers.push(ProviderStatus {
             configured: pc.is_some_and(|p| p.configured),
             known: pc.is_some(),
@@ -342,9 +365,21 @@ pub(super) fn build_view(
             rows,
         });
     }
+    let errors = set
+        .profiles
+        .iter()
+        .filter(|p| only.is_none_or(|o| o == p.provider))
+        .filter_map(|p| match &p.secret {
+            Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
+                Some(format!("auth profile \"{}\": {e}", p.id))
+            }
+            _ => None,
+        })
+        .collect();
     Ok(StatusView {
         providers,
         warnings,
+        errors,
     })
 }
 
@@ -410,9 +445,14 @@ fn apply_explicit_order(
             rows.push(r);
             continue;
         }
-        warnings.push(format!(
-            "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
-        ));
+        warnings.push(match store::shown_id(oid) {
+            Some(oid) => format!(
+                "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
+            ),
+            None => format!(
+                "order for {provider} lists an entry that is not a credential id (not shown); it is skipped"
+            ),
+        });
     }
     for r in rows.iter_mut() {
         if !order.contains(&r.id) {
@@ -459,14 +499,7 @@ pub(super) fn profile_health(
             return (Health::Missing, Some("unresolved_ref"), Some(why.clone()))
         }
         Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
-            return (
-                Health::Missing,
-                Some("unresolved_ref"),
-                Some(format!(
-                    "OAuth + SecretRef is not supported: profile \"{}\": {e}",
-                    p.id
-                )),
-            )
+            return (Health::Missing, Some("unresolved_ref"), Some(e.to_string()))
         }
         Err(e @ ProfileProblem::MissingSecret) => {
             return (

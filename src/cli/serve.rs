@@ -22,7 +22,7 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(e.exit_code());
         }
     };
     // Held until `run` returns, so queued log lines are flushed at exit.
@@ -58,6 +58,9 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         }
     };
     crate::server::raise_nofile_limit();
+    // Load (and judge) the selected agent's store now, so what it skips or refuses is in the
+    // log at start, not at the first request; reloads log it again.
+    let _ = state.registry.agent(&cx.agent);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -20,6 +20,7 @@ use crate::provider::{AuthStyle, ModelFrom};
 use crate::secret::Secret;
 
 mod raw;
+mod report;
 mod validate;
 
 pub use validate::{parse_duration, parse_size, valid_agent_id};
@@ -240,6 +241,12 @@ pub enum SecretProviderConfig {
 /// Why a configuration could not be loaded. Messages name the file, key, line and column.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--config` / `KEYGATE_CONFIG` names a file that does not exist (exit 1, SPEC §1).
+    #[error("config file {path} does not exist: create it, or point --config / KEYGATE_CONFIG at an existing file")]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]
     Io {
@@ -248,12 +255,13 @@ pub enum ConfigError {
         /// The cause.
         source: std::io::Error,
     },
-    /// TOML syntax or shape (unknown key, wrong type): the message carries line and column.
+    /// TOML syntax or shape (unknown key, wrong type): the message names the line, column
+    /// and key, never a value from the file (see `report`).
     #[error("invalid config {path}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with line and column.
+        /// Line, column, key path and what is wrong; never the file's text.
         message: String,
     },
     /// A value that parsed but is not acceptable.
@@ -270,6 +278,19 @@ pub enum ConfigError {
         /// What is wrong and what to do.
         reason: String,
     },
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    /// The exit code for this error (SPEC §1): 1 when the file cannot be read (it does not
+    /// exist, or I/O failed), 64 (usage) when its content is wrong.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConfigError::NotFound { .. } | ConfigError::Io { .. } => 1,
+            ConfigError::Parse { .. } | ConfigError::Invalid { .. } => 64,
+        }
+    }
 }
 
 fn fmt_at(line: Option<usize>, column: Option<usize>) -> String {
@@ -292,9 +313,15 @@ impl Config {
         match path {
             None => Self::from_toml("", None, env),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
-                    path: p.to_owned(),
-                    source,
+                let text = std::fs::read_to_string(p).map_err(|source| {
+                    if source.kind() == std::io::ErrorKind::NotFound {
+                        ConfigError::NotFound { path: p.to_owned() }
+                    } else {
+                        ConfigError::Io {
+                            path: p.to_owned(),
+                            source,
+                        }
+                    }
                 })?;
                 Self::from_toml(&text, Some(p), env)
             }
@@ -310,9 +337,10 @@ impl Config {
         let display = path
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("<defaults>"));
+        // Never toml's own Display: it quotes the offending line, secrets included.
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: display.clone(),
-            message: e.to_string().trim_end().replace('\n', " | "),
+            message: report::describe(text, &e),
         })?;
         validate::validate(raw, text, display, path.map(Path::to_owned), env)
     }

@@ -298,7 +298,13 @@ impl Ctx<'_> {
         if let Some(f) = file {
             let file_key = key.replace("_env", "_file");
             let text = std::fs::read_to_string(f.get_ref()).map_err(|e| {
-                self.bad(&file_key, f, &format!("cannot read {}: {e}", f.get_ref()))
+                // A secret pasted here instead of a path must not be echoed back.
+                let shown = if f.get_ref().contains('/') {
+                    f.get_ref().as_str()
+                } else {
+                    "the file named there"
+                };
+                self.bad(&file_key, f, &format!("cannot read {shown}: {e}"))
             })?;
             let value = text.trim();
             if value.is_empty() {
@@ -309,6 +315,13 @@ impl Ctx<'_> {
         if let Some(name) = env_name {
             return match (self.env)(name.get_ref()).map(|v| v.trim().to_owned()) {
                 Some(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
+                // Named only when it has the shape of a variable name: a secret pasted here
+                // by mistake is never echoed back.
+                _ if !is_env_name(name.get_ref()) => Err(self.bad(
+                    key,
+                    name,
+                    "the value is not an environment variable name: name the variable that holds the secret (e.g. KEYGATE_TOKEN), never the secret itself",
+                )),
                 _ => Err(self.bad(
                     key,
                     name,
@@ -837,6 +850,16 @@ pub fn valid_agent_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters.
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 128
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn valid_provider_id(id: &str) -> bool {

@@ -90,7 +90,8 @@ pub enum ProfileProblem {
     /// An `oauth` profile carrying a SecretRef (or `${VAR}`) in `field`.
     #[error("OAuth + SecretRef is not supported (field {field}); store the OAuth tokens directly")]
     OAuthSecretRef {
-        /// The offending field: `access`, `refresh`, `accessRef` or `refreshRef`.
+        /// The offending field: `access`, `refresh`, `accessRef`, `refreshRef`, `keyRef`,
+        /// `tokenRef`, `key` or `token`.
         field: &'static str,
     },
 }
@@ -173,6 +174,15 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A state file, directory or lock is a symbolic link that leads out of the state
+    /// directory (or does not resolve): never followed (SPEC §6).
+    #[error(
+        "{path} is a symbolic link that leads out of the state directory (or nowhere); keygate does not follow it: replace the link with the file or directory itself"
+    )]
+    Symlink {
+        /// The link, as the caller named it.
+        path: PathBuf,
+    },
     /// A write was asked of a legacy flat `auth-profiles.json`.
     #[error(
         "{path} is in the legacy flat format; run `keygate doctor --fix` to rewrite it in the canonical shape first"
@@ -184,9 +194,11 @@ pub enum StoreError {
 }
 
 mod claude;
+mod guard;
 pub mod write;
 
 pub use claude::{claude_credentials_path, load_claude_cli, CLAUDE_CLI_PROFILE};
+pub use guard::{check_state_dir, chmod_nofollow, confine, confine_in, UnsafeStateDir};
 
 /// Used only to locate a non-object `profiles` member for the error position.
 #[derive(Deserialize)]
@@ -259,9 +271,10 @@ pub fn load_profiles_from_str(
         let Value::Object(entries) = profiles else {
             return Err(profiles_shape_error(text, path_for_messages));
         };
-        if let Some(v) = top.get("version").filter(|v| v.as_u64() != Some(1)) {
+        if top.get("version").is_some_and(|v| v.as_u64() != Some(1)) {
+            // Never the value: a mutated file can hold anything there, a secret included.
             set.warnings.push(format!(
-                "{}: unknown \"version\" {v}; reading it as version 1",
+                "{}: \"version\" is not 1; reading it as version 1",
                 path_for_messages.display()
             ));
         }
@@ -312,8 +325,9 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
             for (provider, ids) in order {
                 let Value::Array(ids) = ids else {
                     state.warnings.push(format!(
-                        "{}: order.{provider} is not a list of credential ids; ignored",
-                        path.display()
+                        "{}: {} is not a list of credential ids; ignored",
+                        path.display(),
+                        order_key(&provider)
                     ));
                     continue;
                 };
@@ -326,8 +340,9 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
                             }
                         }
                         _ => state.warnings.push(format!(
-                            "{}: order.{provider}[{i}] is not a credential id; ignored",
-                            path.display()
+                            "{}: {}[{i}] is not a credential id; ignored",
+                            path.display(),
+                            order_key(&provider)
                         )),
                     }
                 }
@@ -450,16 +465,22 @@ impl SecretRef {
     }
 }
 
-/// Reads a file, `None` when it does not exist.
+/// Reads a state file, `None` when it does not exist. A symbolic link is followed only
+/// while it stays inside the state directory ([`confine`]); the last step never follows
+/// one (`O_NOFOLLOW`).
 fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StoreError::Io {
+    use std::io::Read;
+    let real = confine(path)?;
+    let Some(mut f) = guard::open_read(&real, path)? else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .map_err(|source| StoreError::Io {
             path: path.to_owned(),
             source,
-        }),
-    }
+        })?;
+    Ok(Some(text))
 }
 
 /// A parse error with position, whose message never quotes the file (serde_json's
@@ -496,6 +517,40 @@ fn profiles_shape_error(text: &str, path: &Path) -> StoreError {
     }
 }
 
+/// `order.<provider>`, or `an entry of "order"` when the key is not a provider id (it is
+/// never echoed then: it could be anything, a secret included).
+fn order_key(provider: &str) -> String {
+    if is_provider_id(provider) {
+        format!("order.{provider}")
+    } else {
+        "an entry of \"order\" (its provider is not a provider id)".to_owned()
+    }
+}
+
+/// Provider id syntax (as in the config): lowercase letters, digits, `_` and `-`, at most
+/// 32 characters, not starting with `_`.
+pub fn is_provider_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// `id` when it has the shape of a credential id (`provider:name`, `env:VAR#N`) and may be
+/// shown in a message about a value read from a file; `None` for anything else, which is
+/// then named by its position only (it could be a secret pasted in the wrong place).
+pub fn shown_id(id: &str) -> Option<&str> {
+    let (head, tail) = id.split_once(':')?;
+    let ok = id.len() <= 64
+        && is_provider_id(head)
+        && !tail.is_empty()
+        && tail.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b'#' | b':')
+        });
+    ok.then_some(id)
+}
+
 fn skipped(id: &str, why: &str) -> String {
     format!("auth profile \"{id}\" skipped: {why}")
 }
@@ -530,6 +585,12 @@ fn parse_entry(
             .ok_or("it has no provider")?
             .to_owned(),
     };
+    if !is_provider_id(&provider) {
+        // Such a profile can never serve a provider; and its value is not echoed.
+        return Err(
+            "its provider is not a provider id (lowercase letters, digits, '_' and '-')".to_owned(),
+        );
+    }
 
     let (secret, expires, refresh) = match kind {
         Kind::ApiKey => (
@@ -576,18 +637,10 @@ fn parse_kind(t: &str) -> Option<Kind> {
     }
 }
 
-fn unknown_type(t: &str) -> String {
-    // Show the type only when it looks like a type name (short, letters only): it could be
-    // anything, even a secret pasted into the wrong field.
-    let shown = !t.is_empty()
-        && t.len() <= 16
-        && t.chars()
-            .all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-');
-    if shown {
-        format!("unknown type \"{t}\" (expected api_key, token or oauth)")
-    } else {
-        "unknown type (expected api_key, token or oauth)".to_owned()
-    }
+fn unknown_type(_t: &str) -> String {
+    // The field is named, never its value: it could be anything, even a secret pasted into
+    // the wrong field.
+    "its \"type\" is not api_key, token or oauth".to_owned()
 }
 
 /// SPEC §6 inference: `key`/`apiKey` → api_key, `token` → token,
@@ -667,8 +720,15 @@ fn oauth_secrets(obj: &Map<String, Value>) -> (Result<Secret, ProfileProblem>, O
             return (Err(ProfileProblem::OAuthSecretRef { field }), None);
         }
     }
-    for field in ["accessRef", "refreshRef"] {
+    // `keyRef` / `tokenRef` (and a reference in `key` / `token`) would make the secret of
+    // an oauth profile come from elsewhere: refused the same way (SPEC §6).
+    for field in ["accessRef", "refreshRef", "keyRef", "tokenRef"] {
         if obj.get(field).is_some_and(|v| !v.is_null()) {
+            return (Err(ProfileProblem::OAuthSecretRef { field }), None);
+        }
+    }
+    for field in ["key", "token"] {
+        if is_ref(field) {
             return (Err(ProfileProblem::OAuthSecretRef { field }), None);
         }
     }

@@ -132,7 +132,8 @@ fn bad_entries_are_skipped_with_named_warnings() {
             set.warnings
         );
     }
-    assert!(set.warnings.iter().any(|w| w.contains("\"password\"")));
+    // The type is named as a field, never echoed (a short word could still be a secret).
+    assert!(!set.warnings.iter().any(|w| w.contains("password")));
     for w in &set.warnings {
         assert!(!w.contains("TOPSECRET"), "{w}");
     }
@@ -237,6 +238,15 @@ fn oauth_with_secret_ref_is_an_error_naming_the_field() {
             r#""accessRef":{"source":"env","id":"A"},"refresh":"r""#,
             "accessRef",
         ),
+        (
+            r#""access":"a","refresh":"r","keyRef":{"source":"env","id":"A"}"#,
+            "keyRef",
+        ),
+        (
+            r#""access":"a","refresh":"r","tokenRef":"${A}""#,
+            "tokenRef",
+        ),
+        (r#""access":"a","refresh":"r","token":"${A}""#, "token"),
     ];
     for (fields, field) in cases {
         let text = format!(
@@ -444,4 +454,53 @@ fn debug_of_a_profile_set_has_no_secret() {
     );
     let s = format!("{:?}", load(&text, &env(&[])));
     assert!(!s.contains("TOPSECRET"), "{s}");
+}
+
+#[test]
+fn warnings_name_fields_never_values_from_the_file() {
+    let text = format!(
+        r#"{{"version":"{SECRET}","profiles":{{
+          "a:typed":{{"type":"{SECRET}","provider":"anthropic","key":"k"}},
+          "a:short":{{"type":"sklivesecret","provider":"anthropic","key":"k"}},
+          "a:prov":{{"type":"api_key","provider":"{SECRET}","key":"k"}},
+          "a:ok":{{"type":"api_key","provider":"anthropic","key":"k"}}}}}}"#
+    );
+    let set = load(&text, &env(&[]));
+    assert_eq!(set.profiles.len(), 1);
+    let all = set.warnings.join("\n");
+    assert!(
+        !all.contains("TOPSECRET") && !all.contains("sklivesecret"),
+        "{all}"
+    );
+    assert!(all.contains("\"version\" is not 1"), "{all}");
+    assert!(all.contains("\"a:typed\" skipped: its \"type\""), "{all}");
+    assert!(
+        all.contains("\"a:prov\" skipped: its provider is not a provider id"),
+        "{all}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("auth-state.json");
+    std::fs::write(&path, format!(r#"{{"order":{{"{SECRET}":"x","ok":[1]}}}}"#)).unwrap();
+    let st = load_auth_state(&path).unwrap();
+    let all = st.warnings.join("\n");
+    assert!(!all.contains("TOPSECRET"), "{all}");
+    assert!(
+        all.contains("an entry of \"order\"") && all.contains("order.ok[0]"),
+        "{all}"
+    );
+}
+
+#[test]
+fn only_id_shaped_values_are_shown() {
+    assert_eq!(shown_id("anthropic:work"), Some("anthropic:work"));
+    assert_eq!(
+        shown_id("env:OPENAI_API_KEY#2"),
+        Some("env:OPENAI_API_KEY#2")
+    );
+    assert_eq!(shown_id(SECRET), None);
+    assert_eq!(shown_id("Bad:x"), None);
+    assert_eq!(shown_id("a:has space"), None);
+    assert_eq!(shown_id(&format!("a:{}", "x".repeat(80))), None);
+    assert!(is_provider_id("open-router_2") && !is_provider_id("OpenAI") && !is_provider_id(""));
 }

@@ -46,11 +46,15 @@ pub struct LegacyFix {
 
 /// Creates `dir` and its missing parents with mode 0700 (existing ones are left as they
 /// are; `doctor --fix` tightens those).
+///
+/// A symbolic link on the way is followed only while it stays inside the state directory
+/// (see [`super::confine`]).
 pub fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    let real = super::confine(dir)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(&real)
         .map_err(|source| StoreError::Write {
             path: dir.to_owned(),
             source,
@@ -59,23 +63,16 @@ pub fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// Takes the exclusive advisory lock `<path>.lock`, creating it (0600) and its directory
 /// (0700). Retries [`LOCK_ATTEMPTS`] times, 20–100 ms apart, then fails with
-/// [`StoreError::Locked`].
+/// [`StoreError::Locked`]. The lock file is opened `O_NOFOLLOW | O_CREAT`: a symbolic link
+/// there is refused ([`StoreError::Symlink`]), never followed to create its target.
 pub fn lock(path: &Path) -> Result<LockGuard, StoreError> {
-    let lock_path = lock_path(path);
+    // Beside the real file: two links to one file take one lock.
+    let lock_path = lock_path(&super::confine(path)?);
     if let Some(dir) = lock_path.parent() {
         ensure_dir(dir)?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|source| StoreError::Write {
-            path: lock_path.clone(),
-            source,
-        })?;
+    let real = super::confine(&lock_path)?;
+    let file = super::guard::open_lock(&real, &lock_path)?;
     for attempt in 0..LOCK_ATTEMPTS {
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return Ok(LockGuard { _file: file }),
@@ -94,12 +91,16 @@ pub fn lock(path: &Path) -> Result<LockGuard, StoreError> {
 }
 
 /// Replaces `path` with `bytes` atomically: a temp file in the same directory (mode 0600),
-/// fsync, rename, fsync of the directory. The caller holds the lock.
+/// fsync, rename, fsync of the directory. The caller holds the lock. A symbolic link at
+/// `path` is replaced through only when it stays inside the state directory (its target
+/// is then written, the link kept); one that leads out is [`StoreError::Symlink`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let err = |source| StoreError::Write {
         path: path.to_owned(),
         source,
     };
+    let real = super::confine(path)?;
+    let path = real.as_path();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -186,6 +186,7 @@ pub enum StoreError {
 mod claude;
 pub mod write;
 
+pub(crate) use claude::claude_cli_from_str;
 pub use claude::{claude_credentials_path, load_claude_cli, CLAUDE_CLI_PROFILE};
 
 /// Used only to locate a non-object `profiles` member for the error position.
@@ -303,8 +304,13 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
     let Some(text) = read_optional(path)? else {
         return Ok(AuthState::default());
     };
+    auth_state_from_str(&text, path)
+}
+
+/// Parses the text of an `auth-state.json`; `path` names it in warnings and errors.
+pub(crate) fn auth_state_from_str(text: &str, path: &Path) -> Result<AuthState, StoreError> {
     let mut extra: Map<String, Value> =
-        serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
+        serde_json::from_str(text).map_err(|e| parse_error(path, &e))?;
     let mut state = AuthState::default();
     match extra.remove("order") {
         None | Some(Value::Null) => {}

@@ -36,7 +36,7 @@ use crate::classify::{
     self, parse_go_duration, parse_message_hint, parse_number, parse_reset, parse_retry_after,
     parse_rfc3339, steering_hint, ErrorBody, ScanResult, SseScanner, MAX_HINT,
 };
-use crate::config::Config;
+use crate::config::{Config, SecretProviderConfig};
 use crate::credentials::env::EnvSnapshot;
 use crate::credentials::store::{
     self, claude_cli_from_str, load_profiles_from_str, Expires, CLAUDE_CLI_PROFILE,
@@ -641,8 +641,36 @@ pub fn config(data: &[u8]) {
             if guard {
                 assert!(!dbg.contains(ENV_SECRET), "a secret in the config's Debug");
             }
+            check_durations(&cfg);
         }
         Err(e) => check_error(&e.to_string(), text.len(), guard),
+    }
+}
+
+/// Every duration a valid config holds can be added to now: the request path, cooldowns and
+/// shutdown do (`start + request_timeout`), and an overflow there panics.
+fn check_durations(cfg: &Config) {
+    let (s, r) = (&cfg.server, &cfg.rotation);
+    let mut all = vec![
+        s.request_timeout,
+        s.connect_timeout,
+        s.first_byte_timeout,
+        s.shutdown_grace,
+        r.max_wait,
+    ];
+    all.extend(&r.backoff);
+    all.extend(&r.billing_backoff);
+    for p in cfg.secret_providers.values() {
+        if let SecretProviderConfig::Exec { timeout, .. } = p {
+            all.push(*timeout);
+        }
+    }
+    let (now, wall) = (tokio::time::Instant::now(), SystemTime::now());
+    for d in all {
+        assert!(
+            now.checked_add(d).is_some() && wall.checked_add(d).is_some(),
+            "a valid config holds {d:?}, which overflows when added to now"
+        );
     }
 }
 

@@ -1162,120 +1162,118 @@ fn gen_claude(u: &mut Unstructured<'_>, _: &Seeds) -> Vec<u8> {
     doc.to_string().into_bytes()
 }
 
+const DURATIONS: &[&str] = &[
+    "\"1s\"",
+    "\"250ms\"",
+    "\"10m\"",
+    "\"24h\"",
+    "\"0s\"",
+    "\"90\"",
+    "\"18446744073709551615\"",
+    "\"300000000000y\"",
+    "\"100years\"",
+    "\"1x\"",
+];
+
+/// Config sections, their keys and values that are mostly valid for them.
+const CONFIG_SECTIONS: &[(&str, &[(&str, &[&str])])] = &[
+    (
+        "server",
+        &[
+            ("listen", &["\"127.0.0.1:8787\"", "\"[::1]:0\"", "\"nowhere\""]),
+            ("max_request_body", &["\"32MiB\"", "\"1\"", "\"0\"", "\"1EiB\"", "\"99999999999999999999\""]),
+            ("max_error_body", &["\"64KiB\"", "\"1MB\""]),
+            ("request_timeout", DURATIONS),
+            ("connect_timeout", DURATIONS),
+            ("first_byte_timeout", DURATIONS),
+            ("shutdown_grace", DURATIONS),
+        ],
+    ),
+    (
+        "gateway.auth",
+        &[
+            ("mode", &["\"none\"", "\"token\"", "\"password\"", "\"trusted-proxy\"", "\"x\""]),
+            ("password_env", &["\"PW\"", "\"ODD\""]),
+            ("password_file", &["\"/etc/keygate/pw\""]),
+            ("trusted_cidrs", &["[\"10.0.0.0/8\", \"::1/128\"]", "[\"300.0.0.0/8\"]"]),
+            ("identity_header", &["\"x-forwarded-user\"", "\"bad header\""]),
+            ("allow_agents", &["[\"main\", \"ci\"]", "[\"../x\"]"]),
+            ("tokens", &["[{ token_env = \"GW\", agent = \"main\" }, { token_file = \"/dev/zero\", any_agent = true }]", "[{ agent = \"main\" }]"]),
+        ],
+    ),
+    ("gateway", &[("allowed_origins", &["[\"https://app.example.com\"]", "[\"https://x/path\"]"])]),
+    (
+        "admin",
+        &[
+            ("token_env", &["\"ADMIN\"", "\"ODD\""]),
+            ("token_file", &["\"/dev/zero\""]),
+            ("listen", &["\"127.0.0.1:9000\""]),
+        ],
+    ),
+    ("log", &[("format", &["\"json\"", "\"text\"", "\"xml\""])]),
+    (
+        "rotation",
+        &[
+            ("strategy", &["\"round-robin\"", "\"lru\"", "\"fill-first\""]),
+            ("max_attempts", &["3", "0", "4294967295"]),
+            ("peek_stream", &["true", "false"]),
+            ("rotate_on", &["[\"rate_limit\", \"billing\"]", "[\"bogus\"]"]),
+            ("on_all_cooling", &["\"wait\"", "\"fail\""]),
+            ("max_wait", DURATIONS),
+            ("backoff", &["[\"1s\", \"5m\"]", "[]", "[\"18446744073709551615\"]", "[\"300000000000y\"]"]),
+            ("billing_backoff", &["[\"5h\", \"24h\"]", "[\"100years\"]"]),
+        ],
+    ),
+    (
+        "providers.mine",
+        &[
+            ("base_url", &["\"https://llm.example.com/v1\"", "\"ftp://x\"", "\"http://[::1]:1/\""]),
+            ("auth", &["{ header = \"x-key\" }", "{ query = \"key\" }", "\"bearer\"", "\"weird\""]),
+            ("env_prefix", &["\"MINE\"", "\"\""]),
+            ("model_from", &["\"body\"", "\"path\""]),
+            ("headers", &["{ \"x-a\" = \"b\" }", "{ \"bad name\" = \"b\" }"]),
+            ("rpm", &["60", "0"]),
+            ("order", &["[\"mine:a\"]"]),
+            ("probe_model", &["\"m\""]),
+        ],
+    ),
+    ("providers.anthropic", &[("base_url", &["\"https://api.anthropic.com\""]), ("rpm", &["1"])]),
+    (
+        "providers.mine.oauth",
+        &[
+            ("token_url", &["\"https://auth.example.com/token\"", "\"nope\""]),
+            ("client_id", &["\"abc\""]),
+            ("form", &["true"]),
+        ],
+    ),
+    (
+        "secrets.providers.vault",
+        &[
+            ("source", &["\"exec\"", "\"file\""]),
+            ("path", &["\"/run/secrets.json\"", "\"relative\""]),
+            ("mode", &["\"json\"", "\"singleValue\""]),
+            ("command", &["\"/usr/bin/vault\""]),
+            ("args", &["[\"read\"]"]),
+            ("pass_env", &["[\"VAULT_ADDR\"]"]),
+            ("timeout", DURATIONS),
+        ],
+    ),
+];
+
 fn gen_config(u: &mut Unstructured<'_>, _: &Seeds) -> Vec<u8> {
-    let sections: &[(&str, &[&str])] = &[
-        (
-            "server",
-            &[
-                "listen",
-                "max_request_body",
-                "max_error_body",
-                "request_timeout",
-                "connect_timeout",
-                "first_byte_timeout",
-                "shutdown_grace",
-            ],
-        ),
-        (
-            "gateway.auth",
-            &[
-                "mode",
-                "password_env",
-                "password_file",
-                "trusted_cidrs",
-                "identity_header",
-                "allow_agents",
-            ],
-        ),
-        ("gateway", &["allowed_origins"]),
-        ("admin", &["token_env", "token_file", "listen"]),
-        ("log", &["format"]),
-        (
-            "rotation",
-            &[
-                "strategy",
-                "max_attempts",
-                "peek_stream",
-                "rotate_on",
-                "on_all_cooling",
-                "max_wait",
-                "backoff",
-                "billing_backoff",
-            ],
-        ),
-        (
-            "providers.mine",
-            &[
-                "base_url",
-                "auth",
-                "env_prefix",
-                "model_from",
-                "headers",
-                "rpm",
-                "order",
-                "probe_model",
-            ],
-        ),
-        ("providers.anthropic", &["base_url", "rpm", "order"]),
-        ("providers.mine.oauth", &["token_url", "client_id", "form"]),
-        (
-            "secrets.providers.vault",
-            &[
-                "source", "path", "mode", "command", "args", "pass_env", "timeout",
-            ],
-        ),
-    ];
-    let values: &[&str] = &[
-        "\"127.0.0.1:8787\"",
-        "\"0.0.0.0:0\"",
-        "\"32MiB\"",
-        "\"0\"",
-        "\"1s\"",
-        "\"0s\"",
-        "\"10m\"",
-        "\"token\"",
-        "\"none\"",
-        "\"password\"",
-        "\"trusted-proxy\"",
-        "\"KG_TOKEN\"",
-        "\"ODD\"",
-        "\"/etc/passwd\"",
-        "[\"10.0.0.0/8\", \"::1/128\"]",
-        "[\"https://app.example.com\"]",
-        "[\"rate_limit\", \"bogus\"]",
-        "[\"1s\", \"5m\"]",
-        "3",
-        "0",
-        "-1",
-        "true",
-        "\"https://llm.example.com/v1\"",
-        "\"ftp://x\"",
-        "{ header = \"x-key\" }",
-        "{ query = \"key\" }",
-        "\"bearer\"",
-        "{ \"x-a\" = \"b\" }",
-        "\"exec\"",
-        "\"file\"",
-        "\"/usr/bin/vault\"",
-        "[\"a\"]",
-        "[{ token_env = \"GW\", agent = \"main\" }, { token_file = \"/dev/zero\" }]",
-        "'''multi\nline'''",
-        "1979-05-27T07:32:00Z",
-    ];
     let mut out = String::new();
-    for _ in 0..small(u, 5) {
-        let (name, keys) = *u.choose(sections).unwrap_or(&sections[0]);
+    for _ in 0..small(u, 4) {
+        let (name, keys) = *u.choose(CONFIG_SECTIONS).unwrap_or(&CONFIG_SECTIONS[0]);
         out.push_str(&format!("[{name}]\n"));
-        for _ in 0..small(u, 4) {
-            let key = if u.ratio(1, 10).unwrap_or(false) {
-                "tokens"
-            } else {
-                pick(u, keys)
-            };
-            let value = if u.ratio(1, 8).unwrap_or(false) {
-                format!("{:?}", text(u, 10))
-            } else {
-                pick(u, values).to_owned()
+        for _ in 0..=small(u, 3) {
+            let (key, values) = *u.choose(keys).unwrap_or(&keys[0]);
+            let value = match small(u, 12) {
+                0 => format!("{:?}", text(u, 10)),
+                1 => {
+                    let (_, other) = *u.choose(keys).unwrap_or(&keys[0]);
+                    pick(u, other).to_owned()
+                }
+                _ => pick(u, values).to_owned(),
             };
             out.push_str(&format!("{key} = {value}\n"));
         }

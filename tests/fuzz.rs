@@ -2,7 +2,7 @@
 //! (`keygate::fuzzing`), on a bounded number of generated inputs.
 //!
 //! Per target: every seed of `fuzz/corpus/<target>/` as is, then `KEYGATE_FUZZ_ITERS`
-//! inputs (default 400) from a seeded generator (`KEYGATE_FUZZ_SEED`, default fixed, so a
+//! inputs (default 3000) from a seeded generator (`KEYGATE_FUZZ_SEED`, default fixed, so a
 //! run is reproducible): structured inputs built with `arbitrary::Unstructured` over
 //! `fastrand` bytes, mutations of real seeds (the recorded provider answers in
 //! `tests/fixtures/provider-errors/`, streams, bodies, `config/keygate.toml`) and raw
@@ -232,7 +232,7 @@ fn iterations() -> usize {
     std::env::var("KEYGATE_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400)
+        .unwrap_or(3000)
 }
 
 fn seed() -> u64 {

@@ -526,16 +526,15 @@ fn parse_entry(
         Some(_) => return Err("its type is not a string".to_owned()),
         None => infer_kind(obj).ok_or("it has no type and none can be inferred from its fields")?,
     };
+    // A legacy entry's provider is its top-level key, which may be empty too.
     let provider = match legacy_provider {
-        Some(p) => p.to_owned(),
-        None => obj
-            .get("provider")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .ok_or("it has no provider")?
-            .to_owned(),
-    };
+        Some(p) => Some(p),
+        None => obj.get("provider").and_then(Value::as_str),
+    }
+    .map(str::trim)
+    .filter(|p| !p.is_empty())
+    .ok_or("it has no provider")?
+    .to_owned();
 
     let (secret, expires, refresh) = match kind {
         Kind::ApiKey => (

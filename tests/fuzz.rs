@@ -1175,8 +1175,11 @@ const DURATIONS: &[&str] = &[
     "\"1x\"",
 ];
 
+/// A config key and values that are mostly valid for it.
+type KeyValues = (&'static str, &'static [&'static str]);
+
 /// Config sections, their keys and values that are mostly valid for them.
-const CONFIG_SECTIONS: &[(&str, &[(&str, &[&str])])] = &[
+const CONFIG_SECTIONS: &[(&str, &[KeyValues])] = &[
     (
         "server",
         &[

@@ -29,6 +29,8 @@ pub mod cli;
 pub mod config;
 pub mod cooldown;
 pub mod credentials;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod metrics;
 pub mod pin;

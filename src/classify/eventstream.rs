@@ -126,6 +126,14 @@ impl EventStreamDecoder {
         }
     }
 
+    /// Bytes of buffer held between chunks (capacities), for [`super::SseScanner`].
+    pub(crate) fn retained(&self) -> usize {
+        self.buf.capacity()
+            + self.message_type.capacity()
+            + self.event_type.capacity()
+            + self.exception_type.capacity()
+    }
+
     /// Moves past sections that are complete (including empty ones).
     fn maybe_advance(&mut self, on_frame: &mut dyn FnMut(Frame)) {
         loop {

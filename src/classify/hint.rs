@@ -281,9 +281,9 @@ pub(crate) fn parse_reset(value: &str, base: SystemTime, now: SystemTime) -> Opt
     }
     if let Some(n) = parse_number(v) {
         return Some(if n >= 1e12 {
-            until(UNIX_EPOCH + Duration::from_secs_f64(n / 1000.0), now)
+            until_epoch(n / 1000.0, now)
         } else if n >= 1e9 {
-            until(UNIX_EPOCH + Duration::from_secs_f64(n), now)
+            until_epoch(n, now)
         } else {
             secs_to_duration(n)
         });
@@ -400,6 +400,15 @@ fn secs_to_duration(secs: f64) -> Duration {
         return Duration::ZERO;
     }
     Duration::try_from_secs_f64(secs.min(MAX_HINT.as_secs_f64())).unwrap_or(MAX_HINT)
+}
+
+/// The wait until `secs` after the epoch. A reset past what `Duration` or `SystemTime` can
+/// hold is far in the future: the cap, never a panic (the value is the upstream's).
+fn until_epoch(secs: f64, now: SystemTime) -> Duration {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .map_or(MAX_HINT, |at| until(at, now))
 }
 
 fn until(at: SystemTime, base: SystemTime) -> Duration {

@@ -246,6 +246,16 @@ impl SseScanner {
         self.first_error
     }
 
+    /// Bytes of buffer the scanner holds between chunks (capacities): what the memory bound
+    /// of the module docs is about. For `crate::fuzzing`.
+    pub(crate) fn retained(&self) -> usize {
+        let decoder = match &self.mode {
+            Mode::EventStream(d) => d.retained(),
+            Mode::Undecided | Mode::Sse => 0,
+        };
+        self.carry.capacity() + self.block.data.capacity() + decoder
+    }
+
     fn on_line(&mut self, line: &[u8], out: &mut ScanResult) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {

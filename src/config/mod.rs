@@ -23,7 +23,7 @@ mod raw;
 mod report;
 mod validate;
 
-pub use validate::{parse_duration, parse_size, valid_agent_id};
+pub use validate::{parse_duration, parse_size, valid_agent_id, MAX_DURATION};
 
 /// Default listen address (SPEC §1).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";

@@ -148,3 +148,32 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
     assert_eq!(parse_duration("soon"), None);
 }
+
+/// Found by the `config` fuzz target: a duration past what an `Instant` can be moved by
+/// (`request_timeout = "18446744073709551615"`, `"300000000000y"`) validated, then every
+/// request panicked at `start + request_timeout` (and `max_wait`, `first_byte_timeout`).
+#[test]
+fn durations_past_a_century_are_refused() {
+    for v in ["18446744073709551615", "300000000000y", "101y"] {
+        for key in [
+            "server.request_timeout",
+            "rotation.max_wait",
+            "rotation.backoff",
+        ] {
+            let (section, name) = key.split_once('.').unwrap();
+            let value = if name == "backoff" {
+                format!("[\"{v}\"]")
+            } else {
+                format!("\"{v}\"")
+            };
+            let text = format!("[{section}]\n{name} = {value}\n");
+            let err = Config::from_toml(&text, None, &|_| None).unwrap_err();
+            assert!(err.to_string().contains(key), "{key} = {v}: {err}");
+        }
+    }
+    assert_eq!(parse_duration("100y"), Some(MAX_DURATION));
+    let c = Config::from_toml("[server]\nrequest_timeout = \"100y\"\n", None, &|_| None).unwrap();
+    assert!(tokio::time::Instant::now()
+        .checked_add(c.server.request_timeout)
+        .is_some());
+}

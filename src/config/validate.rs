@@ -245,8 +245,13 @@ impl Ctx<'_> {
     }
 
     fn duration_of(&self, key: &str, v: &SStr) -> Result<Duration, ConfigError> {
-        parse_duration(v.get_ref())
-            .ok_or_else(|| self.bad(key, v, "expected a duration like \"30s\", \"5m\", \"24h\""))
+        parse_duration(v.get_ref()).ok_or_else(|| {
+            self.bad(
+                key,
+                v,
+                "expected a duration like \"30s\", \"5m\", \"24h\" (at most 100 years)",
+            )
+        })
     }
 
     fn durations(
@@ -821,13 +826,21 @@ fn default_probe_model(id: &str) -> Option<&'static str> {
     })
 }
 
+/// Longest duration accepted anywhere (100 years): every configured duration is added to
+/// the current time somewhere (`start + request_timeout`), and a larger one could overflow
+/// an `Instant` there, which panics.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Durations as in SPEC §2 (`30s`, `1m`, `5h`, `24h`, `250ms`); a bare number is seconds.
+///
+/// Returns `None` for anything else, and for more than [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s).ok()
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).ok()?,
+    };
+    (d <= MAX_DURATION).then_some(d)
 }
 
 /// Sizes as in SPEC §2 (`32MiB`, `64KiB`, `1MB`, or a plain byte count).

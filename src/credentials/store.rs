@@ -197,6 +197,7 @@ mod claude;
 mod guard;
 pub mod write;
 
+pub(crate) use claude::claude_cli_from_str;
 pub use claude::{claude_credentials_path, load_claude_cli, CLAUDE_CLI_PROFILE};
 pub use guard::{check_state_dir, chmod_nofollow, confine, confine_in, UnsafeStateDir};
 
@@ -316,8 +317,13 @@ pub fn load_auth_state(path: &Path) -> Result<AuthState, StoreError> {
     let Some(text) = read_optional(path)? else {
         return Ok(AuthState::default());
     };
+    auth_state_from_str(&text, path)
+}
+
+/// Parses the text of an `auth-state.json`; `path` names it in warnings and errors.
+pub(crate) fn auth_state_from_str(text: &str, path: &Path) -> Result<AuthState, StoreError> {
     let mut extra: Map<String, Value> =
-        serde_json::from_str(&text).map_err(|e| parse_error(path, &e))?;
+        serde_json::from_str(text).map_err(|e| parse_error(path, &e))?;
     let mut state = AuthState::default();
     match extra.remove("order") {
         None | Some(Value::Null) => {}
@@ -575,16 +581,15 @@ fn parse_entry(
         Some(_) => return Err("its type is not a string".to_owned()),
         None => infer_kind(obj).ok_or("it has no type and none can be inferred from its fields")?,
     };
+    // A legacy entry's provider is its top-level key, which may be empty too.
     let provider = match legacy_provider {
-        Some(p) => p.to_owned(),
-        None => obj
-            .get("provider")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .ok_or("it has no provider")?
-            .to_owned(),
-    };
+        Some(p) => Some(p),
+        None => obj.get("provider").and_then(Value::as_str),
+    }
+    .map(str::trim)
+    .filter(|p| !p.is_empty())
+    .ok_or("it has no provider")?
+    .to_owned();
     if !is_provider_id(&provider) {
         // Such a profile can never serve a provider; and its value is not echoed.
         return Err(

@@ -269,3 +269,30 @@ fn every_message_phrase_contains_a_gate() {
         assert!(p.contains("try") || p.contains("wait"), "{p:?}");
     }
 }
+
+/// Found by the `hint` fuzz target: an epoch reset past what `Duration` / `SystemTime`
+/// hold (`x-ratelimit-reset: 99999999999999999999`, with its `remaining` at 0) panicked in
+/// `Duration::from_secs_f64` on the success path (`steering_hint`) and in `retry_hint`.
+#[test]
+fn huge_epoch_resets_are_capped_not_a_panic() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_760_000_000);
+    for v in [
+        "99999999999999999999",
+        "9999999999999999999999999999999999999",
+        "18446744073709551616000",
+        "9300000000000000000",
+        // Fits a Duration (1e19 s), not a SystemTime.
+        "10000000000000000000000",
+        "1e400",
+    ] {
+        let want = if v == "1e400" { None } else { Some(MAX_HINT) };
+        assert_eq!(parse_reset(v, now, now), want, "{v}");
+    }
+    let h = headers(&[
+        ("x-ratelimit-remaining-tokens", "0"),
+        ("x-ratelimit-reset-tokens", "99999999999999999999999"),
+    ]);
+    assert_eq!(steering_hint(&h, now).map(|h| h.after), Some(MAX_HINT));
+    let f = ErrorFields::default();
+    assert_eq!(hint_from(&h, &f, now).map(|h| h.after), Some(MAX_HINT));
+}

@@ -6,7 +6,7 @@
 //! `refreshToken` and `expiresAt` (epoch ms). It does not own refreshing (never: Claude Code
 //! owns the refresh token) nor writing (never).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -55,8 +55,13 @@ pub fn load_claude_cli(env: &EnvSnapshot) -> Result<Option<Profile>, String> {
             ))
         }
     };
+    claude_cli_from_str(&text, &path).map(Some)
+}
+
+/// Reads the text of a Claude Code credentials file; `path` names it in the warning.
+pub(crate) fn claude_cli_from_str(text: &str, path: &Path) -> Result<Profile, String> {
     let bad = |why: &str| format!("Claude Code credentials {}: {why}; ignored", path.display());
-    let doc: Value = serde_json::from_str(&text).map_err(|e| {
+    let doc: Value = serde_json::from_str(text).map_err(|e| {
         bad(&format!(
             "not valid JSON (line {}, column {})",
             e.line(),
@@ -79,7 +84,7 @@ pub fn load_claude_cli(env: &EnvSnapshot) -> Result<Option<Profile>, String> {
     };
     let refresh = text_of("refreshToken");
     let expires = parse_expires(oauth.get("expiresAt"));
-    Ok(Some(Profile {
+    Ok(Profile {
         id: CLAUDE_CLI_PROFILE.to_owned(),
         provider: "anthropic".to_owned(),
         kind: if refresh.is_some() {
@@ -92,7 +97,7 @@ pub fn load_claude_cli(env: &EnvSnapshot) -> Result<Option<Profile>, String> {
         refresh,
         email: None,
         display_name: None,
-    }))
+    })
 }
 
 #[cfg(test)]

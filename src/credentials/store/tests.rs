@@ -335,6 +335,26 @@ fn legacy_flat_file() {
     assert!(set.warnings[1].contains("\"weird:default\""));
 }
 
+/// Found by the `auth_profiles` fuzz target: a legacy flat entry under an empty (or
+/// blank) top-level key loaded as profile `:default` with no provider, where a canonical
+/// entry without a provider is skipped.
+#[test]
+fn legacy_entry_without_a_provider_is_skipped() {
+    let set = load(
+        r#"{"":{"key":"sk-a"}," ":{"key":"sk-b"},"openai":{"key":"sk-c"}}"#,
+        &env(&[]),
+    );
+    let ids: Vec<_> = set.profiles.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["openai:default"]);
+    assert!(
+        set.warnings
+            .iter()
+            .any(|w| w.contains("\":default\"") && w.contains("no provider")),
+        "{:?}",
+        set.warnings
+    );
+}
+
 #[test]
 fn empty_objects_are_empty_canonical_stores() {
     for text in ["{}", r#"{"version":1}"#, r#"{"version":1,"profiles":{}}"#] {

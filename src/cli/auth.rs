@@ -20,7 +20,7 @@ use super::{Context, EXIT_USAGE};
 use crate::config::{parse_duration, Config};
 use crate::credentials::env::resolve_env_id;
 use crate::credentials::store::{
-    self, write, Expires, StoreError, AUTH_STATE_FILE, CLAUDE_CLI_PROFILE, PROFILES_FILE,
+    self, AgentStore, Expires, StoreError, CLAUDE_CLI_PROFILE, PROFILES_FILE,
 };
 use crate::secret::Secret;
 
@@ -179,12 +179,22 @@ fn parse_expires_in(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn profiles_path(cx: &Context) -> std::path::PathBuf {
-    store::agent_dir(&cx.state_dir, &cx.agent).join(PROFILES_FILE)
+/// The agent's store (JSON files or OpenClaw's SQLite rows, SPEC §6b).
+fn open_store(cx: &Context) -> Result<AgentStore, StoreError> {
+    AgentStore::open(&cx.state_dir, &cx.agent)
 }
 
-fn state_path(cx: &Context) -> std::path::PathBuf {
-    store::agent_dir(&cx.state_dir, &cx.agent).join(AUTH_STATE_FILE)
+/// Where credentials are written, for messages.
+fn profiles_location(cx: &Context) -> String {
+    open_store(cx).map_or_else(
+        |_| {
+            store::agent_dir(&cx.state_dir, &cx.agent)
+                .join(PROFILES_FILE)
+                .display()
+                .to_string()
+        },
+        |s| s.profiles_location(),
+    )
 }
 
 /// Checks a profile id: non-empty, no whitespace or control characters, at most 128.
@@ -259,10 +269,16 @@ fn save_profile(
     provider: &str,
     fields: Map<String, Value>,
 ) -> Result<(), CmdError> {
-    write::update_profiles(&profiles_path(cx), |profiles| {
-        let mut entry = match profiles.remove(id) {
-            Some(Value::Object(o)) => o,
-            _ => Map::new(),
+    open_store(cx)?.update_profiles_for(id, |profiles| {
+        // In place: the other profiles keep their order (as OpenClaw wrote them).
+        let slot = profiles
+            .entry(id.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        let Value::Object(entry) = slot else {
+            unreachable!("made an object above");
         };
         for k in [
             "type",
@@ -278,11 +294,17 @@ fn save_profile(
             "accessRef",
             "refreshRef",
         ] {
-            entry.remove(k);
+            // A field written again keeps its place; the others of the old kind go.
+            if !fields.contains_key(k) {
+                entry.shift_remove(k);
+            }
+        }
+        // A new entry reads as OpenClaw writes one: type, provider, then the secret.
+        if let Some(t) = fields.get("type") {
+            entry.insert("type".into(), t.clone());
         }
         entry.insert("provider".into(), Value::from(provider));
         entry.extend(fields);
-        profiles.insert(id.to_owned(), Value::Object(entry));
         Ok::<_, CmdError>(())
     })
 }
@@ -317,7 +339,7 @@ fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
                 "Saved token {} for {} as auth profile \"{id}\" in {}{exp}.",
                 Secret::new(token).masked(),
                 a.provider,
-                profiles_path(cx).display()
+                profiles_location(cx)
             );
             ExitCode::SUCCESS
         }
@@ -348,7 +370,7 @@ fn paste_api_key(cx: &Context, config: &Config, a: PasteKeyArgs) -> ExitCode {
                 "Saved API key {} for {} as auth profile \"{id}\" in {}.",
                 Secret::new(key).masked(),
                 a.provider,
-                profiles_path(cx).display()
+                profiles_location(cx)
             );
             ExitCode::SUCCESS
         }
@@ -401,7 +423,7 @@ fn setup_token(cx: &Context, config: &Config, a: SetupTokenArgs) -> ExitCode {
             println!(
                 "Saved setup-token {} for anthropic as auth profile \"{id}\" in {}.",
                 Secret::new(token).masked(),
-                profiles_path(cx).display()
+                profiles_location(cx)
             );
             ExitCode::SUCCESS
         }
@@ -432,7 +454,7 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
     };
     match cmd {
         OrderCommand::Get { json, .. } => {
-            let state = match store::load_auth_state(&state_path(cx)) {
+            let state = match open_store(cx).and_then(|s| s.load_state()) {
                 Ok(s) => s,
                 Err(e) => return fail(e),
             };
@@ -491,17 +513,19 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
                     list.push(id);
                 }
             }
-            let r = write::update_auth_state(&state_path(cx), |top| {
-                let order = top
-                    .entry("order")
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !order.is_object() {
-                    *order = Value::Object(Map::new());
-                }
-                if let Value::Object(o) = order {
-                    o.insert(provider.clone(), json!(list));
-                }
-                Ok::<_, CmdError>(())
+            let r = open_store(cx).map_err(CmdError::from).and_then(|s| {
+                s.update_state(|top| {
+                    let order = top
+                        .entry("order")
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if !order.is_object() {
+                        *order = Value::Object(Map::new());
+                    }
+                    if let Value::Object(o) = order {
+                        o.insert(provider.clone(), json!(list));
+                    }
+                    Ok::<_, CmdError>(())
+                })
             });
             match r {
                 Ok(()) => {
@@ -516,10 +540,12 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
             }
         }
         OrderCommand::Clear { .. } => {
-            let r = write::update_auth_state(&state_path(cx), |top| {
-                Ok::<_, CmdError>(match top.get_mut("order") {
-                    Some(Value::Object(o)) => o.remove(&provider).is_some(),
-                    _ => false,
+            let r = open_store(cx).map_err(CmdError::from).and_then(|s| {
+                s.update_state_everywhere(|top| {
+                    Ok::<_, CmdError>(match top.get_mut("order") {
+                        Some(Value::Object(o)) => o.shift_remove(&provider).is_some(),
+                        _ => false,
+                    })
                 })
             });
             match r {
@@ -589,10 +615,10 @@ fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
                 })
             })
             .collect();
-        let doc = json!({"agent": cx.agent, "file": profiles_path(cx).display().to_string(), "profiles": items, "warnings": set.warnings});
+        let doc = json!({"agent": cx.agent, "file": profiles_location(cx), "profiles": items, "warnings": set.warnings});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        println!("{}", profiles_path(cx).display());
+        println!("{}", profiles_location(cx));
         if rows.is_empty() {
             println!("  (no stored profiles)");
         } else {
@@ -636,10 +662,13 @@ fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
 
 fn remove(cx: &Context, _config: &Config, a: RemoveArgs) -> ExitCode {
     let id = a.profile.trim().to_owned();
-    let dir = store::agent_dir(&cx.state_dir, &cx.agent);
-    let path = profiles_path(cx);
-    let r = write::update_profiles(&path, |profiles| {
-        if profiles.remove(&id).is_some() {
+    let store = match open_store(cx) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let path = store.profiles_location();
+    let r = store.update_profiles_for(&id, |profiles| {
+        if profiles.shift_remove(&id).is_some() {
             return Ok(());
         }
         if id == CLAUDE_CLI_PROFILE {
@@ -652,53 +681,49 @@ fn remove(cx: &Context, _config: &Config, a: RemoveArgs) -> ExitCode {
             )));
         }
         Err(CmdError::Msg(format!(
-            "Auth profile \"{id}\" not found in {}.",
-            dir.display()
+            "Auth profile \"{id}\" not found in {path}."
         )))
     });
     if let Err(e) = r {
         return fail(e);
     }
-    let state = state_path(cx);
     let mut from_orders: Vec<String> = Vec::new();
-    if state.exists() {
-        let r = write::update_auth_state(&state, |top| {
-            if let Some(Value::Object(order)) = top.get_mut("order") {
-                for (provider, ids) in order.iter_mut() {
-                    if let Value::Array(list) = ids {
-                        let before = list.len();
-                        list.retain(|v| v.as_str().map(str::trim) != Some(id.as_str()));
-                        if list.len() != before {
+    let r = store.update_state_everywhere(|top| {
+        let mut changed = false;
+        if let Some(Value::Object(order)) = top.get_mut("order") {
+            let mut emptied = Vec::new();
+            for (provider, ids) in order.iter_mut() {
+                if let Value::Array(list) = ids {
+                    let before = list.len();
+                    list.retain(|v| v.as_str().map(str::trim) != Some(id.as_str()));
+                    if list.len() != before {
+                        changed = true;
+                        if !from_orders.contains(provider) {
                             from_orders.push(provider.clone());
+                        }
+                        if list.is_empty() {
+                            emptied.push(provider.clone());
                         }
                     }
                 }
-                // An emptied order would mean "use nothing": drop it instead.
-                for p in &from_orders {
-                    if order
-                        .get(p)
-                        .and_then(Value::as_array)
-                        .is_some_and(Vec::is_empty)
-                    {
-                        order.remove(p);
-                    }
-                }
             }
-            Ok::<_, CmdError>(())
-        });
-        if let Err(e) = r {
-            return fail(format!(
-                "removed auth profile \"{id}\" from {}, but its order entries could not be removed: {e}",
-                path.display()
-            ));
+            // An emptied order would mean "use nothing": drop it instead.
+            for p in &emptied {
+                order.shift_remove(p);
+            }
         }
+        Ok::<_, CmdError>(changed)
+    });
+    if let Err(e) = r {
+        return fail(format!(
+            "removed auth profile \"{id}\" from {path}, but its order entries could not be removed: {e}"
+        ));
     }
     if from_orders.is_empty() {
-        println!("Removed auth profile \"{id}\" from {}.", path.display());
+        println!("Removed auth profile \"{id}\" from {path}.");
     } else {
         println!(
-            "Removed auth profile \"{id}\" from {} and from the order of {}.",
-            path.display(),
+            "Removed auth profile \"{id}\" from {path} and from the order of {}.",
             from_orders.join(", ")
         );
     }

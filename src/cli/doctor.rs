@@ -27,7 +27,9 @@ use super::models::{now_ms, profile_health, when, Health};
 use super::Context;
 use crate::config::Config;
 use crate::credentials::env::env_credentials;
-use crate::credentials::store::{self, write, Expires, AUTH_STATE_FILE, PROFILES_FILE};
+use crate::credentials::store::{
+    self, write, AgentStore, Backend, Expires, SharedAt, AUTH_STATE_FILE, PROFILES_FILE,
+};
 use crate::credentials::Kind;
 
 /// Warn window for expiring tokens.
@@ -121,6 +123,7 @@ pub(super) fn run(cx: &Context, args: DoctorArgs) -> ExitCode {
         found.sort();
         agents.extend(found);
     }
+    describe_store(&mut r, cx);
     for agent in &agents {
         check_agent(&mut r, cx, &config, agent, args.fix);
     }
@@ -210,6 +213,13 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
     {
         check_mode(r, &cx.state_dir, &d, true, fix, true);
     }
+    let agent_store = match AgentStore::open(&cx.state_dir, agent) {
+        Ok(s) => s,
+        Err(e) => return r.problem(e),
+    };
+    if let Backend::Sqlite(_) = agent_store.backend() {
+        return check_sqlite_agent(r, cx, config, agent, &agent_store, fix);
+    }
     let profiles_path = dir.join(PROFILES_FILE);
     let state_path = dir.join(AUTH_STATE_FILE);
 
@@ -251,46 +261,7 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                 {
                     r.warn(w);
                 }
-                let now = now_ms();
-                let warn_ms = i64::try_from(WARN.as_millis()).unwrap_or(i64::MAX);
-                for p in &set.profiles {
-                    let (health, _, detail) = profile_health(p, now, warn_ms);
-                    let detail = detail.unwrap_or_default();
-                    match health {
-                        Health::Missing => r.problem(format!(
-                            "agent {agent}: auth profile \"{}\" is unusable: {detail}",
-                            p.id
-                        )),
-                        Health::Expired => r.problem(format!(
-                            "agent {agent}: auth profile \"{}\" ({}) {detail}; paste a new one with `keygate models auth paste-token --provider {} --profile-id {}`",
-                            p.id, p.kind.as_str(), p.provider, p.id
-                        )),
-                        Health::InvalidExpires => r.problem(format!(
-                            "agent {agent}: auth profile \"{}\": {detail}",
-                            p.id
-                        )),
-                        Health::Expiring => {
-                            if let Expires::At(ms) = p.expires {
-                                r.warn(format!(
-                                    "agent {agent}: auth profile \"{}\" expires {}",
-                                    p.id,
-                                    when(ms, now)
-                                ));
-                            }
-                        }
-                        Health::Ok | Health::Static => {}
-                    }
-                    if p.kind == Kind::ApiKey
-                        && p.secret
-                            .as_ref()
-                            .is_ok_and(|s| s.expose().contains("sk-ant-oat"))
-                    {
-                        r.warn(format!(
-                            "agent {agent}: auth profile \"{}\" is stored as an api_key but holds a Claude subscription token (sk-ant-oat…); keygate sends it as a Bearer token, but store it with `keygate models auth setup-token` so its kind is right",
-                            p.id
-                        ));
-                    }
-                }
+                check_profiles(r, agent, &set);
                 if !set.profiles.is_empty() || !set.warnings.is_empty() {
                     r.info(format!(
                         "agent {agent}: {} stored profile(s) in {}",
@@ -330,6 +301,203 @@ fn check_agent(r: &mut Report, cx: &Context, config: &Config, agent: &str, fix: 
                 }
                 check_mode(r, &cx.state_dir, &state_path, false, fix, true);
             }
+        }
+    }
+}
+
+/// Health of each profile: unusable, expired, invalid expiry (problems), expiring soon and
+/// misfiled subscription tokens (warnings).
+fn check_profiles(r: &mut Report, agent: &str, set: &store::ProfileSet) {
+    let now = now_ms();
+    let warn_ms = i64::try_from(WARN.as_millis()).unwrap_or(i64::MAX);
+    for p in &set.profiles {
+        let (health, _, detail) = profile_health(p, now, warn_ms);
+        let detail = detail.unwrap_or_default();
+        match health {
+            Health::Missing => r.problem(format!(
+                "agent {agent}: auth profile \"{}\" is unusable: {detail}",
+                p.id
+            )),
+            Health::Expired => r.problem(format!(
+                "agent {agent}: auth profile \"{}\" ({}) {detail}; paste a new one with `keygate models auth paste-token --provider {} --profile-id {}`",
+                p.id, p.kind.as_str(), p.provider, p.id
+            )),
+            Health::InvalidExpires => r.problem(format!(
+                "agent {agent}: auth profile \"{}\": {detail}",
+                p.id
+            )),
+            Health::Expiring => {
+                if let Expires::At(ms) = p.expires {
+                    r.warn(format!(
+                        "agent {agent}: auth profile \"{}\" expires {}",
+                        p.id,
+                        when(ms, now)
+                    ));
+                }
+            }
+            Health::Ok | Health::Static => {}
+        }
+        if p.kind == Kind::ApiKey
+            && p.secret
+                .as_ref()
+                .is_ok_and(|s| s.expose().contains("sk-ant-oat"))
+        {
+            r.warn(format!(
+                "agent {agent}: auth profile \"{}\" is stored as an api_key but holds a Claude subscription token (sk-ant-oat…); keygate sends it as a Bearer token, but store it with `keygate models auth setup-token` so its kind is right",
+                p.id
+            ));
+        }
+    }
+}
+
+/// An agent of a SQLite-era state dir (SPEC §6b): leftover JSON files (OpenClaw refuses
+/// their providers until they are imported; `--fix` imports them into the database and
+/// archives them), the health of the stored profiles, and the order rows.
+fn check_sqlite_agent(
+    r: &mut Report,
+    cx: &Context,
+    config: &Config,
+    agent: &str,
+    st: &AgentStore,
+    fix: bool,
+) {
+    let file = st.profiles_file();
+    let state_file = st.state_file();
+    let leftovers: Vec<&Path> = [file.as_path(), state_file.as_path()]
+        .into_iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    if !leftovers.is_empty() {
+        let db = st.load_db_profiles(&cx.env, &config.secret_providers);
+        let json = store::load_profiles(&file, &cx.env, &config.secret_providers);
+        if let (Ok(db), Ok(json)) = (&db, &json) {
+            let differ: Vec<&str> = json
+                .profiles
+                .iter()
+                .filter(|j| {
+                    !db.profiles.iter().any(|d| {
+                        d.id == j.id
+                            && d.provider == j.provider
+                            && d.kind == j.kind
+                            && d.secret == j.secret
+                            && d.expires == j.expires
+                    })
+                })
+                .map(|j| j.id.as_str())
+                .collect();
+            if !db.profiles.is_empty() && !differ.is_empty() {
+                r.warn(format!(
+                    "agent {agent}: {} and {} both hold profiles, and they differ ({}): the database is what OpenClaw and keygate use",
+                    file.display(),
+                    st.profiles_location(),
+                    differ.join(", ")
+                ));
+            }
+        }
+        if fix {
+            match st.import_json() {
+                Ok(Some(i)) => {
+                    let mut what = format!("imported {} profile(s)", i.imported.len());
+                    if !i.imported.is_empty() {
+                        what.push_str(&format!(" ({})", i.imported.join(", ")));
+                    }
+                    if !i.kept.is_empty() {
+                        what.push_str(&format!(
+                            "; kept the database's version of {}",
+                            i.kept.join(", ")
+                        ));
+                    }
+                    if !i.orders.is_empty() {
+                        what.push_str(&format!("; copied the order of {}", i.orders.join(", ")));
+                    }
+                    let archived: Vec<String> =
+                        i.archived.iter().map(|p| p.display().to_string()).collect();
+                    r.fixed(format!(
+                        "agent {agent}: moved the JSON auth files into {}: {what}; the originals are {}",
+                        st.profiles_location(),
+                        archived.join(" and ")
+                    ));
+                    for d in i.dropped {
+                        r.warn(format!("legacy entry \"{d}\" has no recognisable type and was not carried over; it is still in the archive"));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => r.problem(e),
+            }
+        } else {
+            let names: Vec<String> = leftovers.iter().map(|p| p.display().to_string()).collect();
+            r.problem(format!(
+                "agent {agent}: {} left in a state dir whose credentials live in {}: OpenClaw 2026.6+ refuses the providers they name (AUTH_PROFILE_MIGRATION_REQUIRED) and keygate reads them only while the database has no profile; run `keygate doctor --fix` to import and archive them",
+                names.join(" and "),
+                st.profiles_location()
+            ));
+        }
+    }
+    match st.load_profiles(&cx.env, &config.secret_providers) {
+        Err(e) => r.problem(e),
+        Ok(set) => {
+            for w in set
+                .warnings
+                .iter()
+                .filter(|w| !w.contains(" is ignored: ") && !w.contains(" was read because "))
+            {
+                r.warn(w);
+            }
+            check_profiles(r, agent, &set);
+            r.info(format!(
+                "agent {agent}: {} stored profile(s) in {}",
+                set.profiles.len(),
+                st.profiles_location()
+            ));
+        }
+    }
+    match st.load_state() {
+        Err(e) => r.problem(e),
+        Ok(state) => {
+            for w in &state.warnings {
+                r.warn(w);
+            }
+            for provider in state.order.keys() {
+                if config.provider(provider).is_none() && store::is_provider_id(provider) {
+                    r.warn(format!(
+                        "agent {agent}: order.{provider} in {} is for a provider the config does not define",
+                        st.state_location()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Names the store the state dir uses, and the OpenClaw version that wrote it (SPEC §6b).
+fn describe_store(r: &mut Report, cx: &Context) {
+    let st = match AgentStore::open(&cx.state_dir, &cx.agent) {
+        Ok(s) => s,
+        Err(e) => return r.problem(e),
+    };
+    match st.backend() {
+        Backend::Json => r.info(format!(
+            "store: JSON files (agents/<id>/agent/{PROFILES_FILE}, as OpenClaw up to 2026.5 keeps them)"
+        )),
+        Backend::Sqlite(s) => {
+            let version = [&s.state_db, &s.main_db, &s.agent_db]
+                .into_iter()
+                .find_map(|db| store::sqlite::schema_meta(db).ok().flatten())
+                .map_or_else(
+                    || "OpenClaw version unknown (no schema_meta)".to_owned(),
+                    |(app, schema)| match app {
+                        Some(v) => format!("written by OpenClaw {v}, schema {schema}"),
+                        None => format!("schema {schema}"),
+                    },
+                );
+            let at = match s.shared {
+                SharedAt::StateDb => "auth.sharedStore = state-db",
+                SharedAt::LegacyMain => "auth.sharedStore = legacy-main",
+            };
+            r.info(format!(
+                "store: OpenClaw SQLite ({}; {at}; {version})",
+                st.profiles_location()
+            ));
         }
     }
 }

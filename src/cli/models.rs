@@ -23,9 +23,7 @@ use serde_json::{json, Value};
 use super::{auth, probe, Context, EXIT_USAGE};
 use crate::config::{parse_duration, Config};
 use crate::credentials::env::{env_credentials, resolve_env_id};
-use crate::credentials::store::{
-    self, Expires, Profile, ProfileProblem, ProfileSet, AUTH_STATE_FILE,
-};
+use crate::credentials::store::{self, Expires, Profile, ProfileProblem, ProfileSet};
 use crate::credentials::{Credential, Kind, Source};
 
 /// Detail of an `excluded_by_auth_order` row (SPEC §1).
@@ -284,11 +282,10 @@ pub(super) fn build_view(
     now_ms: i64,
     warn: Duration,
 ) -> Result<StatusView, String> {
-    let dir = store::agent_dir(&cx.state_dir, &cx.agent);
     let set: ProfileSet =
         store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
             .map_err(|e| e.to_string())?;
-    let state = store::load_auth_state(&dir.join(AUTH_STATE_FILE)).map_err(|e| e.to_string())?;
+    let state = store::load_agent_state(&cx.state_dir, &cx.agent).map_err(|e| e.to_string())?;
     let mut warnings = set.warnings.clone();
     warnings.extend(state.warnings.iter().cloned());
     let warn_ms = i64::try_from(warn.as_millis()).unwrap_or(i64::MAX);

@@ -46,7 +46,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Fresh>>>;
 /// Refreshes oauth profiles, one refresh at a time per profile.
 #[derive(Default)]
 pub struct Refresher {
-    // Keyed by (profiles file, profile id): bounded by the oauth profiles on disk.
+    // Keyed by (agent dir, profile id): bounded by the oauth profiles on disk.
     locks: Mutex<HashMap<(PathBuf, String), Slot>>,
 }
 
@@ -65,20 +65,21 @@ pub fn now_ms() -> i64 {
 // === impl Refresher ===
 
 impl Refresher {
-    /// A fresh access token for `profile` in the file at `path`, refreshing it if needed.
-    /// The error is the reason, without any secret; the caller words the SPEC message.
+    /// A fresh access token for `profile` of `agent` in `state_dir` (in whichever store
+    /// the dir uses, SPEC §6b), refreshing it if needed. The error is the reason, without
+    /// any secret; the caller words the SPEC message.
     pub async fn fresh_token(
         &self,
         client: &UpstreamClient,
         cfg: Option<&OAuthConfig>,
-        path: &Path,
+        state_dir: &Path,
+        agent: &str,
         profile: &str,
     ) -> Result<Fresh, String> {
+        let dir = store::agent_dir(state_dir, agent);
         let slot = {
             let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry((path.to_owned(), profile.to_owned()))
-                .or_default()
-                .clone()
+            map.entry((dir, profile.to_owned())).or_default().clone()
         };
         let mut cached = slot.lock().await;
         if let Some(f) = cached
@@ -87,8 +88,8 @@ impl Refresher {
         {
             return Ok(f.clone());
         }
-        // Another process may have refreshed already: the file is the truth.
-        let entry = read_entry(path, profile).await?;
+        // Another process may have refreshed already: the store is the truth.
+        let entry = read_entry(state_dir, agent, profile).await?;
         let access = entry
             .get("access")
             .and_then(Value::as_str)
@@ -114,12 +115,12 @@ impl Refresher {
         let cfg = cfg.ok_or("no [providers.<p>.oauth] token_url is configured")?;
         let (access, new_refresh, expires_in) = exchange(client, cfg, &refresh, access).await?;
         let expires_ms = now_ms() + (expires_in * 1000.0) as i64;
-        let write_path = path.to_owned();
+        let (state_dir, agent) = (state_dir.to_owned(), agent.to_owned());
         let id = profile.to_owned();
         let access_value = access.clone();
         tokio::task::spawn_blocking(move || {
-            store::write::update_profiles(
-                &write_path,
+            store::AgentStore::open(&state_dir, &agent)?.update_profiles_for(
+                &id.clone(),
                 |profiles| -> Result<(), store::StoreError> {
                     if let Some(Value::Object(p)) = profiles.get_mut(&id) {
                         p.insert("access".into(), Value::from(access_value));
@@ -145,25 +146,26 @@ impl Refresher {
     }
 }
 
-async fn read_entry(path: &Path, profile: &str) -> Result<serde_json::Map<String, Value>, String> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let top: Value = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{} does not parse (line {}, column {})",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    match top.get("profiles").and_then(|p| p.get(profile)) {
-        Some(Value::Object(m)) => Ok(m.clone()),
-        _ => Err(format!(
-            "profile {profile} is no longer in {}",
-            path.display()
-        )),
-    }
+async fn read_entry(
+    state_dir: &Path,
+    agent: &str,
+    profile: &str,
+) -> Result<serde_json::Map<String, Value>, String> {
+    let (state_dir, agent, id) = (state_dir.to_owned(), agent.to_owned(), profile.to_owned());
+    // File and SQLite reads are blocking work.
+    tokio::task::spawn_blocking(move || {
+        let store = store::AgentStore::open(&state_dir, &agent).map_err(|e| e.to_string())?;
+        match store.profile_entry(&id) {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(format!(
+                "profile {id} is no longer in {}",
+                store.profiles_location()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .map_err(|_| "the read task failed".to_owned())?
 }
 
 /// The `refresh_token` grant. Returns (access token, new refresh token, expires_in seconds).

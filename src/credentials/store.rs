@@ -183,6 +183,45 @@ pub enum StoreError {
         /// The link, as the caller named it.
         path: PathBuf,
     },
+    /// An OpenClaw database cannot be read or written; `what` names it and the row.
+    #[error("{what}: {message}")]
+    Database {
+        /// `cannot read <db> (table …, row …)`.
+        what: String,
+        /// SQLite's reason (never a row's content).
+        message: String,
+    },
+    /// An OpenClaw database of a schema newer than keygate knows: read, never written.
+    #[error(
+        "{path} was written by a newer OpenClaw (schema {version}; keygate writes up to {known}); keygate does not change it: use the openclaw CLI, or upgrade keygate"
+    )]
+    NewerSchema {
+        /// The database.
+        path: PathBuf,
+        /// Its `user_version`.
+        version: i64,
+        /// The newest keygate writes.
+        known: i64,
+    },
+    /// `auth.sharedStore` in `state/openclaw.sqlite` holds a value OpenClaw itself refuses.
+    #[error(
+        "{path}: row auth.sharedStore is not {{\"location\":\"state-db\"}} nor {{\"location\":\"legacy-main\"}}; run `openclaw doctor --fix`"
+    )]
+    SharedStoreOwnership {
+        /// The state database.
+        path: PathBuf,
+    },
+    /// The state dir is in OpenClaw's SQLite era but has no database to write into (its
+    /// JSON files were never imported).
+    #[error(
+        "{path} does not exist: this state dir is used by OpenClaw 2026.6 or later (it has {marker}), but its credentials were never moved into SQLite; run `openclaw doctor --fix` first (keygate does not create OpenClaw's databases, nor JSON files OpenClaw would refuse)"
+    )]
+    NoDatabase {
+        /// The database a write needs.
+        path: PathBuf,
+        /// What shows the SQLite era.
+        marker: String,
+    },
     /// A write was asked of a legacy flat `auth-profiles.json`.
     #[error(
         "{path} is in the legacy flat format; run `keygate doctor --fix` to rewrite it in the canonical shape first"
@@ -193,9 +232,13 @@ pub enum StoreError {
     },
 }
 
+pub mod backend;
 mod claude;
 mod guard;
+pub mod sqlite;
 pub mod write;
+
+pub use backend::{AgentStore, Backend, SharedAt};
 
 pub(crate) use claude::claude_cli_from_str;
 pub use claude::{claude_credentials_path, load_claude_cli, CLAUDE_CLI_PROFILE};
@@ -213,8 +256,9 @@ pub fn agent_dir(state_dir: &Path, agent: &str) -> PathBuf {
     state_dir.join("agents").join(agent).join("agent")
 }
 
-/// Loads an agent's profiles as every command and the proxy see them:
-/// `<state>/agents/<agent>/agent/auth-profiles.json`, plus the Claude Code credentials as
+/// Loads an agent's profiles as every command and the proxy see them: from the store the
+/// state dir uses ([`AgentStore`]: `<state>/agents/<agent>/agent/auth-profiles.json`, or
+/// OpenClaw's SQLite rows), plus the Claude Code credentials as
 /// `anthropic:claude-cli` ([`load_claude_cli`]) unless a stored profile has that id. A
 /// Claude Code file that cannot be read is a warning, never an error.
 ///
@@ -225,8 +269,7 @@ pub fn load_agent_profiles(
     env: &EnvSnapshot,
     secrets: &SecretProviders,
 ) -> Result<ProfileSet, StoreError> {
-    let path = agent_dir(state_dir, agent).join(PROFILES_FILE);
-    let mut set = load_profiles(&path, env, secrets)?;
+    let mut set = AgentStore::open(state_dir, agent)?.load_profiles(env, secrets)?;
     if !set.profiles.iter().any(|p| p.id == CLAUDE_CLI_PROFILE) {
         match load_claude_cli(env) {
             Ok(Some(p)) => {
@@ -307,6 +350,11 @@ pub fn load_profiles_from_str(
 
     set.profiles.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(set)
+}
+
+/// Loads an agent's non-secret state from the store the state dir uses ([`AgentStore`]).
+pub fn load_agent_state(state_dir: &Path, agent: &str) -> Result<AuthState, StoreError> {
+    AgentStore::open(state_dir, agent)?.load_state()
 }
 
 /// Loads `auth-state.json`. A missing file is the default (no orders).

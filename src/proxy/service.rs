@@ -560,14 +560,13 @@ impl Exchange<'_> {
         let refreshed;
         let fresh_secret;
         let (inject, secret) = if needs_oauth_refresh(cand) {
-            let path =
-                store::agent_dir(st.registry.state_dir(), self.agent).join(store::PROFILES_FILE);
             // Boxed: a refresh is rare, and its future (an HTTP exchange of its own) would
             // otherwise enlarge every request's future, which is moved on every call.
             let refresh = Box::pin(st.refresher.fresh_token(
                 &st.client,
                 self.provider.oauth.as_ref(),
-                &path,
+                st.registry.state_dir(),
+                self.agent,
                 cand.cred.id.as_str(),
             ));
             match refresh.await {

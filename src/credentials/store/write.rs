@@ -265,7 +265,7 @@ pub fn lock_path(path: &Path) -> PathBuf {
 
 /// One legacy entry in canonical form, `None` when it is not an object or its type
 /// cannot be told.
-fn canonical_entry(provider: &str, entry: &Value) -> Option<Map<String, Value>> {
+pub(super) fn canonical_entry(provider: &str, entry: &Value) -> Option<Map<String, Value>> {
     let Value::Object(obj) = entry else {
         return None;
     };

@@ -315,3 +315,35 @@ async fn an_http2_connection_is_offered_at_most_128_streams() {
     // The server's SETTINGS arrived before its answer.
     assert_eq!(client.current_max_send_streams(), 128);
 }
+
+#[tokio::test]
+async fn a_sighup_sent_the_moment_keygate_says_listening_never_kills_it() {
+    // Supervisors send SIGHUP as soon as they read the listen line; the handler must already
+    // be installed by then (the default action ends the process).
+    let state = tempfile::tempdir().expect("tempdir");
+    cli_common::write_file(&cli_common::profiles_file(state.path()), PROFILES, 0o600);
+    let kg = Served::start(
+        state.path(),
+        &providers_at("http://127.0.0.1:9", &["anthropic"]),
+    );
+    let mut seen = false;
+    for _ in 0..10_000 {
+        if kg.log.lock().unwrap().contains("keygate listening") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(seen, "{}", kg.log.lock().unwrap());
+    kg.signal("-HUP");
+    assert!(
+        kg.wait_log("SIGHUP received").await,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    let mut kg = kg;
+    assert!(
+        kg.child.try_wait().expect("wait").is_none(),
+        "keygate exited"
+    );
+}

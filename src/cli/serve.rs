@@ -91,14 +91,16 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         };
         let bound = main.local_addr().unwrap_or(listen);
         let max_connections = crate::server::max_connections(state.config.server.max_connections);
-        tracing::info!(listen = %bound, max_connections, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
-        // Installed before the first request can arrive, so a SIGHUP never kills the process.
+        // Both installed before the listen line: a supervisor that sends SIGHUP or SIGTERM as
+        // soon as it reads that line never kills the process by the default action.
         let registry = state.registry.clone();
         tokio::spawn(crate::shutdown::hangups(move || {
             let replaced = registry.reload_all();
             tracing::info!(replaced, "SIGHUP received: credential stores re-read");
         }));
-        crate::run(state, crate::Listeners { main, admin }, crate::shutdown::signal()).await;
+        let stop = crate::shutdown::signal();
+        tracing::info!(listen = %bound, max_connections, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
+        crate::run(state, crate::Listeners { main, admin }, stop).await;
         ExitCode::SUCCESS
     })
 }

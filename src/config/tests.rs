@@ -80,6 +80,35 @@ fn tokens_resolve_from_env_and_unset_var_is_an_error() {
 }
 
 #[test]
+fn an_unset_env_value_that_looks_like_a_key_is_never_echoed() {
+    // Mistral keys are 32 mixed-case alphanumerics, which is also a valid shell name.
+    for value in [
+        "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z",
+        "ABCDEF0123456789ABCDEF0123456789",
+    ] {
+        let text = format!(
+            "[gateway.auth]\nmode = \"token\"\ntokens = [ {{ token_env = \"{value}\" }} ]\n"
+        );
+        let err = Config::from_toml(&text, None, &|_| None).expect_err("unset");
+        let msg = err.to_string();
+        assert!(!msg.contains(value), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(msg.contains("is not set"), "{msg}");
+    }
+}
+
+#[test]
+fn a_64_character_custom_provider_id_is_read_from_the_store() {
+    let id = "p".repeat(64);
+    assert!(crate::credentials::store::is_provider_id(&id));
+    let text = format!(
+        "[providers.{id}]\nbase_url = \"http://127.0.0.1:9/v1\"\nauth = {{ header = \"x-key\" }}\n"
+    );
+    Config::from_toml(&text, None, &|_| None).expect("valid");
+    assert!(!crate::credentials::store::is_provider_id(&"p".repeat(65)));
+}
+
+#[test]
 fn keygate_token_env_is_the_default_token() {
     let c = Config::from_toml("", None, &env_of(&[("KEYGATE_TOKEN", "gw")])).expect("valid");
     assert_eq!(c.gateway.tokens.len(), 1);

@@ -327,13 +327,18 @@ impl Ctx<'_> {
                     name,
                     "the value is not an environment variable name: name the variable that holds the secret (e.g. KEYGATE_TOKEN), never the secret itself",
                 )),
-                _ => Err(self.bad(
+                _ if shown_env_name(name.get_ref()) => Err(self.bad(
                     key,
                     name,
                     &format!(
                         "environment variable {} is not set (export it, or remove the key)",
                         name.get_ref()
                     ),
+                )),
+                _ => Err(self.bad(
+                    key,
+                    name,
+                    "the environment variable named there is not set (export it, or remove the key)",
                 )),
             };
         }
@@ -875,11 +880,19 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Whether a variable name may be echoed in an error. Any shell name is accepted as a name,
+/// but one that does not read like a conventional `UPPER_SNAKE` name could be a mixed-case or
+/// upper-case key pasted in the wrong place (Mistral keys are 32 alphanumerics): those are
+/// named by their key and line only. A run of more than 20 characters without an underscore
+/// is treated as a token too.
+fn shown_env_name(s: &str) -> bool {
+    is_env_name(s)
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && s.split('_').all(|run| run.len() <= 20)
+}
+
 fn valid_provider_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
-        && !id.starts_with('_')
+    crate::credentials::store::is_provider_id(id)
 }

@@ -114,7 +114,7 @@ impl Refresher {
             .to_owned();
         let cfg = cfg.ok_or("no [providers.<p>.oauth] token_url is configured")?;
         let (access, new_refresh, expires_in) = exchange(client, cfg, &refresh, access).await?;
-        let expires_ms = now_ms() + (expires_in * 1000.0) as i64;
+        let expires_ms = expiry_after(now_ms(), expires_in);
         let (state_dir, agent) = (state_dir.to_owned(), agent.to_owned());
         let id = profile.to_owned();
         let access_value = access.clone();
@@ -166,6 +166,20 @@ async fn read_entry(
     })
     .await
     .map_err(|_| "the read task failed".to_owned())?
+}
+
+/// Longest lifetime taken from a token endpoint's `expires_in` (ten years): a hostile or
+/// broken answer (`1e300`) must not overflow the expiry arithmetic.
+const MAX_EXPIRES_IN_S: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+/// The expiry (epoch ms) of a token issued at `now_ms` that lives `expires_in` seconds.
+fn expiry_after(now_ms: i64, expires_in: f64) -> i64 {
+    let secs = if expires_in.is_nan() {
+        0.0
+    } else {
+        expires_in.clamp(0.0, MAX_EXPIRES_IN_S)
+    };
+    now_ms.saturating_add((secs * 1000.0) as i64)
 }
 
 /// The `refresh_token` grant. Returns (access token, new refresh token, expires_in seconds).
@@ -287,6 +301,18 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_never_overflows_on_a_hostile_expires_in() {
+        let now = 1_800_000_000_000;
+        assert_eq!(expiry_after(now, 3600.0), now + 3_600_000);
+        let ten_years = now + (MAX_EXPIRES_IN_S * 1000.0) as i64;
+        assert_eq!(expiry_after(now, 1e300), ten_years);
+        assert_eq!(expiry_after(now, f64::INFINITY), ten_years);
+        assert_eq!(expiry_after(now, -5.0), now);
+        assert_eq!(expiry_after(now, f64::NAN), now);
+        assert_eq!(expiry_after(i64::MAX - 1, 3600.0), i64::MAX);
+    }
 
     const REFRESH: &str = "rt-unit-refresh-token-0001";
 

@@ -311,7 +311,7 @@ pub fn load_profiles_from_str(
         serde_json::from_str(text).map_err(|e| parse_error(path_for_messages, &e))?;
     let mut set = ProfileSet::default();
 
-    if let Some(profiles) = top.remove("profiles") {
+    if let Some(profiles) = top.shift_remove("profiles") {
         let Value::Object(entries) = profiles else {
             return Err(profiles_shape_error(text, path_for_messages));
         };
@@ -373,7 +373,7 @@ pub(crate) fn auth_state_from_str(text: &str, path: &Path) -> Result<AuthState, 
     let mut extra: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| parse_error(path, &e))?;
     let mut state = AuthState::default();
-    match extra.remove("order") {
+    match extra.shift_remove("order") {
         None | Some(Value::Null) => {}
         Some(Value::Object(order)) => {
             for (provider, ids) in order {
@@ -581,11 +581,12 @@ fn order_key(provider: &str) -> String {
     }
 }
 
-/// Provider id syntax (as in the config): lowercase letters, digits, `_` and `-`, at most
-/// 32 characters, not starting with `_`.
+/// Provider id syntax: lowercase letters, digits, `_` and `-`, at most 64 characters, not
+/// starting with `_`. The one predicate for provider ids, shared by the config validator and the stores, so a
+/// provider the config accepts is never skipped when read from a store.
 pub fn is_provider_id(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 32
+        && s.len() <= 64
         && !s.starts_with('_')
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))

@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -856,7 +856,7 @@ async fn read_body(
     (budget, reservation): (&BodyBudget, &mut Reservation),
 ) -> Result<Bytes, ProxyError> {
     let mut first: Option<Bytes> = None;
-    let mut buf: Option<BytesMut> = None;
+    let mut buf: Option<Vec<u8>> = None;
     let mut total = 0usize;
     // One timer for the whole body, polled only when a frame is not ready yet: a body that
     // is already buffered never touches the timer wheel.
@@ -885,14 +885,29 @@ async fn read_body(
         budget
             .reserve(reservation, total, limit)
             .map_err(|_| ProxyError::BodiesOverBudget)?;
+        // The buffer grows by explicit, exact steps (never past `limit`) and each step is
+        // reserved before it is allocated, so the budget counts the memory held, not only
+        // the bytes received (a doubling Vec could otherwise hold twice what was reserved).
         match (&mut buf, first.take()) {
-            (Some(b), _) => b.extend_from_slice(&data),
+            (Some(b), _) => {
+                if b.capacity() - b.len() < data.len() {
+                    let grown = (b.capacity() * 2).clamp(total, limit);
+                    budget
+                        .reserve(reservation, grown, limit)
+                        .map_err(|_| ProxyError::BodiesOverBudget)?;
+                    b.reserve_exact(grown - b.len());
+                }
+                b.extend_from_slice(&data);
+            }
             (None, None) => first = Some(data),
             (None, Some(f)) => {
                 let want = declared
                     .map_or(total * 2, |d| d as usize)
                     .clamp(total, limit);
-                let mut b = BytesMut::with_capacity(want);
+                budget
+                    .reserve(reservation, want, limit)
+                    .map_err(|_| ProxyError::BodiesOverBudget)?;
+                let mut b = Vec::with_capacity(want);
                 b.extend_from_slice(&f);
                 b.extend_from_slice(&data);
                 buf = Some(b);
@@ -900,7 +915,7 @@ async fn read_body(
         }
     }
     Ok(match buf {
-        Some(b) => b.freeze(),
+        Some(b) => Bytes::from(b),
         None => first.unwrap_or_default(),
     })
 }

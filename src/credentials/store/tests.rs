@@ -452,7 +452,7 @@ fn auth_state_order_and_unknown_fields_preserved() {
         )])
     );
     let keys: Vec<_> = st.extra.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["lastGood", "usageStats", "version"]);
+    assert_eq!(keys, ["version", "lastGood", "usageStats"]);
     assert_eq!(
         st.extra["usageStats"]["anthropic:work"]["lastUsed"],
         1_700_000_000_000_i64
@@ -523,4 +523,16 @@ fn only_id_shaped_values_are_shown() {
     assert_eq!(shown_id("a:has space"), None);
     assert_eq!(shown_id(&format!("a:{}", "x".repeat(80))), None);
     assert!(is_provider_id("open-router_2") && !is_provider_id("OpenAI") && !is_provider_id(""));
+}
+
+#[test]
+fn a_profile_of_a_custom_provider_with_a_long_id_is_loaded() {
+    // The config accepts provider ids up to 64 characters; the store must not skip them.
+    let provider = "my-very-long-self-hosted-gateway-provider-name-2";
+    assert!(provider.len() > 32 && provider.len() <= 64);
+    let text = format!(
+        r#"{{ "version": 1, "profiles": {{ "{provider}:default": {{ "type": "api_key", "provider": "{provider}", "key": "k-1" }} }} }}"#
+    );
+    let p = one(&text, &env(&[]));
+    assert_eq!(p.provider, provider);
 }

@@ -209,7 +209,10 @@ impl Registry {
         let mut pool = build_pool(&self.config, &self.state_dir, agent, &env);
         pool.sources = store::AgentStore::watch_paths(&self.state_dir, agent)
             .into_iter()
-            .chain([dotenv])
+            .chain([
+                dotenv,
+                store::openclaw_json::config_path(&self.state_dir, &env),
+            ])
             .chain(store::claude_credentials_path(&self.env))
             .map(|p| {
                 let sig = file_sig(&p);
@@ -356,6 +359,9 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         }
     };
 
+    let oc = store::openclaw_json::load(&store::openclaw_json::config_path(state_dir, env));
+    warnings.extend(oc.warnings.iter().cloned());
+
     let errors = profiles
         .iter()
         .filter_map(|p| match &p.secret {
@@ -370,9 +376,18 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         ..AgentPool::default()
     };
     for (id, provider) in &config.providers {
+        // OpenClaw's eligibility rule (openclaw.json auth.profiles): a profile configured with
+        // another mode or provider is never used, nor pinnable.
         let mut stored: Vec<(u8, Credential)> = profiles
             .iter()
             .filter(|p| &p.provider == id)
+            .filter(|p| match oc.eligibility(&p.id, id, p.kind) {
+                Ok(()) => true,
+                Err(why) => {
+                    warnings.push(format!("auth profile \"{}\": {}", p.id, why.detail(p.kind)));
+                    false
+                }
+            })
             .filter_map(|p| p.credential())
             .map(|c| (kind_group(c.kind), c))
             .collect();
@@ -393,7 +408,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
             }
         }
 
-        let order = state.order.get(id).or(provider.order.as_ref());
+        let order = explicit_order(&state, &oc, id, provider);
         let (list, explicit, excluded) = match order {
             Some(order) => {
                 let mut list = Vec::with_capacity(order.len());
@@ -420,6 +435,20 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                     .map(|p| p.id.clone())
                     .collect();
                 (list, true, excluded)
+            }
+            // openclaw.json auth.profiles lists this provider's profiles: only those are
+            // stored candidates (OpenClaw's rule); env keys follow as usual.
+            None if oc.restricts(id) => {
+                let (listed, unlisted): (Vec<_>, Vec<_>) = stored
+                    .into_iter()
+                    .partition(|(_, c)| oc.lists(c.id.as_str(), id));
+                let mut list: Vec<Credential> = listed.into_iter().map(|(_, c)| c).collect();
+                list.extend(env_creds);
+                let excluded = unlisted
+                    .into_iter()
+                    .map(|(_, c)| c.id.to_string())
+                    .collect();
+                (list, false, excluded)
             }
             None => {
                 let mut list: Vec<Credential> = stored.into_iter().map(|(_, c)| c).collect();
@@ -475,6 +504,22 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     pool.warnings = warnings;
     pool.broken = broken;
     pool
+}
+
+/// The explicit order for `provider` (SPEC §5, §6b): the agent's own (`auth-state.json` or
+/// its SQLite state row), else `openclaw.json` `auth.order`, else `[providers.P] order`.
+pub fn explicit_order<'a>(
+    state: &'a store::AuthState,
+    oc: &'a store::openclaw_json::AuthConfig,
+    provider: &str,
+    config: &'a crate::config::ProviderConfig,
+) -> Option<&'a [String]> {
+    state
+        .order
+        .get(provider)
+        .map(Vec::as_slice)
+        .or_else(|| oc.order_for(provider))
+        .or(config.order.as_deref())
 }
 
 /// Logs what loading an agent's store skipped (WARN) or refused (ERROR), naming entries,

@@ -22,6 +22,7 @@ use crate::credentials::env::resolve_env_id;
 use crate::credentials::store::{
     self, AgentStore, Expires, StoreError, CLAUDE_CLI_PROFILE, PROFILES_FILE,
 };
+use crate::credentials::Kind;
 use crate::secret::Secret;
 
 /// Prefix of an Anthropic setup-token (`claude setup-token`).
@@ -269,6 +270,12 @@ fn save_profile(
     provider: &str,
     fields: Map<String, Value>,
 ) -> Result<(), CmdError> {
+    let kind = match fields.get("type").and_then(Value::as_str) {
+        Some("api_key") => Some(Kind::ApiKey),
+        Some("token") => Some(Kind::Token),
+        Some("oauth") => Some(Kind::OAuth),
+        _ => None,
+    };
     open_store(cx)?.update_profiles_for(id, |profiles| {
         // In place: the other profiles keep their order (as OpenClaw wrote them).
         let slot = profiles
@@ -306,7 +313,38 @@ fn save_profile(
         entry.insert("provider".into(), Value::from(provider));
         entry.extend(fields);
         Ok::<_, CmdError>(())
-    })
+    })?;
+    if let Some(kind) = kind {
+        sync_openclaw_config(
+            cx,
+            store::openclaw_json::Edit::Upsert { id, provider, kind },
+        );
+    }
+    Ok(())
+}
+
+/// Keeps OpenClaw's `openclaw.json` `auth.profiles` / `auth.order` in step with a change
+/// to the store, where it must (SPEC §6b): a removed id leaves them, a pasted one joins a
+/// provider that `auth.profiles` restricts. The store change is already made, so a problem
+/// here is a note on stderr, not a failure.
+fn sync_openclaw_config(cx: &Context, edit: store::openclaw_json::Edit<'_>) {
+    use store::openclaw_json::{self, Edit, Outcome};
+    let path = openclaw_json::config_path(&cx.state_dir, &cx.env);
+    let id = match edit {
+        Edit::Remove { id } | Edit::Upsert { id, .. } => id,
+    };
+    match openclaw_json::update(&path, edit) {
+        Ok(Outcome::Written | Outcome::Unchanged) => {}
+        Ok(Outcome::NotPlainJson) => eprintln!(
+            "note: {} is not plain JSON (comments?), so keygate did not edit it: {} \"{id}\" under auth.profiles / auth.order by hand",
+            path.display(),
+            match edit {
+                Edit::Remove { .. } => "remove",
+                Edit::Upsert { .. } => "add",
+            }
+        ),
+        Err(e) => eprintln!("note: {} was not updated: {e}", path.display()),
+    }
 }
 
 fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
@@ -719,6 +757,7 @@ fn remove(cx: &Context, _config: &Config, a: RemoveArgs) -> ExitCode {
             "removed auth profile \"{id}\" from {path}, but its order entries could not be removed: {e}"
         ));
     }
+    sync_openclaw_config(cx, store::openclaw_json::Edit::Remove { id: &id });
     if from_orders.is_empty() {
         println!("Removed auth profile \"{id}\" from {path}.");
     } else {

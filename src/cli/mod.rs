@@ -183,6 +183,9 @@ pub fn main() -> ExitCode {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
     });
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_broken_pipe();
+    }
     match cli.command {
         Command::Serve(args) => serve::run(&cx, args, log_format),
         Command::Config {
@@ -191,4 +194,24 @@ pub fn main() -> ExitCode {
         Command::Models { command } => models::run(&cx, command),
         Command::Doctor(args) => doctor::run(&cx, args),
     }
+}
+
+/// `keygate models status | head` closes stdout early; Rust ignores SIGPIPE, so `println!`
+/// panics there. A command-line tool should end quietly instead, like one killed by SIGPIPE
+/// (exit 141). Done with a panic hook because resetting SIGPIPE needs `unsafe`, which this
+/// crate forbids; other panics keep the default report.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

@@ -29,6 +29,23 @@ use crate::credentials::{Credential, Kind, Source};
 /// Detail of an `excluded_by_auth_order` row (SPEC §1).
 pub(super) const EXCLUDED_DETAIL: &str = "Excluded by auth.order for this provider.";
 
+/// Reason code of a stored profile that openclaw.json `auth.profiles` leaves out when it
+/// lists other profiles of the provider (OpenClaw's candidate rule, SPEC §6b).
+pub(super) const EXCLUDED_BY_PROFILES: &str = "excluded_by_auth_profiles";
+pub(super) const EXCLUDED_BY_PROFILES_DETAIL: &str =
+    "Not listed in openclaw.json auth.profiles, which lists other profiles of this provider.";
+
+/// Reason codes of rows that configuration keeps out of the order: not problems of the
+/// credential itself, so `--check` does not judge them and probes make no call.
+pub(super) fn excluded_by_config(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "excluded_by_auth_order" | EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"
+        )
+    )
+}
+
 /// `keygate models ...`.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -248,11 +265,7 @@ pub(super) fn check_result(view: &StatusView) -> (&'static str, u8) {
         if p.configured && !p.rows.iter().any(|r| r.cred.is_some()) {
             return ("missing", 1);
         }
-        for r in p
-            .rows
-            .iter()
-            .filter(|r| r.reason_code != Some("excluded_by_auth_order"))
-        {
+        for r in p.rows.iter().filter(|r| !excluded_by_config(r.reason_code)) {
             match r.health {
                 Health::Missing => return ("missing", 1),
                 Health::Expired | Health::InvalidExpires => {
@@ -286,8 +299,10 @@ pub(super) fn build_view(
         store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
             .map_err(|e| e.to_string())?;
     let state = store::load_agent_state(&cx.state_dir, &cx.agent).map_err(|e| e.to_string())?;
+    let oc = store::openclaw_json::load(&store::openclaw_json::config_path(&cx.state_dir, &cx.env));
     let mut warnings = set.warnings.clone();
     warnings.extend(state.warnings.iter().cloned());
+    warnings.extend(oc.warnings.iter().cloned());
     let warn_ms = i64::try_from(warn.as_millis()).unwrap_or(i64::MAX);
 
     let mut names: Vec<String> = Vec::new();
@@ -318,7 +333,16 @@ pub(super) fn build_view(
             .profiles
             .iter()
             .filter(|p| p.provider == name)
-            .map(|p| profile_row(p, &set, now_ms, warn_ms))
+            .map(|p| {
+                let mut r = profile_row(p, &set, now_ms, warn_ms);
+                // openclaw.json auth.profiles says another mode or provider: never used.
+                if let Err(why) = oc.eligibility(&p.id, &name, p.kind) {
+                    r.reason_code = Some(why.code());
+                    r.detail = Some(why.detail(p.kind));
+                    r.cred = None;
+                }
+                r
+            })
             .collect();
         // Stored profiles by kind (oauth, token, api_key), as the resolver ranks them.
         rows.sort_by_key(|r| kind_rank(r.kind));
@@ -329,15 +353,31 @@ pub(super) fn build_view(
                     .map(env_row),
             );
         }
-        let (order, order_source) =
-            match (state.order.get(&name), pc.and_then(|p| p.order.as_ref())) {
-                (Some(o), _) => (Some(o.clone()), Some("auth-state")),
-                (None, Some(o)) => (Some(o.clone()), Some("config")),
-                (None, None) => (None, None),
-            };
+        // The same precedence as the resolver's `explicit_order`.
+        let (order, order_source) = if let Some(o) = state.order.get(&name) {
+            (Some(o.clone()), Some("auth-state"))
+        } else if let Some(o) = oc.order_for(&name) {
+            (Some(o.to_vec()), Some("openclaw.json"))
+        } else if let Some(o) = pc.and_then(|p| p.order.as_ref()) {
+            (Some(o.clone()), Some("config"))
+        } else {
+            (None, None)
+        };
         if let Some(order) = &order {
             apply_explicit_order(&name, pc, order, &mut rows, cx, &mut warnings);
         } else {
+            if oc.restricts(&name) {
+                // OpenClaw's rule: only the profiles auth.profiles lists are candidates.
+                for r in rows.iter_mut().filter(|r| {
+                    r.source == Source::Profile
+                        && r.reason_code.is_none()
+                        && !oc.lists(&r.id, &name)
+                }) {
+                    r.reason_code = Some(EXCLUDED_BY_PROFILES);
+                    r.detail = Some(EXCLUDED_BY_PROFILES_DETAIL.to_owned());
+                    r.cred = None;
+                }
+            }
             assign_positions(&mut rows);
         }
         // Shown as the ids it lists; an entry that is neither a credential here nor shaped

@@ -121,6 +121,12 @@ pub(super) fn run(
                     Some(EXCLUDED_DETAIL.into()),
                 )
             } else if let Some(
+                code
+                @ (super::models::EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"),
+            ) = r.reason_code
+            {
+                no_call(row, "unknown", code, r.detail.clone())
+            } else if let Some(
                 code @ ("unresolved_ref" | "missing_credential" | "expired" | "invalid_expires"),
             ) = r.reason_code
             {

@@ -235,6 +235,7 @@ pub enum StoreError {
 pub mod backend;
 mod claude;
 mod guard;
+pub mod openclaw_json;
 pub mod sqlite;
 pub mod write;
 

@@ -32,6 +32,8 @@ pub struct Opts {
     /// Files to write under the state dir before starting: (relative path, contents).
     pub files: Vec<(String, String)>,
     pub listen: SocketAddr,
+    /// A directory copied into the state dir first (e.g. an OpenClaw fixture).
+    pub copy_from: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -41,6 +43,7 @@ impl Default for Opts {
             env: Vec::new(),
             files: Vec::new(),
             listen: "127.0.0.1:0".parse().expect("addr"),
+            copy_from: None,
         }
     }
 }
@@ -58,6 +61,11 @@ impl Opts {
         self.files.push((rel.to_owned(), contents.to_owned()));
         self
     }
+    /// Starts from a copy of `dir` (every file, recursively).
+    pub fn copy_of(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.copy_from = Some(dir.into());
+        self
+    }
     /// Writes `agents/main/agent/auth-profiles.json`.
     pub fn profiles(self, json: &str) -> Self {
         self.file("agents/main/agent/auth-profiles.json", json)
@@ -65,6 +73,25 @@ impl Opts {
     /// Writes `agents/main/agent/auth-state.json`.
     pub fn auth_state(self, json: &str) -> Self {
         self.file("agents/main/agent/auth-state.json", json)
+    }
+}
+
+/// Copies every file under `from` into `to` (directories created as needed).
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read fixture dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        let ty = e.file_type().expect("type");
+        if ty.is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else if ty.is_symlink() {
+            // Kept as links (OpenClaw leaves some pointing into its install dir).
+            let target = std::fs::read_link(e.path()).expect("readlink");
+            std::os::unix::fs::symlink(target, &dest).expect("symlink");
+        } else {
+            std::fs::copy(e.path(), &dest).expect("copy");
+        }
     }
 }
 
@@ -78,6 +105,9 @@ pub fn providers_at(url: &str, ids: &[&str]) -> String {
 impl Keygate {
     pub async fn start(opts: Opts) -> Keygate {
         let state_dir = tempfile::tempdir().expect("tempdir");
+        if let Some(from) = &opts.copy_from {
+            copy_tree(from, state_dir.path());
+        }
         for (rel, contents) in &opts.files {
             let p = state_dir.path().join(rel);
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");

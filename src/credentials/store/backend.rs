@@ -140,9 +140,10 @@ impl AgentStore {
     }
 
     /// Where credentials are written, for messages: a file, or a database and row.
+    /// (JSON: the agent dir, as in `Auth profile "<id>" not found in <dir>.`, SPEC §1.)
     pub fn profiles_location(&self) -> String {
         match &self.backend {
-            Backend::Json => self.profiles_file().display().to_string(),
+            Backend::Json => self.dir.display().to_string(),
             Backend::Sqlite(s) => s.shared_store().describe(),
         }
     }

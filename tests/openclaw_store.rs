@@ -878,3 +878,160 @@ fn the_json_era_fixture_is_written_as_json_with_no_lock_left() {
     assert!(file["profiles"].get("anthropic:personal").is_none());
     assert_eq!(order_of(s, "anthropic"), json!(["anthropic:new"]));
 }
+
+// --- openclaw.json ---------------------------------------------------------------------
+
+const THREE: &str = r#"{"version":1,"profiles":{
+  "anthropic:a":{"type":"api_key","provider":"anthropic","key":"sk-ant-api03-TEST-a-00000000000001"},
+  "anthropic:b":{"type":"api_key","provider":"anthropic","key":"sk-ant-api03-TEST-b-00000000000002"},
+  "anthropic:c":{"type":"token","provider":"anthropic","token":"sk-ant-oat01-TEST-c-00000000000003"}}}"#;
+
+/// (id, position, reasonCode) of the anthropic rows of `models status --json`.
+fn rows(s: &Path) -> Vec<(String, Option<u64>, Option<String>)> {
+    let r = kg(
+        s,
+        &["models", "status", "--json", "--provider", "anthropic"],
+        "",
+    );
+    let v = r.json();
+    let mut out: Vec<_> = v["providers"][0]["credentials"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r:?}"))
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_owned(),
+                c["position"].as_u64(),
+                c["reasonCode"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn row(id: &str, pos: Option<u64>, code: Option<&str>) -> (String, Option<u64>, Option<String>) {
+    (id.to_owned(), pos, code.map(str::to_owned))
+}
+
+#[tokio::test]
+async fn openclaw_json_order_profiles_and_modes_decide_as_in_openclaw() {
+    let mock = MockProvider::start().await;
+    mock.set_default(Behaviour::status(200, r#"{"type":"message"}"#));
+    let restricted = r#"{ "auth": { "profiles": {
+        "anthropic:a": { "provider": "anthropic", "mode": "api_key" },
+        "anthropic:c": { "provider": "anthropic", "mode": "api_key" } } } }"#;
+    let kg_ = Keygate::start(
+        Opts::default()
+            .profiles(THREE)
+            .file("openclaw.json", restricted)
+            .env("KEYGATE_TOKEN", GW)
+            .config(providers_at(&mock.url(), &["anthropic"])),
+    )
+    .await;
+    let s = kg_.state_path();
+    // auth.profiles lists anthropic profiles: the unlisted b is no candidate, and c (a token
+    // configured as api_key) is a mode mismatch.
+    assert_eq!(
+        rows(&s),
+        vec![
+            row("anthropic:a", Some(1), None),
+            row("anthropic:b", None, Some("excluded_by_auth_profiles")),
+            row("anthropic:c", None, Some("mode_mismatch")),
+        ]
+    );
+    let ask = |pin: Option<&'static str>| {
+        let url = kg_.url("/anthropic/v1/messages");
+        async move {
+            let mut h = vec![("x-api-key", GW)];
+            if let Some(p) = pin {
+                h.push(("x-keygate-profile", p));
+            }
+            post_json(&url, &h, &json!({"model": "claude", "max_tokens": 1})).await
+        }
+    };
+    let a = ask(None).await;
+    assert_eq!(
+        a.header("x-keygate-credential"),
+        Some("anthropic:a"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(ask(Some("anthropic:c")).await.status, 400);
+
+    // auth.order decides once present (b is in it, and has no auth.profiles entry to fail).
+    let ordered = r#"{ "auth": { "profiles": {
+        "anthropic:a": { "provider": "anthropic", "mode": "api_key" },
+        "anthropic:c": { "provider": "anthropic", "mode": "api_key" } },
+      "order": { "anthropic": ["anthropic:b", "anthropic:a"] } } }"#;
+    std::fs::write(s.join("openclaw.json"), ordered).unwrap();
+    let status = kg(&s, &["models", "status"], "");
+    assert!(
+        status.stdout.contains("order from openclaw.json"),
+        "{status:?}"
+    );
+    assert_eq!(
+        rows(&s),
+        vec![
+            row("anthropic:a", Some(2), None),
+            row("anthropic:b", Some(1), None),
+            row("anthropic:c", None, Some("mode_mismatch")),
+        ]
+    );
+    let mut served = None;
+    for _ in 0..50 {
+        served = ask(None)
+            .await
+            .header("x-keygate-credential")
+            .map(str::to_owned);
+        if served.as_deref() == Some("anthropic:b") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        served.as_deref(),
+        Some("anthropic:b"),
+        "openclaw.json change not served"
+    );
+
+    // The agent's own order wins over openclaw.json.
+    kg(
+        &s,
+        &[
+            "models",
+            "auth",
+            "order",
+            "set",
+            "--provider",
+            "anthropic",
+            "anthropic:a",
+        ],
+        "",
+    )
+    .ok();
+    assert_eq!(
+        rows(&s),
+        vec![
+            row("anthropic:a", Some(1), None),
+            row("anthropic:b", None, Some("excluded_by_auth_order")),
+            row("anthropic:c", None, Some("mode_mismatch")),
+        ]
+    );
+    kg_.stop().await;
+}
+
+#[test]
+fn a_broken_openclaw_json_is_a_warning_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    cli_common::write_file(&cli_common::profiles_file(s), THREE, 0o600);
+    cli_common::write_file(
+        &s.join("openclaw.json"),
+        r#"{ "auth": { "order": { "anthropic": ["sk-ant-api03-LEAKED-0000" "#,
+        0o600,
+    );
+    let r = kg(s, &["models", "status"], "");
+    r.ok().assert_no_secret(&["LEAKED"]);
+    assert!(r.all().contains("openclaw.json does not parse"), "{r:?}");
+}

@@ -41,7 +41,7 @@ pub enum AuthCommand {
     PasteApiKey(PasteKeyArgs),
     /// Store the token that `claude setup-token` printed (read from stdin).
     SetupToken(SetupTokenArgs),
-    /// Per-agent explicit order of credentials (auth-state.json).
+    /// Per-agent explicit order of credentials (auth-state.json, or the agent's OpenClaw SQLite state).
     Order {
         /// What to do.
         #[command(subcommand)]

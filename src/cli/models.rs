@@ -51,7 +51,7 @@ pub(super) fn excluded_by_config(code: Option<&str>) -> bool {
 pub enum ModelsCommand {
     /// Show every credential per provider: id, kind, source, masked secret, expiry, order position.
     Status(StatusArgs),
-    /// Manage stored credentials (auth-profiles.json) and the explicit order (auth-state.json).
+    /// Manage stored credentials and the explicit order (JSON files, or OpenClaw's SQLite store).
     Auth {
         /// What to do.
         #[command(subcommand)]
@@ -492,7 +492,10 @@ fn apply_explicit_order(
         });
     }
     for r in rows.iter_mut() {
-        if !order.contains(&r.id) {
+        // An ineligible profile keeps its more telling reason.
+        if !order.contains(&r.id)
+            && !matches!(r.reason_code, Some("mode_mismatch" | "provider_mismatch"))
+        {
             r.position = None;
             r.reason_code = Some("excluded_by_auth_order");
             r.detail = Some(EXCLUDED_DETAIL.to_owned());

@@ -90,22 +90,32 @@ impl Refresher {
         }
         // Another process may have refreshed already: the store is the truth.
         let entry = read_entry(state_dir, agent, profile).await?;
+        if let Some(f) = still_fresh(&entry) {
+            *cached = Some(f.clone());
+            return Ok(f);
+        }
+        // Across processes (OpenClaw included): its per-profile refresh lock, so a refresh
+        // token (often single-use) is spent once. Held until the result is written back;
+        // the store is read again under it.
+        let provider = entry
+            .get("provider")
+            .and_then(Value::as_str)
+            .or_else(|| profile.split_once(':').map(|(p, _)| p))
+            .unwrap_or_default();
+        let lock_target = refresh_lock_target(state_dir, provider, profile);
+        let _refresh_lock = tokio::task::spawn_blocking(move || store::write::lock(&lock_target))
+            .await
+            .map_err(|_| "the lock task failed".to_owned())?
+            .map_err(|e| format!("cannot take the refresh lock: {e}"))?;
+        let entry = read_entry(state_dir, agent, profile).await?;
+        if let Some(f) = still_fresh(&entry) {
+            *cached = Some(f.clone());
+            return Ok(f);
+        }
         let access = entry
             .get("access")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let expires = entry
-            .get("expires")
-            .and_then(Value::as_f64)
-            .map(|e| e as i64);
-        if !access.is_empty() && !needs_refresh(expires, now_ms()) {
-            let f = Fresh {
-                access: Secret::new(access),
-                expires_ms: expires.unwrap_or(i64::MAX),
-            };
-            *cached = Some(f.clone());
-            return Ok(f);
-        }
         let refresh = entry
             .get("refresh")
             .and_then(Value::as_str)
@@ -144,6 +154,43 @@ impl Refresher {
         *cached = Some(f.clone());
         Ok(f)
     }
+}
+
+/// The stored access token when it does not need a refresh yet.
+fn still_fresh(entry: &serde_json::Map<String, Value>) -> Option<Fresh> {
+    let access = entry.get("access").and_then(Value::as_str)?;
+    let expires = entry
+        .get("expires")
+        .and_then(Value::as_f64)
+        .map(|e| e as i64);
+    (!access.is_empty() && !needs_refresh(expires, now_ms())).then(|| Fresh {
+        access: Secret::new(access),
+        expires_ms: expires.unwrap_or(i64::MAX),
+    })
+}
+
+/// OpenClaw's cross-agent OAuth refresh lock target (`resolveOAuthRefreshLockPath`):
+/// `<state>/locks/oauth-refresh/lock-<digest>`, whose `.lock` sidecar is the lock file.
+pub fn refresh_lock_target(state_dir: &Path, provider: &str, profile: &str) -> PathBuf {
+    let key = serde_json::to_string(&[provider, profile]).unwrap_or_default();
+    state_dir
+        .join("locks")
+        .join("oauth-refresh")
+        .join(format!("lock-{}", refresh_lock_digest(key.as_bytes())))
+}
+
+/// OpenClaw's `oauthLockPathDigest`: two 64-bit FNV-1a variants over the UTF-8 bytes of
+/// `JSON.stringify([provider, profileId])`, as 32 hex digits. Written out here because the
+/// lock path must be byte-for-byte OpenClaw's for the two to exclude each other.
+fn refresh_lock_digest(bytes: &[u8]) -> String {
+    const PRIME: u64 = 1_099_511_628_211;
+    let mut left: u64 = 14_695_981_039_346_656_037;
+    let mut right: u64 = 11_160_318_154_034_397_263;
+    for &b in bytes {
+        left = (left ^ u64::from(b)).wrapping_mul(PRIME);
+        right = (right ^ (u64::from(b) + 11_400_714_819_323_198_485)).wrapping_mul(PRIME);
+    }
+    format!("{left:016x}{right:016x}")
 }
 
 async fn read_entry(
@@ -301,6 +348,26 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refresh_lock_path_is_openclaws() {
+        // Digests computed with OpenClaw 2026.9.6's own function under node 24.
+        let t = refresh_lock_target(Path::new("/s"), "anthropic", "anthropic:claude-cli");
+        assert_eq!(
+            t,
+            Path::new("/s/locks/oauth-refresh/lock-b9177c9e48ffa95a4c2e837b40be614e")
+        );
+        let t = refresh_lock_target(Path::new("/s"), "openai-codex", "openai-codex:default");
+        assert!(
+            t.ends_with("lock-7b9da1f0ba485a46aaec13e8c09ceb27"),
+            "{t:?}"
+        );
+        let t = refresh_lock_target(Path::new("/s"), "a\"b", "é");
+        assert!(
+            t.ends_with("lock-139207e897ac9f1a393cd218596b12b5"),
+            "{t:?}"
+        );
+    }
 
     #[test]
     fn expiry_never_overflows_on_a_hostile_expires_in() {

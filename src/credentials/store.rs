@@ -166,9 +166,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// Another writer held the lock through every retry.
+    /// A live process held the lock through every retry (10 s).
     #[error(
-        "{path} is locked by another keygate process (gave up after 50 tries); try again, or remove the lock file if no keygate is running"
+        "{path} is held by another running process (keygate or OpenClaw); gave up after waiting 10 s: try again, or remove the lock file if no keygate or openclaw process is running"
     )]
     Locked {
         /// The lock file.

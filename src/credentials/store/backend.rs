@@ -572,8 +572,14 @@ impl AgentStore {
         let mut out = Import::default();
         let file = self.profiles_file();
         let state_file = self.state_file();
-        // One lock for both files, as OpenClaw 2026.5 takes it.
+        // auth-profiles.json.lock covers both files, as OpenClaw 2026.5 takes it; 2026.9.6's
+        // doctor imports auth-state.json under auth-state.json.lock, so that is taken too
+        // (nothing else in keygate takes it: no writer waits for itself).
         let _lock = write::lock(&file)?;
+        let _state_lock = match std::fs::symlink_metadata(&state_file) {
+            Ok(_) => Some(write::lock(&state_file)?),
+            Err(_) => None,
+        };
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());

@@ -5,7 +5,7 @@
 //! it before touching the directory), [`confine`] / [`confine_in`] (the real path of a state
 //! file, following a link only while it stays inside the state directory), and the
 //! descriptor-based operations that never follow a link at the last step: [`open_read`],
-//! [`open_lock`] (`O_NOFOLLOW`) and [`chmod_nofollow`] (`fchmod` on the opened
+//! [`create_lock`] (`O_EXCL | O_NOFOLLOW`) and [`chmod_nofollow`] (`fchmod` on the opened
 //! descriptor). It does not own what is read or written (`store`, `write`).
 
 use std::fs::File;
@@ -200,12 +200,24 @@ pub(super) fn open_read(real: &Path, shown: &Path) -> Result<Option<File>, Store
     Ok(Some(File::from(fd)))
 }
 
-/// Opens (creating it 0600) a lock file with `O_NOFOLLOW | O_CREAT`: a link planted there
-/// is refused, never followed to create or truncate its target.
-pub(super) fn open_lock(real: &Path, shown: &Path) -> Result<File, StoreError> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+/// Creates a lock file (mode 0600) with `O_CREAT | O_EXCL | O_NOFOLLOW`: `Ok(None)` when
+/// something already has that name. A link planted there is refused
+/// ([`StoreError::Symlink`]), never followed to create or truncate its target.
+pub(super) fn create_lock(real: &Path, shown: &Path) -> Result<Option<File>, StoreError> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     match rustix::fs::open(real, flags, Mode::from_raw_mode(0o600)) {
-        Ok(fd) => Ok(File::from(fd)),
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(rustix::io::Errno::EXIST) => match rustix::fs::lstat(real) {
+            Ok(st)
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Symlink =>
+            {
+                Err(StoreError::Symlink {
+                    path: shown.to_owned(),
+                })
+            }
+            _ => Ok(None),
+        },
         Err(rustix::io::Errno::LOOP) => Err(StoreError::Symlink {
             path: shown.to_owned(),
         }),
@@ -327,7 +339,7 @@ mod tests {
         let link = out.path().join("a.lock");
         symlink(out.path().join("victim"), &link).unwrap();
         assert!(matches!(
-            open_lock(&link, &link),
+            create_lock(&link, &link),
             Err(StoreError::Symlink { .. })
         ));
         assert!(!out.path().join("victim").exists());

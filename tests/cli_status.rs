@@ -331,3 +331,49 @@ async fn probe_reports_each_status_and_reason() {
     );
     assert!(!text.stdout.contains("env:CUSTOM_API_KEY"), "{text:?}");
 }
+
+#[test]
+fn status_json_has_numeric_expiry_fields_and_an_absolute_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("st");
+    let at = ms_from_now(364 * 24 * HOUR + 23 * HOUR + 30 * 60_000);
+    write_file(
+        &profiles_file(&s),
+        &json!({"version": 1, "profiles": {"anthropic:t": {"type": "token", "provider": "anthropic", "token": "sk-ant-oat01-status-tok", "expires": at}}}).to_string(),
+        0o600,
+    );
+    // A relative --state-dir, from its parent.
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .current_dir(dir.path())
+            .args(["--state-dir", "./st"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value = serde_json::from_str(&run(&["models", "status", "--json"])).unwrap();
+    let real = s.canonicalize().unwrap();
+    let shown = std::path::PathBuf::from(v["stateDir"].as_str().unwrap());
+    assert!(shown.is_absolute(), "{v}");
+    assert_eq!(shown.canonicalize().unwrap(), real);
+    let c = &v["providers"][0]["credentials"][0];
+    assert_eq!(c["expiresAt"], json!(at), "{c}");
+    assert_eq!(c["expires"], json!(at));
+    assert!(c["expiresAtIso"].as_str().unwrap().ends_with('Z'), "{c}");
+    let remaining = c["remainingMs"].as_i64().unwrap();
+    assert!(remaining > 364 * 24 * HOUR && remaining <= at, "{c}");
+    let list: Value = serde_json::from_str(&run(&["models", "auth", "list", "--json"])).unwrap();
+    assert_eq!(list["profiles"][0]["expiresAt"], json!(at), "{list}");
+    let text = run(&["models", "status"]);
+    assert!(text.contains("in 364d 23h"), "{text}");
+    assert!(
+        text.contains(&real.display().to_string())
+            || text.contains(&dir.path().join("st").display().to_string()),
+        "{text}"
+    );
+}

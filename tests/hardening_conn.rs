@@ -347,3 +347,61 @@ async fn a_sighup_sent_the_moment_keygate_says_listening_never_kills_it() {
         "keygate exited"
     );
 }
+
+#[tokio::test]
+async fn a_head_of_a_provider_base_path_is_answered_without_auth_nor_error_line() {
+    // Claude Code's connectivity check before each run: `HEAD /anthropic`, no credential.
+    let mock = MockProvider::start().await;
+    mock.set_default(Behaviour::status(200, r#"{"type":"message"}"#));
+    let state = tempfile::tempdir().expect("tempdir");
+    cli_common::write_file(&cli_common::profiles_file(state.path()), PROFILES, 0o600);
+    let kg = Served::start(state.path(), &providers_at(&mock.url(), &["anthropic"]));
+    assert!(kg.wait_log("keygate listening").await);
+    let head = |path: &str| {
+        let url = kg.url(path);
+        async move { support::keygate::send(http::Method::HEAD, &url, &[], "").await }
+    };
+    for path in ["/anthropic", "/anthropic/"] {
+        let a = head(path).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert!(a.body.is_empty());
+    }
+    // Anything else still needs the token.
+    assert_eq!(head("/anthropic/v1/messages").await.status, 401);
+    assert_ne!(head("/no-such-provider").await.status, 200);
+    assert!(mock.requests().is_empty(), "the probe reached the provider");
+    // The two 401s above are the only unauthorized lines: the probes left none.
+    assert!(kg.wait_log("path=\"/no-such-provider\"").await);
+    assert_eq!(
+        kg.log_count("unauthorized"),
+        2,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    assert_eq!(
+        kg.log_count("path=\"/anthropic"),
+        1,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+
+    // `ANTHROPIC_AUTH_TOKEN=$KEYGATE_TOKEN`: the SDK sends `Authorization: Bearer`, which
+    // is accepted and never forwarded.
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("authorization", &format!("Bearer {GW}"))],
+        &json!({"model": "claude"}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = mock.last_request().expect("forwarded");
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    assert!(seen
+        .key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("sk-test-hup-")));
+}

@@ -186,3 +186,80 @@ async fn a_token_that_is_still_valid_is_not_refreshed() {
         Some("Bearer old-access-token-0001")
     );
 }
+
+/// Our own pid and start time, as OpenClaw writes them into a lock it holds.
+fn live_lock_payload() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let starttime: u64 = rest
+        .split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .parse()
+        .expect("number");
+    json!({"pid": std::process::id(), "createdAt": "2026-12-03T00:00:00.000Z", "starttime": starttime})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_waits_for_openclaws_refresh_lock_and_uses_what_it_wrote() {
+    let api = MockProvider::start().await;
+    let token = MockProvider::start().await;
+    token.set_default(Behaviour::status(
+        200,
+        r#"{"access_token":"keygate-refreshed-0002","expires_in":3600}"#,
+    ));
+    let kg = Keygate::start(
+        Opts::default()
+            .config(config(&api, &token))
+            .env("KEYGATE_TOKEN", GW)
+            .profiles(&profiles(now_ms() - 60_000)),
+    )
+    .await;
+    // OpenClaw holds its per-profile refresh lock (same path: the digest is OpenClaw's).
+    let target = keygate::credentials::oauth::refresh_lock_target(
+        &kg.state_path(),
+        "anthropic",
+        "anthropic:oauth",
+    );
+    let lock = target.with_file_name(format!(
+        "{}.lock",
+        target.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, live_lock_payload()).unwrap();
+
+    let url = kg.url("/anthropic/v1/messages");
+    let pending = tokio::spawn(async move {
+        post_json(
+            &url,
+            &[("x-api-key", GW)],
+            &json!({"model": "claude", "max_tokens": 1}),
+        )
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(!pending.is_finished(), "keygate did not wait for the lock");
+    assert!(token.requests().is_empty());
+    // OpenClaw finishes its refresh, writes the store, releases the lock.
+    let path = kg.state_path().join("agents/main/agent/auth-profiles.json");
+    std::fs::write(
+        &path,
+        json!({"version": 1, "profiles": {"anthropic:oauth": {"type": "oauth", "provider": "anthropic",
+            "access": "openclaw-refreshed-0003", "refresh": "refresh-token-0003", "expires": now_ms() + 3_600_000}}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(&lock).unwrap();
+    let a = pending.await.expect("task");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(
+        token.requests().is_empty(),
+        "the refresh token was spent twice"
+    );
+    assert_eq!(
+        api.last_request().unwrap().header("authorization"),
+        Some("Bearer openclaw-refreshed-0003")
+    );
+    assert!(!lock.exists());
+}

@@ -634,11 +634,7 @@ fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
         let items: Vec<Value> = rows
             .iter()
             .map(|p| {
-                let (expires, at) = match p.expires {
-                    Expires::At(ms) => (json!(ms), json!(rfc3339(ms))),
-                    Expires::Invalid => (json!("invalid"), Value::Null),
-                    Expires::None => (Value::Null, Value::Null),
-                };
+                let (expires, at, remaining) = super::models::expiry_json(p.expires, now_ms());
                 json!({
                     "id": p.id,
                     "provider": p.provider,
@@ -646,7 +642,9 @@ fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
                     "secret": p.secret.as_ref().ok().map(Secret::masked),
                     "problem": p.secret.as_ref().err().map(ToString::to_string),
                     "expires": expires,
-                    "expiresAt": at,
+                    "expiresAt": expires,
+                    "expiresAtIso": at,
+                    "remainingMs": remaining,
                     "email": p.email,
                     "displayName": p.display_name,
                     "managedBy": managed(&p.id),

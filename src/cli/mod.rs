@@ -147,6 +147,9 @@ pub fn main() -> ExitCode {
                 .map(|h| PathBuf::from(h).join(".openclaw"))
         })
         .unwrap_or_else(|| PathBuf::from(".openclaw"));
+    // Printed and logged absolute (`--state-dir ./x` names `/abs/x`); links are kept as
+    // spelled, the store's own checks resolve them.
+    let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
     // A state dir other users can write to is refused before anything in it is read
     // (SPEC §6); doctor, which reports and repairs it, still runs.
     if !matches!(cli.command, Command::Doctor(_)) {

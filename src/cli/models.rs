@@ -10,7 +10,8 @@
 //! JSON (`--json`) field names are camelCase: `agent`, `stateDir`, `warnings`,
 //! `providers[]` {`provider`, `configured`, `order`, `orderSource`, `missing`,
 //! `credentials[]` {`id`, `provider`, `kind`, `source`, `secret` (masked), `expires`
-//! (epoch ms), `expiresAt` (RFC 3339), `health`, `position`, `reasonCode`, `detail`,
+//! (epoch ms), `expiresAt` (epoch ms, as OpenClaw names it), `expiresAtIso` (RFC 3339),
+//! `remainingMs`, `health`, `position`, `reasonCode`, `detail`,
 //! `managedBy`}}, `check` {`result`, `exitCode`}, and with `--probe` `probes[]` (see
 //! `probe`).
 
@@ -588,13 +589,42 @@ fn env_row(c: Credential) -> Row {
     }
 }
 
-/// "in 3h 2m" / "2h ago", to the minute.
+/// The JSON expiry fields (SPEC §6b): epoch ms as a number (`expires`, and `expiresAt` as
+/// OpenClaw names it), the RFC 3339 form (`expiresAtIso`) and `remainingMs` (negative once
+/// expired). An invalid `expires` is null in all three (its health says `invalid_expires`).
+pub(super) fn expiry_json(e: Expires, now_ms: i64) -> (Value, Value, Value) {
+    match e {
+        Expires::At(ms) => (
+            json!(ms),
+            json!(rfc3339(ms)),
+            json!(ms.saturating_sub(now_ms)),
+        ),
+        Expires::Invalid | Expires::None => (Value::Null, Value::Null, Value::Null),
+    }
+}
+
+/// The two largest units of a duration: `364d 23h`, `3h 47m`, `12m 5s`, `40s`.
+pub(super) fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    let parts = [(days, "d"), (hours, "h"), (mins, "m"), (secs, "s")];
+    let Some(first) = parts.iter().position(|(n, _)| *n > 0) else {
+        return "0s".to_owned();
+    };
+    let mut out = format!("{}{}", parts[first].0, parts[first].1);
+    if let Some((n, unit)) = parts.get(first + 1).filter(|(n, _)| *n > 0) {
+        out.push_str(&format!(" {n}{unit}"));
+    }
+    out
+}
+
+/// "in 364d 23h" / "2h 5m ago": the two largest units.
 pub(super) fn when(ms: i64, now_ms: i64) -> String {
-    let d = Duration::from_secs(((ms - now_ms).unsigned_abs() / 60_000) * 60);
-    let text = if d.is_zero() {
-        "<1m".to_owned()
+    let d = Duration::from_millis((ms - now_ms).unsigned_abs());
+    let text = if d < Duration::from_secs(1) {
+        "<1s".to_owned()
     } else {
-        humantime::format_duration(d).to_string()
+        short_duration(d)
     };
     if ms >= now_ms {
         format!("in {text}")
@@ -624,11 +654,7 @@ impl Health {
 
 impl Row {
     fn to_json(&self) -> Value {
-        let (expires, expires_at) = match self.expires {
-            Expires::At(ms) => (json!(ms), json!(rfc3339(ms))),
-            Expires::Invalid => (json!("invalid"), Value::Null),
-            Expires::None => (Value::Null, Value::Null),
-        };
+        let (expires, expires_iso, remaining) = expiry_json(self.expires, now_ms());
         json!({
             "id": self.id,
             "provider": self.provider,
@@ -636,7 +662,9 @@ impl Row {
             "source": self.source.as_str(),
             "secret": self.masked,
             "expires": expires,
-            "expiresAt": expires_at,
+            "expiresAt": expires,
+            "expiresAtIso": expires_iso,
+            "remainingMs": remaining,
             "health": self.health.as_str(),
             "position": self.position,
             "reasonCode": self.reason_code,
@@ -752,4 +780,37 @@ pub(crate) fn status_document(
     let mut doc = view_json(&cx, &view);
     doc["check"] = json!({ "result": result, "exitCode": code });
     Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_their_two_largest_units() {
+        let s = |secs| short_duration(Duration::from_secs(secs));
+        assert_eq!(s(364 * 86_400 + 23 * 3600 + 47 * 60 + 24), "364d 23h");
+        assert_eq!(s(3 * 3600 + 47 * 60 + 5), "3h 47m");
+        assert_eq!(s(12 * 60 + 5), "12m 5s");
+        assert_eq!(s(40), "40s");
+        assert_eq!(s(2 * 86_400 + 59), "2d");
+        assert_eq!(s(0), "0s");
+        let now = 1_800_000_000_000;
+        assert_eq!(when(now + 90_061_000, now), "in 1d 1h");
+        assert_eq!(when(now - 125_000, now), "2m 5s ago");
+        assert_eq!(when(now + 300, now), "in <1s");
+    }
+
+    #[test]
+    fn expiry_fields_are_numbers_with_the_iso_form_apart() {
+        let now = 1_800_000_000_000;
+        let (ms, iso, rem) = expiry_json(Expires::At(now - 5_000), now);
+        assert_eq!(ms, json!(now - 5_000));
+        assert_eq!(iso, json!("2027-01-15T07:59:55Z"));
+        assert_eq!(rem, json!(-5_000));
+        assert_eq!(
+            expiry_json(Expires::Invalid, now),
+            (Value::Null, Value::Null, Value::Null)
+        );
+    }
 }

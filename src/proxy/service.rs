@@ -161,6 +161,9 @@ pub async fn handle(
         if let Some(resp) = admin::reserved(&state, peer.ip(), &req, !state.admin_separate).await {
             return Ok(resp);
         }
+        if let Some(resp) = base_path_probe(&state, &req) {
+            return Ok(resp);
+        }
         let mut access = Access::default();
         let resp = match proxy(&state, peer, req, &mut access).await {
             Ok(resp) => resp,
@@ -843,6 +846,28 @@ fn needs_oauth_refresh(cand: &Candidate) -> bool {
         && cand.cred.source == Source::Profile
         && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
         && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
+}
+
+/// A connectivity check: `HEAD /<provider>` (or `/<provider>/`) for a known provider, as
+/// Claude Code sends before each run without any credential. Answered 200 with no body, no
+/// auth and no upstream call, logged at debug only: nothing is revealed (any known provider
+/// id answers the same) and nothing is spent. Every other request goes the usual way.
+fn base_path_probe(state: &AppState, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    if req.method() != http::Method::HEAD {
+        return None;
+    }
+    let path = req.uri().path().strip_prefix('/')?;
+    let id = path.strip_suffix('/').unwrap_or(path);
+    if id.is_empty() || id.contains('/') || state.config.provider(id).is_none() {
+        return None;
+    }
+    tracing::debug!(provider = id, "base path probe answered");
+    let mut resp = Response::new(ProxyBody::full(Bytes::new()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from_static("0"),
+    );
+    Some(resp)
 }
 
 /// Reads the client's body into one `Bytes` under `limit` (413 past it). A body that

@@ -318,6 +318,24 @@ cmd_interop() {
   check "OpenClaw $OPENCLAW_NEW lists its profiles and keygate's [issue 11]" \
     contains_all "$work/ms.oc-list" $(fixture_ids "sqlite-$OPENCLAW_NEW") anthropic:keygate
 
+  # 4. The order keygate sets is OpenClaw's order; a profile keygate removes is gone for
+  #    OpenClaw, from the store and from openclaw.json, which OpenClaw still accepts.
+  run_show "keygate order set anthropic" "$work/ms.order" \
+    keygate --state-dir "$ms" models auth order set --provider anthropic anthropic:keygate anthropic:work
+  run_show "openclaw $OPENCLAW_NEW models auth order get --json" "$work/ms.oc-order" \
+    openclaw_in "$ms" "$OPENCLAW_NEW" models auth order get --provider anthropic --json
+  check "OpenClaw $OPENCLAW_NEW reads the order keygate set [issue 11]" \
+    bash -c "tr -d ' \n' < '$work/ms.oc-order' | grep -qF '\"order\":[\"anthropic:keygate\",\"anthropic:work\"]'"
+  run_show "keygate remove anthropic:personal" "$work/ms.remove" \
+    keygate --state-dir "$ms" models auth remove anthropic:personal
+  run_show "openclaw $OPENCLAW_NEW models auth list --json (after remove)" "$work/ms.oc-list2" \
+    openclaw_in "$ms" "$OPENCLAW_NEW" models auth list --json
+  check "OpenClaw $OPENCLAW_NEW no longer lists the profile keygate removed [issue 11]" \
+    bash -c "grep -q 'anthropic:keygate' '$work/ms.oc-list2' && ! grep -q 'anthropic:personal' '$work/ms.oc-list2'"
+  check "openclaw.json no longer names the removed profile [issue 11]" \
+    bash -c "! grep -q 'anthropic:personal' '$ms/openclaw.json'"
+  check "keygate left no *.lock after order set and remove" no_lock_files "$ms"
+
   printf '\n== %s passed, %s failed\n' "$PASSES" "${#FAILURES[@]}"
   local f; for f in "${FAILURES[@]}"; do printf '   failed: %s\n' "$f"; done
   log "work dir kept: $work"

@@ -596,7 +596,7 @@ pub(super) fn expiry_json(e: Expires, now_ms: i64) -> (Value, Value, Value) {
     match e {
         Expires::At(ms) => (
             json!(ms),
-            json!(rfc3339(ms)),
+            json!(rfc3339_millis(ms)),
             json!(ms.saturating_sub(now_ms)),
         ),
         Expires::Invalid | Expires::None => (Value::Null, Value::Null, Value::Null),
@@ -633,10 +633,22 @@ pub(super) fn when(ms: i64, now_ms: i64) -> String {
     }
 }
 
-/// RFC 3339 of epoch ms (seconds precision).
+/// 9999-12-31T23:59:59.999Z: humantime's formatter fails past it (and `to_string` then
+/// panics), while a store may hold any positive number in `expires`.
+const MAX_FORMATTED_MS: i64 = 253_402_300_799_999;
+
+fn clamped_time(ms: i64) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms.clamp(0, MAX_FORMATTED_MS)).unwrap_or(0))
+}
+
+/// RFC 3339 of epoch ms (seconds precision), clamped to years 1970–9999.
 pub(super) fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(clamped_time(ms)).to_string()
+}
+
+/// RFC 3339 of epoch ms with milliseconds, as OpenClaw writes them (`…11.930Z`).
+fn rfc3339_millis(ms: i64) -> String {
+    humantime::format_rfc3339_millis(clamped_time(ms)).to_string()
 }
 
 impl Health {
@@ -806,7 +818,13 @@ mod tests {
         let now = 1_800_000_000_000;
         let (ms, iso, rem) = expiry_json(Expires::At(now - 5_000), now);
         assert_eq!(ms, json!(now - 5_000));
-        assert_eq!(iso, json!("2027-01-15T07:59:55Z"));
+        assert_eq!(iso, json!("2027-01-15T07:59:55.000Z"));
+        // Past year 9999 the number is kept and the text clamped (no panic).
+        let far = 9_000_000_000_000_000;
+        let (ms, iso, _) = expiry_json(Expires::At(far), now);
+        assert_eq!(ms, json!(far));
+        assert_eq!(iso, json!("9999-12-31T23:59:59.999Z"));
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
         assert_eq!(rem, json!(-5_000));
         assert_eq!(
             expiry_json(Expires::Invalid, now),

@@ -1035,3 +1035,50 @@ fn a_broken_openclaw_json_is_a_warning_and_never_echoed() {
     r.ok().assert_no_secret(&["LEAKED"]);
     assert!(r.all().contains("openclaw.json does not parse"), "{r:?}");
 }
+
+#[test]
+fn remove_of_a_profile_in_both_the_agent_row_and_the_shared_row_removes_both() {
+    let dir = copy(SQLITE);
+    let s = dir.path();
+    let c = Connection::open(agent_db(s)).unwrap();
+    c.execute(
+        "UPDATE auth_profile_store SET store_json = ?1 WHERE store_key = 'primary'",
+        [r#"{"version":1,"profiles":{"anthropic:work":{"type":"api_key","provider":"anthropic","key":"sk-ant-api03-AGENT-OWN-0000"}}}"#],
+    )
+    .unwrap();
+    drop(c);
+    kg(s, &["models", "auth", "remove", "anthropic:work"], "").ok();
+    let listed = list_json(s)["profiles"].to_string();
+    assert!(!listed.contains("anthropic:work"), "{listed}");
+    assert!(!machine_row(s, "authProfiles.store")
+        .unwrap()
+        .contains("anthropic:work"));
+}
+
+#[test]
+fn an_expired_unlisted_token_is_excluded_in_status_as_in_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path();
+    let expired = cli_common::ms_from_now(-3_600_000);
+    cli_common::write_file(
+        &cli_common::profiles_file(s),
+        &json!({"version": 1, "profiles": {
+            "anthropic:a": {"type": "api_key", "provider": "anthropic", "key": "sk-ant-api03-TEST-a-0001"},
+            "anthropic:old": {"type": "token", "provider": "anthropic", "token": "sk-ant-oat01-TEST-old-0002", "expires": expired}}})
+        .to_string(),
+        0o600,
+    );
+    cli_common::write_file(
+        &s.join("openclaw.json"),
+        r#"{"auth":{"profiles":{"anthropic:a":{"provider":"anthropic","mode":"api_key"}}}}"#,
+        0o600,
+    );
+    assert_eq!(
+        rows(s),
+        vec![
+            row("anthropic:a", Some(1), None),
+            row("anthropic:old", None, Some("excluded_by_auth_profiles")),
+        ]
+    );
+    assert_eq!(kg(s, &["models", "status", "--check"], "").code, 0);
+}

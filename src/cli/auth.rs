@@ -723,6 +723,17 @@ fn remove(cx: &Context, _config: &Config, a: RemoveArgs) -> ExitCode {
     if let Err(e) = r {
         return fail(e);
     }
+    // In SQLite a profile may be in the agent's own row and in the shared one: the shared
+    // copy would show through again, so it goes too.
+    if matches!(store.profile_entry(&id), Ok(Some(_))) {
+        let again = store.update_profiles_for(&id, |profiles| {
+            profiles.shift_remove(&id);
+            Ok::<_, CmdError>(())
+        });
+        if let Err(e) = again {
+            return fail(e);
+        }
+    }
     let mut from_orders: Vec<String> = Vec::new();
     let r = store.update_state_everywhere(|top| {
         let mut changed = false;

@@ -369,9 +369,11 @@ pub(super) fn build_view(
         } else {
             if oc.restricts(&name) {
                 // OpenClaw's rule: only the profiles auth.profiles lists are candidates.
+                // As the resolver: every stored profile not listed (expired ones too), while a
+                // mismatch keeps its own reason.
                 for r in rows.iter_mut().filter(|r| {
                     r.source == Source::Profile
-                        && r.reason_code.is_none()
+                        && !matches!(r.reason_code, Some("mode_mismatch" | "provider_mismatch"))
                         && !oc.lists(&r.id, &name)
                 }) {
                     r.reason_code = Some(EXCLUDED_BY_PROFILES);

@@ -391,9 +391,49 @@ fn read(path: &Path) -> Result<Option<String>, StoreError> {
 fn parse(text: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(v) => Ok(v),
+        // json5 has no recursion limit: a deeply nested file would overflow the stack.
+        Err(plain) if nesting_exceeds(text, MAX_NESTING) => Err(format!(
+            "line {}, column {}: nested deeper than {MAX_NESTING}",
+            plain.line(),
+            plain.column()
+        )),
         Err(plain) => json5::from_str::<Value>(text)
             .map_err(|_| format!("line {}, column {}", plain.line(), plain.column())),
     }
+}
+
+/// serde_json's own recursion limit.
+const MAX_NESTING: usize = 128;
+
+/// Whether brackets outside strings nest deeper than `max` (a conservative scan: comments
+/// are counted too, which can only make it refuse more).
+fn nesting_exceeds(text: &str, max: usize) -> bool {
+    let (mut depth, mut quote, mut escaped) = (0usize, None::<u8>, false);
+    for &b in text.as_bytes() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == q {
+                    quote = None;
+                }
+            }
+            None => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    false
 }
 
 /// Provider keys and modes are compared as OpenClaw normalises them (trimmed, lower case).
@@ -465,6 +505,16 @@ mod tests {
             Err(Ineligible::ProviderMismatch)
         );
         assert_eq!(c.eligibility("other:x", "other", Kind::OAuth), Ok(()));
+    }
+
+    #[test]
+    fn a_deeply_nested_file_is_a_warning_not_a_stack_overflow() {
+        let (_d, path) = write(&format!("// x\n{}", "[".repeat(1 << 20)));
+        let c = load(&path);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("nested deeper"), "{:?}", c.warnings);
+        assert!(!nesting_exceeds(r#"{"a": "[[[[[[", 'b': [[1]]}"#, 3));
+        assert!(nesting_exceeds("[[[", 2));
     }
 
     #[test]

@@ -129,8 +129,8 @@ pub fn lock(path: &Path) -> Result<LockGuard, StoreError> {
         }
         match inspect_lock(&lock_path)? {
             Holder::Gone => quick += 1,
-            Holder::Stale { dev, ino } => {
-                remove_if_same(&lock_path, dev, ino)?;
+            Holder::Stale { dev, ino, payload } => {
+                remove_if_same(&lock_path, dev, ino, &payload)?;
                 tracing::debug!(lock = %lock_path.display(), "reclaimed a stale lock");
                 quick += 1;
             }
@@ -198,7 +198,13 @@ enum Holder {
     /// Held by someone who may still be writing.
     Live,
     /// Abandoned: remove it (while it is still this inode) and try again.
-    Stale { dev: u64, ino: u64 },
+    Stale {
+        dev: u64,
+        ino: u64,
+        /// What it held when judged (an inode number is reused at once, so the bytes are
+        /// compared too before removing it).
+        payload: Vec<u8>,
+    },
 }
 
 fn inspect_lock(lock_path: &Path) -> Result<Holder, StoreError> {
@@ -228,6 +234,7 @@ fn inspect_lock(lock_path: &Path) -> Result<Holder, StoreError> {
         Holder::Stale {
             dev: meta.dev(),
             ino: meta.ino(),
+            payload,
         }
     } else {
         Holder::Live
@@ -235,15 +242,23 @@ fn inspect_lock(lock_path: &Path) -> Result<Holder, StoreError> {
 }
 
 /// Removes a stale lock, unless another writer replaced it since it was judged.
-fn remove_if_same(lock_path: &Path, dev: u64, ino: u64) -> Result<(), StoreError> {
+fn remove_if_same(lock_path: &Path, dev: u64, ino: u64, payload: &[u8]) -> Result<(), StoreError> {
+    let same_bytes = || {
+        std::fs::File::open(lock_path).is_ok_and(|f| {
+            let mut now = Vec::new();
+            f.take(MAX_LOCK_PAYLOAD).read_to_end(&mut now).is_ok() && now == payload
+        })
+    };
     match std::fs::symlink_metadata(lock_path) {
-        Ok(m) if m.dev() == dev && m.ino() == ino => match std::fs::remove_file(lock_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Write {
-                path: lock_path.to_owned(),
-                source: e,
-            }),
-            _ => Ok(()),
-        },
+        Ok(m) if m.dev() == dev && m.ino() == ino && same_bytes() => {
+            match std::fs::remove_file(lock_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Write {
+                    path: lock_path.to_owned(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -317,7 +332,12 @@ fn parse_iso(s: &str) -> Option<SystemTime> {
     if let Ok(t) = humantime::parse_rfc3339(s) {
         return Some(t);
     }
-    let (head, offset) = s.split_at(s.len().checked_sub(6)?);
+    let cut = s.len().checked_sub(6)?;
+    // A hostile lock file may put a multi-byte character there.
+    if !s.is_char_boundary(cut) {
+        return None;
+    }
+    let (head, offset) = s.split_at(cut);
     let b = offset.as_bytes();
     if !(b[0] == b'+' || b[0] == b'-') || b[3] != b':' {
         return None;
@@ -840,6 +860,9 @@ mod tests {
 
     #[test]
     fn iso_times_parse_as_javascript_writes_them() {
+        // Never a panic on a multi-byte character where the offset would start.
+        assert_eq!(parse_iso("xé12345"), None);
+        assert_eq!(parse_iso("2026-01-02T03:04:05é:00"), None);
         let t = UNIX_EPOCH + Duration::from_millis(1_767_323_045_678);
         assert_eq!(parse_iso("2026-01-02T03:04:05.678Z"), Some(t));
         assert_eq!(parse_iso("2026-01-02T04:04:05.678+01:00"), Some(t));

@@ -1082,3 +1082,46 @@ fn an_expired_unlisted_token_is_excluded_in_status_as_in_serve() {
     );
     assert_eq!(kg(s, &["models", "status", "--check"], "").code, 0);
 }
+
+#[test]
+fn a_write_waits_for_the_import_while_a_leftover_file_is_what_is_served() {
+    let dir = copy(SQLITE);
+    let s = dir.path();
+    let c = Connection::open(state_db(s)).unwrap();
+    c.execute(
+        "UPDATE config_machine_state SET value_json = '{\"version\":1,\"profiles\":{}}' WHERE state_key = 'authProfiles.store'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let leftover = r#"{"version":1,"profiles":{"anthropic:old":{"type":"api_key","provider":"anthropic","key":"sk-ant-api03-LEFTOVER-0001"}}}"#;
+    cli_common::write_file(&cli_common::profiles_file(s), leftover, 0o600);
+    // Served from the file meanwhile.
+    assert!(list_json(s)["profiles"]
+        .to_string()
+        .contains("anthropic:old"));
+    let args = [
+        "models",
+        "auth",
+        "paste-api-key",
+        "--provider",
+        "anthropic",
+        "--profile-id",
+        "anthropic:new",
+    ];
+    let r = kg(s, &args, NEW_KEY);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("doctor --fix"), "{r:?}");
+    r.assert_no_secret(&[NEW_KEY, "LEFTOVER-0001"]);
+    assert_eq!(
+        machine_row(s, "authProfiles.store").unwrap(),
+        r#"{"version":1,"profiles":{}}"#
+    );
+    kg(s, &["doctor", "--fix"], "").ok();
+    kg(s, &args, NEW_KEY).ok();
+    let ids = raw_profiles(&machine_row(s, "authProfiles.store").unwrap());
+    assert!(
+        ids.contains_key("anthropic:old") && ids.contains_key("anthropic:new"),
+        "{ids:?}"
+    );
+}

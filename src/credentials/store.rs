@@ -222,6 +222,15 @@ pub enum StoreError {
         /// What shows the SQLite era.
         marker: String,
     },
+    /// A SQLite dir whose databases hold no profile, while a leftover `auth-profiles.json`
+    /// does (and is what is served): a write must wait for the import.
+    #[error(
+        "{path} holds the profiles in use, but this state dir keeps them in OpenClaw's SQLite store; run `keygate doctor --fix` to import it first (a write now would hide them)"
+    )]
+    ImportPending {
+        /// The leftover file.
+        path: PathBuf,
+    },
     /// A write was asked of a legacy flat `auth-profiles.json`.
     #[error(
         "{path} is in the legacy flat format; run `keygate doctor --fix` to rewrite it in the canonical shape first"

@@ -260,6 +260,20 @@ impl AgentStore {
             return write::update_profiles(&self.profiles_file(), change);
         };
         let own = s.own_store();
+        // While the databases hold no profile and a leftover auth-profiles.json does, the
+        // proxy serves that file: a write into the database now would hide every profile
+        // in it. The import (`doctor --fix`) comes first.
+        let leftover = self.profiles_file();
+        if std::fs::symlink_metadata(&leftover).is_ok()
+            && !row_has_any_profile(&s.shared_store())?
+            && !own
+                .as_ref()
+                .map(row_has_any_profile)
+                .transpose()?
+                .unwrap_or(false)
+        {
+            return Err(StoreError::ImportPending { path: leftover }.into());
+        }
         let row = match own {
             Some(own) if row_has_profile(&own, id)? => own,
             _ => s.shared_store(),
@@ -443,6 +457,17 @@ impl SqliteDir {
 }
 
 /// Whether a store row currently holds profile `id`.
+fn row_has_any_profile(row: &Row) -> Result<bool, StoreError> {
+    let Some(text) = row.read()? else {
+        return Ok(false);
+    };
+    let top = profiles_doc(&text, &row.message_path())?;
+    Ok(top
+        .get("profiles")
+        .and_then(Value::as_object)
+        .is_some_and(|p| !p.is_empty()))
+}
+
 fn row_has_profile(row: &Row, id: &str) -> Result<bool, StoreError> {
     let Some(text) = row.read()? else {
         return Ok(false);

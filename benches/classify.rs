@@ -1,6 +1,6 @@
 //! Classifier and stream scanner benchmarks (issue 5; STYLE.md G).
 //!
-//! - `classify/case/<fixture>`: every recorded answer of `../shared/fixtures/provider-errors/`
+//! - `classify/case/<fixture>`: every recorded answer of `tests/fixtures/provider-errors/` (copied from `../shared/fixtures/provider-errors/`)
 //!   (read at bench start) through the path keygate takes for it — `classify_response` for a
 //!   non-2xx answer, `SseScanner` over a 2xx stream, `steering_hint` for a 2xx JSON answer.
 //!   Time per case; target ≤ 2 µs.
@@ -33,8 +33,7 @@ struct Case {
 }
 
 fn fixtures() -> Vec<Case> {
-    let dir: PathBuf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider-errors");
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider-errors");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read fixtures at {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())

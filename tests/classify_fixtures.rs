@@ -1,4 +1,4 @@
-//! Every recorded provider answer in `../shared/fixtures/provider-errors/` through the
+//! Every recorded provider answer in `tests/fixtures/provider-errors/` (copied from `../shared/fixtures/provider-errors/`) through the
 //! classifier, in 1-byte, 7-byte and whole chunkings (SPEC §7; STYLE.md G).
 //!
 //! - non-2xx: bytes go through `ErrorBody`, then `classify_response`;
@@ -33,7 +33,7 @@ struct Case {
 }
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider-errors")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider-errors")
 }
 
 fn load() -> Vec<Case> {

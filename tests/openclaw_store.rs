@@ -21,7 +21,7 @@ const SQLITE: &str = "sqlite-2026.9.6";
 const CHECKPOINTED: &str = "sqlite-2026.9.6-checkpointed";
 const UPGRADED: &str = "upgraded-2026.5.28-to-2026.9.6";
 const JSON_ERA: &str = "json-2026.5.28";
-const NEW_KEY: &str = "sk-ant-api03-KEYGATE-TEST-new-key-0000000000000000000000000000000009999";
+const NEW_KEY: &str = "sk-ant-api03-FAKE-test-new-key-9999";
 
 fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -292,7 +292,7 @@ fn assert_same(body: &[u8]) {
 #[test]
 fn matches_value_reading_on_every_fixture() {
     let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/provider-errors");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/provider-errors");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("fixtures dir") {
         let path = entry.expect("dir entry").path();

@@ -279,22 +279,7 @@ impl AgentStore {
             _ => s.shared_store(),
         };
         s.require(&row.db)?;
-        row.update(|current| {
-            let path = row.message_path();
-            let mut top = match current {
-                Some(text) => profiles_doc(text, &path)?,
-                None => Map::new(),
-            };
-            top.entry("version").or_insert(Value::from(1));
-            let profiles = top
-                .entry("profiles")
-                .or_insert_with(|| Value::Object(Map::new()));
-            let Value::Object(profiles) = profiles else {
-                unreachable!("profiles_doc checked that profiles is an object");
-            };
-            let out = change(profiles)?;
-            Ok((put_if_changed(current, &top), out))
-        })
+        update_row_profiles(&row, change)
     }
 
     /// Read-modify-write of the state row an agent-level write goes to: the JSON file, or
@@ -457,7 +442,38 @@ impl SqliteDir {
 }
 
 /// Whether a store row currently holds profile `id`.
-fn row_has_any_profile(row: &Row) -> Result<bool, StoreError> {
+/// Read-modify-write of one store row's `profiles` map in one transaction; the row is
+/// rewritten only when `change` changed something.
+fn update_row_profiles<T, E>(
+    row: &Row,
+    change: impl FnOnce(&mut Map<String, Value>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<StoreError>,
+{
+    row.update(|current| {
+        let path = row.message_path();
+        let mut top = match current {
+            Some(text) => profiles_doc(text, &path)?,
+            None => Map::new(),
+        };
+        top.entry("version").or_insert(Value::from(1));
+        let profiles = top
+            .entry("profiles")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(profiles) = profiles else {
+            unreachable!("profiles_doc checked that profiles is an object");
+        };
+        let out = change(profiles)?;
+        Ok((put_if_changed(current, &top), out))
+    })
+}
+
+/// Whether the row exists and its `profiles` map satisfies `test`.
+fn row_profiles_are(
+    row: &Row,
+    test: impl FnOnce(&Map<String, Value>) -> bool,
+) -> Result<bool, StoreError> {
     let Some(text) = row.read()? else {
         return Ok(false);
     };
@@ -465,18 +481,15 @@ fn row_has_any_profile(row: &Row) -> Result<bool, StoreError> {
     Ok(top
         .get("profiles")
         .and_then(Value::as_object)
-        .is_some_and(|p| !p.is_empty()))
+        .is_some_and(test))
+}
+
+fn row_has_any_profile(row: &Row) -> Result<bool, StoreError> {
+    row_profiles_are(row, |p| !p.is_empty())
 }
 
 fn row_has_profile(row: &Row, id: &str) -> Result<bool, StoreError> {
-    let Some(text) = row.read()? else {
-        return Ok(false);
-    };
-    let top = profiles_doc(&text, &row.message_path())?;
-    Ok(top
-        .get("profiles")
-        .and_then(Value::as_object)
-        .is_some_and(|p| p.contains_key(id)))
+    row_profiles_are(row, |p| p.contains_key(id))
 }
 
 /// Parses a store document for a write: a JSON object whose `profiles`, when present, is
@@ -632,19 +645,7 @@ impl AgentStore {
             }
             let row = s.shared_store();
             s.require(&row.db)?;
-            row.update(|current| {
-                let path = row.message_path();
-                let mut top = match current {
-                    Some(text) => profiles_doc(text, &path)?,
-                    None => Map::new(),
-                };
-                top.entry("version").or_insert(Value::from(1));
-                let profiles = top
-                    .entry("profiles")
-                    .or_insert_with(|| Value::Object(Map::new()));
-                let Value::Object(profiles) = profiles else {
-                    unreachable!("profiles_doc checked that profiles is an object");
-                };
+            update_row_profiles(&row, |profiles| {
                 for (id, entry) in entries {
                     if profiles.contains_key(&id) {
                         out.kept.push(id);
@@ -653,7 +654,7 @@ impl AgentStore {
                         out.imported.push(id);
                     }
                 }
-                Ok::<_, StoreError>((put_if_changed(current, &top), ()))
+                Ok::<_, StoreError>(())
             })?;
             let to = with_suffix(&file, &format!(".migrated-{ms}.bak"));
             rename(&file, &to)?;

@@ -25,8 +25,8 @@ use keygate::config::Config;
 use keygate::cooldown::{Cooldowns, Ladders};
 use keygate::credentials::env::EnvSnapshot;
 use keygate::pin;
+use keygate::pool::{Candidate, Registry};
 use keygate::proxy::inject::clean_request_headers;
-use keygate::resolver::{Candidate, Registry};
 use tokio::time::Instant;
 
 const CREDENTIALS: usize = 64;

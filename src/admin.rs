@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 
 use crate::cooldown::Scope;
 use crate::inbound::Outcome;
-use crate::proxy::service::browser_error;
-use crate::proxy::{AppState, ProxyBody, ProxyError};
+use crate::proxy::{ProxyBody, ProxyError};
+use crate::state::AppState;
 
 /// Answers a reserved path, or returns `None` for anything that should be proxied.
 /// `private` says whether the admin-only endpoints are served on this listener; `peer`
@@ -109,7 +109,7 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
     };
     // A browser page must not use an admin token it finds in the browser (SPEC §4).
     if let Err(b) = state.gate.origin(req.headers()) {
-        return browser_error(b).into_response(None);
+        return ProxyError::from(b).into_response(None);
     }
     let refused = match state.gate.check_admin(peer, req.headers(), token.expose()) {
         Outcome::Allowed { .. } => None,

@@ -13,7 +13,7 @@
 //! Reads are lock-free (an `ArcSwap` snapshot); writers serialise on a mutex and publish a
 //! new snapshot. The snapshot's maps are persistent (`imbl`): a new version shares all but
 //! the changed path with the old one, so a write costs O(log n), not a copy of the map. It does not own classification (see `classify`) nor the order
-//! of candidates (see `resolver`).
+//! of candidates (see `pool`).
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};

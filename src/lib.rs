@@ -4,24 +4,24 @@
 //!
 //! ```text
 //! client ──▶ server (HTTP/1.1, or h2c by prior knowledge)
-//!              │
-//!              ▼
-//!           proxy::service::handle
 //!              ├─ reserved paths (/healthz, /readyz, /metrics, /_keygate/status) ─▶ admin
-//!              ├─ inbound auth (gateway token / password / trusted-proxy / none) ─▶ 401/403/429
-//!              ├─ route /{provider}/{rest}: path checks ─▶ 400/404
-//!              ├─ body collected under max_request_body into Bytes ─▶ 413
-//!              ├─ model from body (borrowed) or path; `@profile` pin stripped by byte edit
-//!              ├─ resolver: candidates (pin │ explicit order │ profiles by kind+LRU │ env)
-//!              └─ for each candidate:
+//!              ▼
+//!           proxy::handle                       (state: AppState, shared with admin)
+//!              ├─ admit: inbound auth (gateway token / password / trusted-proxy / none) ─▶ 401/403/429
+//!              ├─ route (pure): /{provider}/{rest}, path checks ─▶ 400/404
+//!              ├─ admit: body under max_request_body into Bytes ─▶ 413
+//!              ├─ admit: model from body (borrowed) or path; `@profile` pin cut by byte edit
+//!              ├─ pool::registry: candidates (pin │ explicit order │ profiles by kind+LRU │ env)
+//!              └─ attempt, for each candidate pool::select lets serve:
 //!                   inject credential ─▶ upstream (pooled hyper-util + rustls)
-//!                   classify answer ─▶ rotate (same Bytes) │ return
+//!                   inspect answer (classify, peek stream) ─▶ rotate (same Bytes) │ return
 //!              ▼
 //!           response body streamed frame by frame (never collected)
 //! ```
-
-use std::path::PathBuf;
-use std::sync::Arc;
+//!
+//! Layers, each importing only those below it: `cli` ▸ `server` ▸ `admin` ▸ `proxy` ▸
+//! `state` ▸ `pool`, `credentials`, `upstream`, `inbound`, `telemetry` ▸ `config`,
+//! `cooldown`, `metrics` ▸ `classify`, `provider`, `pin`, `secret`.
 
 pub mod admin;
 pub mod classify;
@@ -34,48 +34,17 @@ pub mod fuzzing;
 pub mod inbound;
 pub mod metrics;
 pub mod pin;
+pub mod pool;
 pub mod provider;
 pub mod proxy;
-pub mod resolver;
 pub mod secret;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod upstream;
 
 pub use server::{run, Listeners};
-
-/// Builds the shared request-path state for a listen address: checks the inbound auth
-/// mode against it (SPEC §4) and prepares the credential registry and upstream client.
-///
-/// `env` is the process environment: `<state-dir>/.env` is layered under it on every
-/// (re)load of the credential files.
-///
-/// Returns the refusal message when the mode is not allowed on this address.
-pub fn build_state(
-    config: config::Config,
-    state_dir: PathBuf,
-    env: credentials::env::EnvSnapshot,
-    listen: &std::net::SocketAddr,
-) -> Result<Arc<proxy::AppState>, String> {
-    let mode = inbound::effective_mode(&config.gateway, listen)?;
-    if mode == config::AuthMode::None {
-        tracing::warn!(%listen, "no gateway auth configured: accepting unauthenticated requests on loopback only (set KEYGATE_TOKEN to require a token)");
-    }
-    let gate = inbound::Gatekeeper::new(&config.gateway, mode);
-    let client = proxy::upstream::client(&config.server);
-    let config = Arc::new(config);
-    let metrics = Arc::new(metrics::Metrics::new(
-        config.providers.keys().map(String::as_str),
-    ));
-    let registry = Arc::new(resolver::Registry::new(
-        config.clone(),
-        state_dir,
-        env,
-        metrics.clone(),
-    ));
-    Ok(Arc::new(proxy::AppState::new(
-        config, gate, registry, client, metrics,
-    )))
-}
+pub use state::build_state;

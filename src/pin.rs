@@ -6,7 +6,7 @@
 //!
 //! It does not own: models that live in the path (`provider::model_from_path`), the
 //! `x-keygate-profile` header, rejecting models longer than [`MAX_MODEL_LEN`] (the caller
-//! does), nor looking the profile up (`resolver`).
+//! does), nor looking the profile up (`pool`).
 
 use std::borrow::Cow;
 use std::ops::Range;

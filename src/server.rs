@@ -5,7 +5,7 @@
 //! connection-level limits (header size, header read
 //! timeout, h2 stream count), and draining: on shutdown, stop accepting, let in-flight
 //! requests and streams finish up to `shutdown_grace`, then close what is left. It does not
-//! own what a request does (see `proxy::service` and `admin`).
+//! own what a request does (see `proxy` and `admin`).
 
 mod accept;
 mod repoll;
@@ -22,8 +22,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::proxy::service::handle;
-use crate::proxy::AppState;
+use crate::proxy::handle;
+use crate::state::AppState;
 pub use accept::{default_max_connections, max_connections, raise_nofile_limit};
 use accept::{Accepted, Acceptor};
 use repoll::Repoll;
@@ -185,10 +185,15 @@ fn serve_conn(
         // staying allocated for as long as the connection (or its stream) lives.
         let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
             if is_admin {
-                Ok::<_, Infallible>(admin::handle_admin(&state, peer.ip(), req).await)
-            } else {
-                handle(state, peer, req).await
+                return Ok::<_, Infallible>(admin::handle_admin(&state, peer.ip(), req).await);
             }
+            // Reserved paths first (SPEC §3): never proxied, and not in the access log.
+            if let Some(resp) =
+                admin::reserved(&state, peer.ip(), &req, !state.admin_separate).await
+            {
+                return Ok(resp);
+            }
+            handle(state, peer, req).await
         });
         fut
     });

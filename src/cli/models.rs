@@ -345,7 +345,7 @@ pub(super) fn build_view(
                 r
             })
             .collect();
-        // Stored profiles by kind (oauth, token, api_key), as the resolver ranks them.
+        // Stored profiles by kind (oauth, token, api_key), as the pool ranks them.
         rows.sort_by_key(|r| kind_rank(r.kind));
         if let Some(pc) = pc {
             rows.extend(
@@ -354,7 +354,7 @@ pub(super) fn build_view(
                     .map(env_row),
             );
         }
-        // The same precedence as the resolver's `explicit_order`.
+        // The same precedence as `pool::explicit_order`.
         let (order, order_source) = if let Some(o) = state.order.get(&name) {
             (Some(o.clone()), Some("auth-state"))
         } else if let Some(o) = oc.order_for(&name) {
@@ -369,7 +369,7 @@ pub(super) fn build_view(
         } else {
             if oc.restricts(&name) {
                 // OpenClaw's rule: only the profiles auth.profiles lists are candidates.
-                // As the resolver: every stored profile not listed (expired ones too), while a
+                // As the pool: every stored profile not listed (expired ones too), while a
                 // mismatch keeps its own reason.
                 for r in rows.iter_mut().filter(|r| {
                     r.source == Source::Profile

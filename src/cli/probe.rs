@@ -1,7 +1,7 @@
 //! `keygate models status --probe`: one minimal real request per credential.
 //!
 //! Owns the probe request per provider family, sent through the proxy's own upstream
-//! client ([`crate::proxy::upstream::client`]), header cleaning and credential injection
+//! client ([`crate::upstream::client`]), header cleaning and credential injection
 //! ([`Injection`]), and the classifier ([`classify_response`]) against the provider's
 //! configured `base_url`:
 //! - Anthropic (`anthropic`, or a custom provider with `x-api-key` auth):
@@ -36,7 +36,7 @@ use crate::config::{Config, ProviderConfig};
 use crate::credentials::Credential;
 use crate::provider::AuthStyle;
 use crate::proxy::inject::{clean_request_headers, Injection};
-use crate::proxy::upstream::{client, UpstreamClient};
+use crate::upstream::{client, UpstreamClient};
 
 /// One probe result.
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 //! Owns the [`Credential`] value (id, provider, kind, source, secret, expiry) and the loaders
 //! for its two sources: environment keys in SPEC §5 priority ([`env`]) and the agent's
 //! OpenClaw-compatible state files ([`store`]). It does not own the choice between
-//! candidates for a request (see `resolver`), cooldowns, or how a secret goes on the wire
+//! candidates for a request (see `pool`), cooldowns, or how a secret goes on the wire
 //! (see `proxy::inject`).
 
 use std::fmt;

@@ -21,8 +21,8 @@ use serde_json::Value;
 use crate::config::OAuthConfig;
 use crate::credentials::store;
 use crate::proxy::redact::Redactor;
-use crate::proxy::upstream::UpstreamClient;
 use crate::secret::Secret;
+use crate::upstream::UpstreamClient;
 
 /// Refresh when the access token expires within this margin.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);

@@ -10,7 +10,7 @@
 //! 0600 replace, legacy rewrite for `doctor --fix`).
 //!
 //! It does not own: OAuth refresh (`oauth`), hot reload, or the choice between candidates
-//! (`resolver`). No secret value ever appears in a warning or an error from this module.
+//! (`pool`). No secret value ever appears in a warning or an error from this module.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -452,7 +452,7 @@ pub fn resolve_ref(
 impl Profile {
     /// The usable credential, or `None` when the secret is a [`ProfileProblem`] or the
     /// expiry is [`Expires::Invalid`] (`invalid_expires` makes a profile unusable, SPEC §1).
-    /// An expired one is still returned: OAuth refreshes it, and the resolver reports it.
+    /// An expired one is still returned: OAuth refreshes it, and the pool reports it.
     pub fn credential(&self) -> Option<Credential> {
         let secret = self.secret.as_ref().ok()?.clone();
         let expires_ms = match self.expires {

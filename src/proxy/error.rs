@@ -1,5 +1,5 @@
 //! Every error keygate itself answers with, and the one place that turns them into
-//! responses.
+//! responses (and into the event that ends a broken stream).
 //!
 //! Owns [`ProxyError`], its status ([`ProxyError::status`]), a low-cardinality label for
 //! logs and metrics, and the JSON body in the shape the client's SDK parses (Anthropic,
@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use crate::config::ProviderConfig;
+use crate::inbound::Browser;
 
 /// An error answered by keygate (never by the upstream).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,16 @@ pub enum ProxyError {
 
 // === impl ProxyError ===
 
+/// A request refused as coming from a browser page (SPEC §4).
+impl From<Browser> for ProxyError {
+    fn from(b: Browser) -> Self {
+        match b {
+            Browser::ForeignHost => ProxyError::ForeignHost,
+            Browser::ForeignOrigin => ProxyError::ForeignOrigin,
+        }
+    }
+}
+
 impl ProxyError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
@@ -197,6 +209,18 @@ impl ProxyError {
     }
 }
 
+/// No credential at all for `provider`, with how to add one.
+pub(crate) fn no_credentials(provider: &ProviderConfig) -> ProxyError {
+    let var = crate::credentials::env::suggested_var(&provider.env_prefix);
+    ProxyError::NoCredentials {
+        provider: provider.id.clone(),
+        hint: format!(
+            "Run `keygate models auth paste-api-key --provider {}` or set {var}.",
+            provider.id
+        ),
+    }
+}
+
 /// A JSON error body in the shape the provider's SDKs parse.
 pub fn error_json(provider: Option<&str>, status: StatusCode, message: &str) -> Bytes {
     let value = match provider {
@@ -259,4 +283,33 @@ fn openai_code(status: StatusCode) -> &'static str {
         504 => "timeout",
         _ => "keygate_error",
     }
+}
+
+/// The event that ends a broken stream in the provider's own protocol, so SDKs raise an
+/// error instead of treating a truncated answer as complete.
+pub fn sse_error_event(provider: &str) -> Bytes {
+    // Static: every streaming answer carries one, and almost none is ever sent.
+    macro_rules! msg {
+        () => {
+            "upstream stream ended unexpectedly (keygate)"
+        };
+    }
+    Bytes::from_static(match provider {
+        "anthropic" => concat!(
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"",
+            msg!(),
+            "\"}}\n\n"
+        ),
+        "google" => concat!(
+            "data: {\"error\":{\"code\":502,\"message\":\"",
+            msg!(),
+            "\",\"status\":\"UNAVAILABLE\"}}\n\n"
+        ),
+        _ => concat!(
+            "data: {\"error\":{\"message\":\"",
+            msg!(),
+            "\",\"type\":\"server_error\",\"code\":\"upstream_stream_broken\"}}\n\n"
+        ),
+    }
+    .as_bytes())
 }

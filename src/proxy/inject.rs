@@ -6,7 +6,7 @@
 //! (`authorization`, `x-api-key`, `x-goog-api-key`, `api-key`, `?key=`) and every
 //! `x-keygate-*` header; add provider default headers only when absent; insert the credential
 //! as the provider expects. Header values for credentials are built once, when credentials
-//! load, and marked sensitive. It does not choose the credential (see `resolver`).
+//! load, and marked sensitive. It does not choose the credential (see `pool`).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};

@@ -1,8 +1,9 @@
-//! The upstream client: one pooled hyper-util client for every provider.
+//! The upstream client: one pooled hyper-util client for every provider, shared by the
+//! request path, OAuth refreshes and probes.
 //!
 //! Owns connection setup (TCP with `connect_timeout`, rustls with webpki roots and the
 //! `ring` provider, ALPN h2 and http/1.1; plain HTTP for local base URLs) and pooling. It does
-//! not own timeouts on the exchange itself (see `service`, which bounds the wait for headers
+//! not own timeouts on the exchange itself (see `proxy::attempt`, which bounds the wait for headers
 //! and the stream), nor retries.
 
 use std::sync::Arc;

@@ -1,11 +1,13 @@
-//! Which credentials may serve a request, in which order (SPEC §5).
+//! The per-agent credential pools, and the I/O that keeps them current (SPEC §5, §9).
 //!
-//! Owns the per-agent credential pools: for each provider, the candidates built from the
-//! explicit order (auth-state.json, else config), else the stored profiles ranked by kind,
-//! then the environment keys — deduplicated by secret — each with its wire form
-//! ([`Injection`]) built once. At request time it orders candidates (least recently used
-//! within a kind, or across the pool for `round_robin`) and answers pin lookups. It does not
-//! own cooldowns (the caller filters candidates) nor file watching.
+//! Owns building an agent's pool from its files and the environment: for each provider, the
+//! candidates from the explicit order (auth-state.json, else openclaw.json, else config),
+//! else the stored profiles ranked by kind, then the environment keys — deduplicated by
+//! secret — each with its wire form ([`Injection`]) built once; reloading the pools whose
+//! files changed (keeping the last good pool when a new version does not parse) and the poll
+//! that watches them. At request time it orders candidates (least recently used within a
+//! kind, or across the pool for `round_robin`) and answers pin lookups. It does not own
+//! cooldowns nor the choice among candidates (`select`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

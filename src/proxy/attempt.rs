@@ -1,0 +1,473 @@
+//! The attempts of one request: the rotation loop over its candidates, and one send.
+//!
+//! Policy sits outside the loop's mechanism: [`Selector`] says who may serve next,
+//! `[rotation]` (`rotate_on`, `max_attempts`, `on_all_cooling`, `max_wait`) says whether to
+//! go on, and [`inspect`] reads each answer. One attempt refreshes an expiring OAuth token,
+//! injects the credential, sends the same request `Bytes` and turns the answer into an
+//! [`Attempt`]. It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use tokio::time::Instant;
+
+use super::error::{self, sse_error_event, ProxyError};
+use super::inject::{clean_response_headers, Injection};
+use super::inspect::{self, Peek, StreamKind, StreamWatch};
+use super::route::upstream_uri;
+use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
+use crate::classify::{self, Reason, SseScanner, Verdict};
+use crate::config::{OnAllCooling, ProviderConfig};
+use crate::credentials::oauth;
+use crate::credentials::{store, Kind, Source};
+use crate::pool::{Candidate, Pick, Selector};
+use crate::state::AppState;
+
+/// One request's attempts over its candidates.
+pub(super) struct Exchange<'a> {
+    pub(super) state: &'a Arc<AppState>,
+    pub(super) provider: &'a ProviderConfig,
+    pub(super) base: &'a str,
+    pub(super) rest: &'a str,
+    pub(super) method: http::Method,
+    pub(super) headers: http::HeaderMap,
+    pub(super) query: Option<String>,
+    pub(super) body: Bytes,
+    pub(super) model: Option<Arc<str>>,
+    pub(super) deadline: Instant,
+    pub(super) pinned: bool,
+    pub(super) agent: &'a str,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// Hand this to the client.
+    Done(Response<ProxyBody>),
+    /// Failed with a reason that rotates (when another candidate is left); the response is
+    /// what the client gets if none is.
+    Failed(Response<ProxyBody>, Reason),
+    /// Failed before any answer (timeout, connection error).
+    Error(ProxyError, Reason),
+    /// Not sent: the credential could not be made usable (OAuth refresh failed).
+    Skip(ProxyError),
+    /// A 2xx stream that broke before its commit point: nothing reached the client, so
+    /// the next candidate is tried whatever `rotate_on` says.
+    Broken(ProxyError),
+}
+
+impl Exchange<'_> {
+    pub(super) async fn run(
+        mut self,
+        candidates: Vec<&Arc<Candidate>>,
+        access: &mut Access<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let st = self.state;
+        let rcfg = &st.config.rotation;
+        let model = self.model.as_deref();
+        let max_attempts = match rcfg.max_attempts {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        // Taken by the last possible attempt, like the headers: a `Uri` built from a
+        // `String` allocates on its first clone.
+        let mut plain_uri = Some(upstream_uri(
+            self.base,
+            self.rest,
+            self.query.as_deref(),
+            None,
+        )?);
+        let start = Instant::now();
+        let wait_limit = start + rcfg.max_wait;
+
+        let mut attempts = 0u32;
+        let mut last: Option<Attempt> = None;
+        let mut skipped: Option<ProxyError> = None;
+        let mut tried = vec![false; candidates.len()];
+        let select = Selector::new(
+            &st.cooldowns,
+            &st.limits,
+            &self.provider.id,
+            model,
+            self.pinned,
+        );
+        loop {
+            // Who may serve now: not cooling for this model, not disabled, under its rpm.
+            let now = Instant::now();
+            let i = match select.next(&candidates, &tried, now) {
+                Pick::Use(i) => i,
+                Pick::Blocked { soonest } => {
+                    if let Some(done) = last {
+                        // Every candidate has had its attempt: the last answer goes back.
+                        return finish(done, attempts);
+                    }
+                    if let Some(e) = skipped {
+                        return Err(e);
+                    }
+                    // Nothing attempted yet and everyone is cooling.
+                    let soonest = soonest.unwrap_or(now);
+                    if rcfg.on_all_cooling == OnAllCooling::Wait
+                        && soonest <= wait_limit.min(self.deadline)
+                    {
+                        tracing::debug!(
+                            wait_ms = (soonest - now).as_millis() as u64,
+                            "all credentials cooling: waiting"
+                        );
+                        tokio::time::sleep_until(soonest).await;
+                        continue;
+                    }
+                    tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is cooling down");
+                    return Err(ProxyError::AllCooling {
+                        provider: self.provider.id.clone(),
+                        retry_after: soonest.saturating_duration_since(now),
+                    });
+                }
+            };
+            if attempts as usize >= max_attempts {
+                return last.map_or_else(
+                    || Err(error::no_credentials(self.provider)),
+                    |d| finish(d, attempts),
+                );
+            }
+            tried[i] = true;
+            let cand = &candidates[i];
+            attempts += 1;
+            access.attempts = attempts;
+            access.credential = Some(Arc::clone(cand));
+            st.registry.touch(cand);
+
+            // The last possible attempt takes the request headers; earlier ones copy them,
+            // as a retry needs them again.
+            let last_chance = self.pinned || tried.iter().all(|t| *t);
+            let headers = if last_chance {
+                std::mem::take(&mut self.headers)
+            } else {
+                self.headers.clone()
+            };
+            let uri = if last_chance {
+                plain_uri.take()
+            } else {
+                plain_uri.clone()
+            };
+            let outcome = self.attempt(cand, uri, attempts, headers).await?;
+            let reason = match &outcome {
+                Attempt::Done(_) => {
+                    cand.count_attempt(None);
+                    return finish(outcome, attempts);
+                }
+                Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
+                // Counted as SPEC §7 counts a stream that breaks after commit.
+                Attempt::Broken(_) => Reason::Timeout,
+                Attempt::Skip(_) => {
+                    // Not sent: the next credential serves and this one is not an attempt.
+                    attempts -= 1;
+                    access.attempts = attempts;
+                    if let Attempt::Skip(e) = outcome {
+                        skipped = Some(e);
+                    }
+                    continue;
+                }
+            };
+            cand.count_attempt(Some(reason));
+            let more = !self.pinned && tried.iter().any(|t| !t);
+            let rotates = st.rotate_on.contains(&reason) || matches!(outcome, Attempt::Broken(_));
+            if !(more && rotates) {
+                return finish(outcome, attempts);
+            }
+            tracing::debug!(credential = %cand.cred.id, reason = reason.as_str(), "rotating to the next credential");
+            st.metrics.rotation(&self.provider.id, reason);
+            last = Some(outcome);
+        }
+    }
+
+    /// Sends the request with one credential and decides what its answer means.
+    async fn attempt(
+        &self,
+        cand: &Candidate,
+        plain_uri: Option<Uri>,
+        attempts: u32,
+        headers: http::HeaderMap,
+    ) -> Result<Attempt, ProxyError> {
+        let st = self.state;
+        let server = &st.config.server;
+        // An oauth profile about to expire is refreshed first (SPEC §5).
+        let refreshed;
+        let fresh_secret;
+        let (inject, secret) = if needs_oauth_refresh(cand) {
+            // Boxed: a refresh is rare, and its future (an HTTP exchange of its own) would
+            // otherwise enlarge every request's future, which is moved on every call.
+            let refresh = Box::pin(st.refresher.fresh_token(
+                &st.client,
+                self.provider.oauth.as_ref(),
+                st.registry.state_dir(),
+                self.agent,
+                cand.cred.id.as_str(),
+            ));
+            match refresh.await {
+                Ok(fresh) => {
+                    let mut cred = cand.cred.clone();
+                    fresh_secret = fresh.access;
+                    cred.secret = fresh_secret.clone();
+                    cred.expires_ms = Some(fresh.expires_ms);
+                    refreshed = Injection::new(self.provider, &cred)
+                        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+                    (&refreshed, &fresh_secret)
+                }
+                Err(reason) => {
+                    let verdict = Verdict {
+                        reason: Reason::Auth,
+                        hint: None,
+                    };
+                    self.mark(cand, &verdict, None);
+                    let e = ProxyError::OAuthRefresh {
+                        provider: self.provider.id.clone(),
+                        reason,
+                    };
+                    tracing::warn!(credential = %cand.cred.id, error = %e, "oauth refresh failed");
+                    return Ok(Attempt::Skip(e));
+                }
+            }
+        } else {
+            (&cand.inject, &cand.cred.secret)
+        };
+        let uri = match (inject.query(), plain_uri) {
+            (None, Some(uri)) => uri,
+            (q, _) => upstream_uri(self.base, self.rest, self.query.as_deref(), q)?,
+        };
+        let mut up = Request::new(Full::new(self.body.clone()));
+        *up.method_mut() = self.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers;
+        inject.apply(up.headers_mut());
+
+        let sent = Instant::now();
+        let wait_until = (sent + server.first_byte_timeout).min(self.deadline);
+        let answer = tokio::time::timeout_at(wait_until, st.client.request(up)).await;
+        st.metrics.upstream(&self.provider.id, sent.elapsed());
+        let resp = match answer {
+            Err(_) => {
+                return Ok(Attempt::Error(
+                    ProxyError::UpstreamTimeout(server.first_byte_timeout),
+                    Reason::Timeout,
+                ))
+            }
+            Ok(Err(e)) => {
+                return Ok(Attempt::Error(
+                    ProxyError::Upstream(error_chain(&e)),
+                    Reason::Unknown,
+                ))
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        if resp.status().is_informational() {
+            // hyper passes a `101` on as the answer (any other 1xx is skipped): relaying it
+            // would switch the client's connection (over h2, a protocol error).
+            return Ok(Attempt::Error(
+                ProxyError::UpstreamBroken(
+                    "it switched protocols (101), which keygate does not relay",
+                ),
+                Reason::Unknown,
+            ));
+        }
+        let (mut parts, incoming) = resp.into_parts();
+        clean_response_headers(&mut parts.headers);
+        parts
+            .headers
+            .insert(CREDENTIAL_HEADER, cand.id_header.clone());
+        parts
+            .headers
+            .insert(ATTEMPTS_HEADER, attempts_value(attempts));
+        let status = parts.status;
+        let stream = inspect::stream_kind(&parts.headers);
+        // Only SSE has a text error event to end a broken stream with; a broken AWS
+        // event-stream (binary frames) just ends with a body error.
+        let error_event =
+            (stream == Some(StreamKind::Sse)).then(|| sse_error_event(&self.provider.id));
+        let id = cand.cred.id.as_str();
+        let model = self.model.as_deref();
+
+        // A 304 is no error: it has no body and goes back as it came, like a 204.
+        if !status.is_success() && status != StatusCode::NOT_MODIFIED {
+            // Read the error body as it streams in, up to max_error_body, to classify it.
+            let (held, rest, collected, broke) =
+                inspect::read_error_body(incoming, server.max_error_body, wait_until).await;
+            let verdict = classify::classify_response(
+                &self.provider.id,
+                status,
+                &parts.headers,
+                collected.as_bytes(),
+                SystemTime::now(),
+            );
+            self.mark(cand, &verdict, Some(status.as_u16()));
+            let body = inspect::redact_error(
+                &mut parts.headers,
+                secret,
+                held,
+                rest,
+                broke,
+                self.deadline,
+                None,
+            );
+            let resp = Response::from_parts(parts, body);
+            return Ok(Attempt::Failed(resp, verdict.reason));
+        }
+
+        // A success: steer away from a credential that says it is spent.
+        let now = Instant::now();
+        match classify::steering_hint(&parts.headers, SystemTime::now()) {
+            Some(h) if !h.after.is_zero() => {
+                st.cooldowns
+                    .steer(id, cand.fp, model, h.after, h.source, now);
+                tracing::info!(
+                    credential = id,
+                    model = model.unwrap_or("-"),
+                    cooldown_s = h.after.as_secs_f64(),
+                    source = h.source,
+                    "credential spent: cooling before the provider says 429"
+                );
+            }
+            _ => st.cooldowns.record_success(id, cand.fp, model, now),
+        }
+
+        if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {
+            // No body by definition (RFC 9110 §15.3.5, §15.4.5): the upstream's
+            // `content-length` (transfer-encoding is already gone) would make a keep-alive
+            // client wait for bytes that never come, or read the next answer as this body.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(Attempt::Done(Response::from_parts(
+                parts,
+                ProxyBody::full(Bytes::new()),
+            )));
+        }
+        if stream.is_none() {
+            return Ok(Attempt::Done(Response::from_parts(
+                parts,
+                ProxyBody::upstream(VecDeque::new(), Some(incoming), self.deadline, None, None),
+            )));
+        }
+        let mut scanner = SseScanner::new(&self.provider.id);
+        let mut held = VecDeque::new();
+        let mut rest = Some(incoming);
+        if st.config.rotation.peek_stream && !self.pinned {
+            // The commit point: hold the stream until its first content-bearing event, so an
+            // error event before it can still be retried on another credential.
+            let (h, r, err) = match inspect::peek_stream(
+                rest.take(),
+                &mut scanner,
+                server.max_error_body,
+                wait_until,
+            )
+            .await
+            {
+                Peek::Commit(h, r) => (h, r, None),
+                Peek::Error(h, r, verdict) => (h, r, Some(verdict)),
+                Peek::Broke => {
+                    // Nothing reached the client: the next candidate may serve (SPEC §7,
+                    // no silent truncation). A broken connection says nothing about the
+                    // credential, so nothing is marked.
+                    tracing::warn!(provider = %self.provider.id, credential = id, "upstream stream broke before its first content event");
+                    return Ok(Attempt::Broken(ProxyError::UpstreamBroken(
+                        "its stream broke before the first content event",
+                    )));
+                }
+            };
+            held = h;
+            rest = r;
+            if let Some(mut verdict) = err {
+                if verdict.hint.is_none() {
+                    verdict.hint = classify::retry_hint(
+                        &self.provider.id,
+                        &parts.headers,
+                        b"",
+                        SystemTime::now(),
+                    );
+                }
+                self.mark(cand, &verdict, None);
+                let body = inspect::redact_error(
+                    &mut parts.headers,
+                    secret,
+                    held,
+                    rest,
+                    false,
+                    self.deadline,
+                    error_event,
+                );
+                let resp = Response::from_parts(parts, body);
+                return Ok(Attempt::Failed(resp, verdict.reason));
+            }
+        }
+        let watch = StreamWatch {
+            state: self.state.clone(),
+            scanner,
+            credential: cand.cred.id.to_string(),
+            fp: cand.fp,
+            model: self.model.clone(),
+            provider: self.provider.id.clone(),
+        };
+        let body = ProxyBody::upstream(
+            held,
+            rest,
+            self.deadline,
+            error_event,
+            Some(Box::new(watch)),
+        );
+        Ok(Attempt::Done(Response::from_parts(parts, body)))
+    }
+
+    /// Opens the cooldown window a verdict calls for.
+    fn mark(&self, cand: &Candidate, verdict: &Verdict, status: Option<u16>) {
+        inspect::mark(
+            self.state,
+            cand.cred.id.as_str(),
+            cand.fp,
+            self.model.as_deref(),
+            verdict,
+            status,
+        );
+    }
+}
+
+fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> {
+    match a {
+        Attempt::Done(mut r) | Attempt::Failed(mut r, _) => {
+            r.headers_mut()
+                .insert(ATTEMPTS_HEADER, attempts_value(attempts));
+            Ok(r)
+        }
+        Attempt::Error(e, _) | Attempt::Skip(e) | Attempt::Broken(e) => Err(e),
+    }
+}
+
+/// The `x-keygate-attempts` value; the usual small counts without an allocation.
+pub(super) fn attempts_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match n.checked_sub(1).and_then(|i| SMALL.get(i as usize)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// An oauth profile (not one managed by another tool) whose token expires soon.
+fn needs_oauth_refresh(cand: &Candidate) -> bool {
+    cand.cred.kind == Kind::OAuth
+        && cand.cred.source == Source::Profile
+        && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
+        && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
+}
+
+/// An error's source chain on one line (hyper-util's top-level message alone says little).
+/// These messages never carry URLs or headers, so no secret can appear.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,128 @@
+//! The state the request path and the admin endpoints share, built once at startup.
+//!
+//! Owns [`AppState`] — configuration, inbound auth, the credential registry, the upstream
+//! client, cooldowns, request limits, metrics, OAuth refreshes and the body budget — and
+//! [`build_state`], which assembles it. It does no request work itself.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::classify::Reason;
+use crate::config::Config;
+use crate::cooldown::{Cooldowns, Ladders};
+use crate::credentials::env::EnvSnapshot;
+use crate::credentials::oauth::Refresher;
+use crate::inbound::Gatekeeper;
+use crate::metrics::Metrics;
+use crate::pool::{Limits, Registry};
+use crate::proxy::budget::BodyBudget;
+use crate::upstream::UpstreamClient;
+
+/// Everything the request path shares. Built once at startup.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Inbound authentication.
+    pub gate: Gatekeeper,
+    /// Credential pools per agent.
+    pub registry: Arc<Registry>,
+    /// The pooled upstream client.
+    pub client: UpstreamClient,
+    /// `scheme://authority[/prefix]` per provider, precomputed.
+    pub bases: HashMap<String, Box<str>>,
+    /// Whether `/metrics` and `/_keygate/status` live on their own listener.
+    pub admin_separate: bool,
+    /// Cooldown windows, shared by every agent (a rate limit belongs to the key).
+    pub cooldowns: Cooldowns,
+    /// Reasons that retry with the next candidate (`[rotation] rotate_on`).
+    pub rotate_on: Vec<Reason>,
+    /// Local per-credential request limits (`[providers.P] rpm`).
+    pub limits: Limits,
+    /// Prometheus series.
+    pub metrics: Arc<Metrics>,
+    /// OAuth refreshes, one at a time per profile.
+    pub refresher: Refresher,
+    /// Bytes of request bodies held at once, over every request (`max_buffered_bodies`).
+    pub body_budget: BodyBudget,
+}
+
+// === impl AppState ===
+
+impl AppState {
+    /// Builds the shared state.
+    pub fn new(
+        config: Arc<Config>,
+        gate: Gatekeeper,
+        registry: Arc<Registry>,
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let bases = config
+            .providers
+            .values()
+            .filter_map(|p| {
+                let base = p.base_url.as_ref()?.to_string();
+                Some((p.id.clone(), base.trim_end_matches('/').into()))
+            })
+            .collect();
+        let admin_separate = config.admin.listen.is_some();
+        let cooldowns = Cooldowns::new(Ladders {
+            backoff: config.rotation.backoff.clone(),
+            billing: config.rotation.billing_backoff.clone(),
+        });
+        let rotate_on = config
+            .rotation
+            .rotate_on
+            .iter()
+            .filter_map(|r| Reason::parse(r))
+            .collect();
+        let limits = Limits::new(&config);
+        Self {
+            body_budget: BodyBudget::new(config.server.max_buffered_bodies),
+            config,
+            gate,
+            registry,
+            client,
+            bases,
+            admin_separate,
+            cooldowns,
+            rotate_on,
+            limits,
+            metrics,
+            refresher: Refresher::default(),
+        }
+    }
+}
+
+/// Builds the shared request-path state for a listen address: checks the inbound auth
+/// mode against it (SPEC §4) and prepares the credential registry and upstream client.
+///
+/// `env` is the process environment: `<state-dir>/.env` is layered under it on every
+/// (re)load of the credential files.
+///
+/// Returns the refusal message when the mode is not allowed on this address.
+pub fn build_state(
+    config: Config,
+    state_dir: PathBuf,
+    env: EnvSnapshot,
+    listen: &std::net::SocketAddr,
+) -> Result<Arc<AppState>, String> {
+    let mode = crate::inbound::effective_mode(&config.gateway, listen)?;
+    if mode == crate::config::AuthMode::None {
+        tracing::warn!(%listen, "no gateway auth configured: accepting unauthenticated requests on loopback only (set KEYGATE_TOKEN to require a token)");
+    }
+    let gate = Gatekeeper::new(&config.gateway, mode);
+    let client = crate::upstream::client(&config.server);
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new(config.providers.keys().map(String::as_str)));
+    let registry = Arc::new(Registry::new(
+        config.clone(),
+        state_dir,
+        env,
+        metrics.clone(),
+    ));
+    Ok(Arc::new(AppState::new(
+        config, gate, registry, client, metrics,
+    )))
+}

@@ -26,7 +26,7 @@ use keygate::cooldown::{Cooldowns, Ladders};
 use keygate::credentials::env::EnvSnapshot;
 use keygate::pin;
 use keygate::pool::{Candidate, Registry};
-use keygate::proxy::inject::clean_request_headers;
+use keygate::inject::clean_request_headers;
 use tokio::time::Instant;
 
 const CREDENTIALS: usize = 64;

@@ -5,7 +5,7 @@
 //! token → agent mapping, the rule that a request carries one credential, the rule that
 //! browsers are not clients (`Host` in mode `none`, `Origin` in every mode), and the per-IP
 //! failure lockouts (gateway and admin token, counted apart). It does not own removing the
-//! inbound credential from the forwarded request (see `proxy::inject`, which strips every
+//! inbound credential from the forwarded request (see `inject`, which strips every
 //! credential carrier regardless of mode).
 
 use std::borrow::Cow;

@@ -24,6 +24,7 @@
 //! `cooldown`, `metrics` ▸ `classify`, `provider`, `pin`, `secret`.
 
 pub mod admin;
+pub mod budget;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod credentials;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;
+pub mod inject;
 pub mod metrics;
 pub mod pin;
 pub mod pool;

@@ -3,7 +3,7 @@
 //! Owns: provider ids, how a credential goes on the wire ([`AuthStyle`]), where the model
 //! name lives ([`ModelFrom`]), the environment prefix, and the default headers. It does not
 //! own config parsing (see `config`, which overlays `[providers.*]` entries on this table)
-//! nor the injection itself (see `proxy::inject`).
+//! nor the injection itself (see `inject`).
 
 use http::header::{HeaderName, HeaderValue};
 
@@ -254,4 +254,15 @@ mod tests {
             }
         }
     }
+}
+
+/// Provider id syntax: lowercase letters, digits, `_` and `-`, at most 64 characters, not
+/// starting with `_`. The one predicate for provider ids, shared by the config validator and the stores, so a
+/// provider the config accepts is never skipped when read from a store.
+pub fn is_provider_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
 }

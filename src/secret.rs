@@ -3,7 +3,7 @@
 //! Owns the redaction of secret values (its `Debug`/`Display` never show the value, it has
 //! no `Serialize`), and the one sanctioned way to show a secret to an operator: its kind and
 //! at most its last four characters ([`Secret::masked`]). It does not own where secrets come
-//! from (see `credentials`) nor how they go on the wire (see `proxy::inject`).
+//! from (see `credentials`) nor how they go on the wire (see `inject`).
 
 use std::fmt;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use crate::credentials::oauth::Refresher;
 use crate::inbound::Gatekeeper;
 use crate::metrics::Metrics;
 use crate::pool::{Limits, Registry};
-use crate::proxy::budget::BodyBudget;
+use crate::budget::BodyBudget;
 use crate::upstream::UpstreamClient;
 
 /// Everything the request path shares. Built once at startup.

@@ -35,7 +35,7 @@ use crate::classify::{classify_response, ErrorBody, Reason};
 use crate::config::{Config, ProviderConfig};
 use crate::credentials::Credential;
 use crate::provider::AuthStyle;
-use crate::proxy::inject::{clean_request_headers, Injection};
+use crate::inject::{clean_request_headers, Injection};
 use crate::upstream::{client, UpstreamClient};
 
 /// One probe result.

@@ -100,12 +100,12 @@ fn an_unset_env_value_that_looks_like_a_key_is_never_echoed() {
 #[test]
 fn a_64_character_custom_provider_id_is_read_from_the_store() {
     let id = "p".repeat(64);
-    assert!(crate::credentials::store::is_provider_id(&id));
+    assert!(crate::provider::is_provider_id(&id));
     let text = format!(
         "[providers.{id}]\nbase_url = \"http://127.0.0.1:9/v1\"\nauth = {{ header = \"x-key\" }}\n"
     );
     Config::from_toml(&text, None, &|_| None).expect("valid");
-    assert!(!crate::credentials::store::is_provider_id(&"p".repeat(65)));
+    assert!(!crate::provider::is_provider_id(&"p".repeat(65)));
 }
 
 #[test]

@@ -894,5 +894,5 @@ fn shown_env_name(s: &str) -> bool {
 }
 
 fn valid_provider_id(id: &str) -> bool {
-    crate::credentials::store::is_provider_id(id)
+    crate::provider::is_provider_id(id)
 }

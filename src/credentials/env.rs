@@ -7,7 +7,7 @@
 //!
 //! It does not own: deduplication across profiles and env (the caller runs
 //! [`super::dedup`] over the combined list), explicit orders, cooldowns, or which header a
-//! secret goes in (`proxy::inject`). Nothing here mutates the process environment.
+//! secret goes in (`inject`). Nothing here mutates the process environment.
 //!
 //! Priority for a provider with prefix `P` (every step trims values and drops empty ones):
 //!

@@ -4,7 +4,7 @@
 //! for its two sources: environment keys in SPEC §5 priority ([`env`]) and the agent's
 //! OpenClaw-compatible state files ([`store`]). It does not own the choice between
 //! candidates for a request (see `pool`), cooldowns, or how a secret goes on the wire
-//! (see `proxy::inject`).
+//! (see `inject`).
 
 use std::fmt;
 use std::sync::Arc;

@@ -591,16 +591,7 @@ fn order_key(provider: &str) -> String {
     }
 }
 
-/// Provider id syntax: lowercase letters, digits, `_` and `-`, at most 64 characters, not
-/// starting with `_`. The one predicate for provider ids, shared by the config validator and the stores, so a
-/// provider the config accepts is never skipped when read from a store.
-pub fn is_provider_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('_')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
-}
+pub use crate::provider::is_provider_id;
 
 /// `id` when it has the shape of a credential id (`provider:name`, `env:VAR#N`) and may be
 /// shown in a message about a value read from a file; `None` for anything else, which is

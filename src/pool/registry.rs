@@ -23,7 +23,7 @@ use crate::credentials::env::{self, EnvSnapshot};
 use crate::credentials::store;
 use crate::credentials::{dedup, Credential, Kind, Source};
 use crate::metrics::{CredentialCounters, Metrics};
-use crate::proxy::inject::Injection;
+use crate::inject::Injection;
 
 /// Bound on cached agent pools (agent ids can come from a trusted proxy's header).
 const MAX_AGENTS: usize = 1024;

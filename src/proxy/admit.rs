@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::budget::{BodyBudget, Reservation};
+use crate::budget::{BodyBudget, Reservation};
 use super::error::{self, ProxyError};
 use super::{route, ProxyBody, PROFILE_HEADER};
 use crate::config::ProviderConfig;

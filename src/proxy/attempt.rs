@@ -17,7 +17,7 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::error::{self, sse_error_event, ProxyError};
-use super::inject::{clean_response_headers, Injection};
+use crate::inject::{clean_response_headers, Injection};
 use super::inspect::{self, Peek, StreamKind, StreamWatch};
 use super::route::upstream_uri;
 use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};

@@ -29,9 +29,7 @@ use crate::state::AppState;
 pub mod admit;
 pub mod attempt;
 pub mod body;
-pub mod budget;
 pub mod error;
-pub mod inject;
 pub mod inspect;
 pub mod redact;
 pub mod route;
@@ -176,8 +174,8 @@ async fn proxy<'s>(
         base,
         rest,
         method: parts.method,
-        headers: inject::clean_request_headers(parts.headers, provider),
-        query: inject::clean_query(parts.uri.query()),
+        headers: crate::inject::clean_request_headers(parts.headers, provider),
+        query: crate::inject::clean_query(parts.uri.query()),
         body,
         model,
         deadline: start + state.config.server.request_timeout,

@@ -50,7 +50,7 @@ impl Redactor {
     pub fn for_values(values: &[&str], marker: Bytes) -> Option<Self> {
         let mut forms: Vec<Vec<u8>> = Vec::with_capacity(values.len() * 2);
         for v in values.iter().filter(|v| v.len() >= MIN_SECRET_LEN) {
-            // As a query value is sent (`proxy::inject`), and as a form value is (everything
+            // As a query value is sent (`inject`), and as a form value is (everything
             // but letters and digits escaped).
             let query = utf8_percent_encode(v, UNRESERVED_KEPT).to_string();
             let form = utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();

@@ -14,6 +14,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use crate::config::ProviderConfig;
 use crate::credentials::{Credential, Kind};
 use crate::provider::AuthStyle;
+use crate::secret::Secret;
 
 /// The `anthropic-beta` flag an OAuth/setup token needs.
 pub const OAUTH_BETA: &str = "oauth-2025-04-20";
@@ -48,8 +49,9 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Clone, Debug)]
 pub struct Injection {
     header: Option<(HeaderName, HeaderValue)>,
-    // (name, percent-encoded value) for providers that take the key in the query.
-    query: Option<(String, String)>,
+    // (name, percent-encoded value) for providers that take the key in the query; a
+    // `Secret`, so `Debug` prints it masked.
+    query: Option<(String, Secret)>,
     oauth_beta: bool,
 }
 
@@ -114,7 +116,7 @@ impl Injection {
                 None,
                 Some((
                     name.clone(),
-                    utf8_percent_encode(secret, QUERY_VALUE).to_string(),
+                    Secret::new(utf8_percent_encode(secret, QUERY_VALUE).to_string()),
                 )),
             ),
         };
@@ -127,7 +129,7 @@ impl Injection {
 
     /// The query parameter this credential adds, if any: `(name, encoded value)`.
     pub fn query(&self) -> Option<(&str, &str)> {
-        self.query.as_ref().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.query.as_ref().map(|(n, v)| (n.as_str(), v.expose()))
     }
 
     /// Puts the credential on `headers` (already cleaned by [`clean_request_headers`]).

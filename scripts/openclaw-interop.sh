@@ -95,12 +95,13 @@ openclaw_in() {
 
 # --- fixtures --------------------------------------------------------------------------
 
-# Obviously fake secrets (never valid anywhere).
-FAKE_ANT_WORK="sk-ant-api03-FIXTURE-work-000000000000000000000000000000000000000000000000"
-FAKE_ANT_PERSONAL="sk-ant-api03-FIXTURE-personal-1111111111111111111111111111111111111111111"
-FAKE_ANT_TOKEN="sk-ant-oat01-FIXTURE-setup-token-2222222222222222222222222222222222222222222222222222222222222"
-FAKE_OPENAI="sk-proj-FIXTURE-openai-3333333333333333333333333333333333333333333333333"
-FAKE_KEYGATE_ANT="sk-ant-api03-FIXTURE-keygate-wrote-4444444444444444444444444444444444444"
+# Obviously fake secrets (never valid anywhere), short so no scanner takes them for real
+# keys. paste-token needs the sk-ant-oat01- prefix and >= 80 characters: padded with x.
+FAKE_ANT_WORK="sk-ant-api03-FAKE-work-1234"
+FAKE_ANT_PERSONAL="sk-ant-api03-FAKE-personal-5678"
+FAKE_ANT_TOKEN="sk-ant-oat01-FAKE-setup-token-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+FAKE_OPENAI="sk-proj-FAKE-openai-9012"
+FAKE_KEYGATE_ANT="sk-ant-api03-FAKE-keygate-wrote-3456"
 
 # oc VERSION STATE ARGS... [<<< stdin] — one CLI step, echoed, output kept in $STEP_LOG.
 oc() {

@@ -303,7 +303,7 @@ fn status_check_passes_and_doctor_names_the_store_and_version() {
         if fixture != JSON_ERA {
             assert!(doc.stdout.contains("2026.9.6"), "{fixture}: {doc:?}");
         }
-        doc.assert_no_secret(&["FIXTURE-work-0000", "FIXTURE-setup-token-2222"]);
+        doc.assert_no_secret(&["FAKE-work-1234", "FAKE-setup-token-xxxx"]);
     }
 }
 
@@ -419,7 +419,7 @@ fn write_case(args: &[&str], stdin: &str, changed: &[(&str, &str)]) -> tempfile:
     let s = dir.path();
     let before = (dump(&state_db(s)), dump(&agent_db(s)));
     let r = kg(s, args, stdin);
-    r.ok().assert_no_secret(&[NEW_KEY, "FIXTURE-work-0000"]);
+    r.ok().assert_no_secret(&[NEW_KEY, "FAKE-work-1234"]);
     let after = (dump(&state_db(s)), dump(&agent_db(s)));
     for (which, b, a) in [
         ("state", &before.0, &after.0),
@@ -575,7 +575,7 @@ fn paste_api_key_over_an_existing_profile_changes_only_its_key() {
 
 #[test]
 fn paste_token_and_setup_token_write_token_profiles_with_expiry() {
-    let token = format!("sk-ant-oat01-KEYGATE-TEST-{}", "7".repeat(80));
+    let token = format!("sk-ant-oat01-FAKE-KEYGATE-TEST-{}", "x".repeat(80));
     let dir = write_case(
         &[
             "models",

@@ -24,9 +24,9 @@ use keygate::classify::{Reason, RetryHint, Verdict};
 use keygate::config::Config;
 use keygate::cooldown::{Cooldowns, Ladders};
 use keygate::credentials::env::EnvSnapshot;
+use keygate::inject::clean_request_headers;
 use keygate::pin;
 use keygate::pool::{Candidate, Registry};
-use keygate::inject::clean_request_headers;
 use tokio::time::Instant;
 
 const CREDENTIALS: usize = 64;

@@ -202,6 +202,17 @@ pub(crate) fn header_pair(name: &str, value: &str) -> Option<(HeaderName, Header
     ))
 }
 
+/// Provider id syntax: lowercase letters, digits, `_` and `-`, at most 64 characters, not
+/// starting with `_`. The one predicate for provider ids, shared by the config validator and the stores, so a
+/// provider the config accepts is never skipped when read from a store.
+pub fn is_provider_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,15 +265,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Provider id syntax: lowercase letters, digits, `_` and `-`, at most 64 characters, not
-/// starting with `_`. The one predicate for provider ids, shared by the config validator and the stores, so a
-/// provider the config accepts is never skipped when read from a store.
-pub fn is_provider_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('_')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::budget::BodyBudget;
 use crate::classify::Reason;
 use crate::config::Config;
 use crate::cooldown::{Cooldowns, Ladders};
@@ -16,7 +17,6 @@ use crate::credentials::oauth::Refresher;
 use crate::inbound::Gatekeeper;
 use crate::metrics::Metrics;
 use crate::pool::{Limits, Registry};
-use crate::budget::BodyBudget;
 use crate::upstream::UpstreamClient;
 
 /// Everything the request path shares. Built once at startup.

@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::models::{config_or_exit, fail, now_ms, rfc3339, unknown_provider};
+use super::view::{now_ms, rfc3339};
+use super::{config_or_exit, fail, unknown_provider};
 use super::{Context, EXIT_USAGE};
 use crate::config::{parse_duration, Config};
 use crate::credentials::env::resolve_env_id;
@@ -634,7 +635,7 @@ fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
         let items: Vec<Value> = rows
             .iter()
             .map(|p| {
-                let (expires, at, remaining) = super::models::expiry_json(p.expires, now_ms());
+                let (expires, at, remaining) = super::view::expiry_json(p.expires, now_ms());
                 json!({
                     "id": p.id,
                     "provider": p.provider,

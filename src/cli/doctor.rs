@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::models::{now_ms, profile_health, when, Health};
+use super::view::{now_ms, profile_health, when, Health};
 use super::Context;
 use crate::config::Config;
 use crate::credentials::env::env_credentials;

@@ -7,10 +7,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{parse_duration, Config, LogFormat};
 use crate::credentials::env::EnvSnapshot;
 
 mod auth;
@@ -19,12 +20,14 @@ mod doctor;
 pub(crate) mod models;
 mod probe;
 mod serve;
+mod view;
 
 pub use auth::{
     AuthCommand, ListArgs, OrderCommand, PasteKeyArgs, PasteTokenArgs, RemoveArgs, SetupTokenArgs,
 };
 pub use doctor::DoctorArgs;
 pub use models::{ModelsCommand, StatusArgs};
+pub use probe::ProbeArgs;
 
 /// Exit code for usage errors (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -217,4 +220,34 @@ fn quiet_broken_pipe() {
         }
         default(info);
     }));
+}
+
+/// Loads the config for a command; prints the error and gives exit 64 when it is invalid,
+/// 1 when it cannot be read (SPEC §1).
+pub(super) fn config_or_exit(cx: &Context) -> Result<Config, ExitCode> {
+    cx.load_config().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(e.exit_code())
+    })
+}
+
+/// Prints an error and gives exit 1.
+pub(super) fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(1)
+}
+
+/// The "unknown provider" usage error.
+pub(super) fn unknown_provider(config: &Config, p: &str) -> ExitCode {
+    let known: Vec<&str> = config.providers.keys().map(String::as_str).collect();
+    eprintln!(
+        "error: unknown provider \"{p}\"; known providers: {}; add [providers.{p}] to the config for a custom one",
+        known.join(", ")
+    );
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// A `--…` duration flag (`30s`, `12h`, `7d`).
+pub(super) fn parse_dur(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 30s, 12h or 7d"))
 }

@@ -1,11 +1,9 @@
 //! `keygate models status` (with `--check` and `--probe`) and the `models auth` dispatch.
 //!
-//! Owns the status view of an agent's credentials: per provider, every stored profile
-//! (Claude Code's included) and environment key with its kind, source, masked secret,
-//! expiry, health and position in the order the proxy would try them, plus the rows an
-//! explicit order excludes. `--check` turns health into exit codes (SPEC §1). It does not
-//! own the probe requests (`probe`), the writing commands (`auth`), nor the proxy's live
-//! cooldowns (in memory of a running `serve`; see `/_keygate/status`).
+//! Owns printing the status view (`view`) as a table or as JSON, and `--check`'s exit codes
+//! (SPEC §1). It does not build the view (`view`), nor own the probe requests (`probe`), the
+//! writing commands (`auth`), nor the proxy's live cooldowns (in memory of a running
+//! `serve`; see `/_keygate/status`).
 //!
 //! JSON (`--json`) field names are camelCase: `agent`, `stateDir`, `warnings`,
 //! `providers[]` {`provider`, `configured`, `order`, `orderSource`, `missing`,
@@ -16,36 +14,16 @@
 //! `probe`).
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::{auth, probe, Context, EXIT_USAGE};
-use crate::config::{parse_duration, Config};
-use crate::credentials::env::{env_credentials, resolve_env_id};
-use crate::credentials::store::{self, Expires, Profile, ProfileProblem, ProfileSet};
-use crate::credentials::{Credential, Kind, Source};
-
-/// Detail of an `excluded_by_auth_order` row (SPEC §1).
-pub(super) const EXCLUDED_DETAIL: &str = "Excluded by auth.order for this provider.";
-
-/// Reason code of a stored profile that openclaw.json `auth.profiles` leaves out when it
-/// lists other profiles of the provider (OpenClaw's candidate rule, SPEC §6b).
-pub(super) const EXCLUDED_BY_PROFILES: &str = "excluded_by_auth_profiles";
-pub(super) const EXCLUDED_BY_PROFILES_DETAIL: &str =
-    "Not listed in openclaw.json auth.profiles, which lists other profiles of this provider.";
-
-/// Reason codes of rows that configuration keeps out of the order: not problems of the
-/// credential itself, so `--check` does not judge them and probes make no call.
-pub(super) fn excluded_by_config(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some(
-            "excluded_by_auth_order" | EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"
-        )
-    )
-}
+use super::probe::{self, ProbeArgs};
+use super::view::{build_view, check_result, now_ms, rfc3339, when, Row, StatusView};
+use super::{auth, config_or_exit, fail, parse_dur, unknown_provider, Context};
+use crate::config::Config;
+use crate::credentials::store::{self, Expires};
 
 /// `keygate models ...`.
 #[derive(Debug, Subcommand)]
@@ -78,78 +56,9 @@ pub struct StatusArgs {
     /// Send one minimal real request per credential and report how the provider answers.
     #[arg(long)]
     pub probe: bool,
-    /// Probe only this provider.
-    #[arg(long, value_name = "P")]
-    pub probe_provider: Option<String>,
-    /// Probe only these credential ids (repeat or comma-separate).
-    #[arg(long, value_name = "ID", value_delimiter = ',')]
-    pub probe_profile: Vec<String>,
-    /// Time limit per probe request.
-    #[arg(long, value_name = "DUR", default_value = "8s", value_parser = parse_dur)]
-    pub probe_timeout: Duration,
-    /// Probes in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub probe_concurrency: u32,
-}
-
-/// Health of one credential for `--check`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Health {
-    /// An api key, or a token without `expires`.
-    Static,
-    /// Not expiring within the window, or oauth with a refresh token.
-    Ok,
-    /// Expires within the warn window.
-    Expiring,
-    /// Past `expires` and not refreshable.
-    Expired,
-    /// `expires` is not a finite number > 0.
-    InvalidExpires,
-    /// No usable secret (missing, unresolved reference, OAuth + SecretRef).
-    Missing,
-}
-
-/// One credential row of the status view.
-#[derive(Clone, Debug)]
-pub(super) struct Row {
-    pub(super) provider: String,
-    pub(super) id: String,
-    pub(super) kind: Kind,
-    pub(super) source: Source,
-    /// `…WXYZ`, when a secret is available.
-    pub(super) masked: Option<String>,
-    pub(super) expires: Expires,
-    pub(super) health: Health,
-    /// 1-based position in the order the proxy tries credentials; `None` when not used.
-    pub(super) position: Option<usize>,
-    /// Why the row is not used or not usable (`excluded_by_auth_order`, `unresolved_ref`, …).
-    pub(super) reason_code: Option<&'static str>,
-    pub(super) detail: Option<String>,
-    /// `claude-code` for the synced Claude Code profile.
-    pub(super) managed_by: Option<&'static str>,
-    /// The usable credential (for probes).
-    pub(super) cred: Option<Credential>,
-}
-
-/// The status of one provider.
-#[derive(Clone, Debug)]
-pub(super) struct ProviderStatus {
-    pub(super) provider: String,
-    pub(super) configured: bool,
-    pub(super) known: bool,
-    pub(super) order: Option<Vec<String>>,
-    pub(super) order_source: Option<&'static str>,
-    pub(super) rows: Vec<Row>,
-}
-
-/// The whole status view of an agent.
-#[derive(Clone, Debug)]
-pub(super) struct StatusView {
-    pub(super) providers: Vec<ProviderStatus>,
-    pub(super) warnings: Vec<String>,
-    /// Hard errors (SPEC §6: an oauth profile carrying a SecretRef), naming profile and
-    /// field: `status` prints them and exits 1.
-    pub(super) errors: Vec<String>,
+    /// Which credentials to probe, and how.
+    #[command(flatten)]
+    pub probing: ProbeArgs,
 }
 
 /// Runs `models ...`.
@@ -160,38 +69,15 @@ pub(super) fn run(cx: &Context, cmd: ModelsCommand) -> ExitCode {
     }
 }
 
-fn parse_dur(s: &str) -> Result<Duration, String> {
-    parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 30s, 12h or 7d"))
-}
-
-/// Milliseconds since the epoch now.
-pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Loads the config for a command; prints the error and gives exit 64 when it is invalid,
-/// 1 when it cannot be read (SPEC §1).
-pub(super) fn config_or_exit(cx: &Context) -> Result<Config, ExitCode> {
-    cx.load_config().map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(e.exit_code())
-    })
-}
-
-/// Prints an error and gives exit 1.
-pub(super) fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(1)
-}
-
 fn status(cx: &Context, args: StatusArgs) -> ExitCode {
     let config = match config_or_exit(cx) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    for p in [&args.provider, &args.probe_provider].into_iter().flatten() {
+    for p in [&args.provider, &args.probing.probe_provider]
+        .into_iter()
+        .flatten()
+    {
         if config.provider(p).is_none() {
             return unknown_provider(&config, p);
         }
@@ -209,7 +95,7 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
     let (result, check_code) = check_result(&view);
 
     let probes = if args.probe {
-        match probe::run(&config, &view, &args) {
+        match probe::run(&config, &view, &args.probing) {
             Ok(p) => Some(p),
             Err(msg) => return fail(msg),
         }
@@ -245,446 +131,6 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
         ExitCode::from(check_code)
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-/// The "unknown provider" usage error.
-pub(super) fn unknown_provider(config: &Config, p: &str) -> ExitCode {
-    let known: Vec<&str> = config.providers.keys().map(String::as_str).collect();
-    eprintln!(
-        "error: unknown provider \"{p}\"; known providers: {}; add [providers.{p}] to the config for a custom one",
-        known.join(", ")
-    );
-    ExitCode::from(EXIT_USAGE)
-}
-
-/// `--check`: (`ok` | `expiring` | `expired` | `missing`, exit code 0/2/1).
-pub(super) fn check_result(view: &StatusView) -> (&'static str, u8) {
-    let mut worst = "ok";
-    let mut code = 0;
-    for p in &view.providers {
-        if p.configured && !p.rows.iter().any(|r| r.cred.is_some()) {
-            return ("missing", 1);
-        }
-        for r in p.rows.iter().filter(|r| !excluded_by_config(r.reason_code)) {
-            match r.health {
-                Health::Missing => return ("missing", 1),
-                Health::Expired | Health::InvalidExpires => {
-                    worst = "expired";
-                    code = 1;
-                }
-                Health::Expiring if code == 0 => {
-                    worst = "expiring";
-                    code = 2;
-                }
-                _ => {}
-            }
-        }
-    }
-    (worst, code)
-}
-
-/// Builds the status view: every provider with a credential or a `[providers.*]` entry (or
-/// just `only`).
-///
-/// Errors: `auth-profiles.json` or `auth-state.json` cannot be read or parsed (the message
-/// names file, line and column).
-pub(super) fn build_view(
-    cx: &Context,
-    config: &Config,
-    only: Option<&str>,
-    now_ms: i64,
-    warn: Duration,
-) -> Result<StatusView, String> {
-    let set: ProfileSet =
-        store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
-            .map_err(|e| e.to_string())?;
-    let state = store::load_agent_state(&cx.state_dir, &cx.agent).map_err(|e| e.to_string())?;
-    let oc = store::openclaw_json::load(&store::openclaw_json::config_path(&cx.state_dir, &cx.env));
-    let mut warnings = set.warnings.clone();
-    warnings.extend(state.warnings.iter().cloned());
-    warnings.extend(oc.warnings.iter().cloned());
-    let warn_ms = i64::try_from(warn.as_millis()).unwrap_or(i64::MAX);
-
-    let mut names: Vec<String> = Vec::new();
-    for (id, p) in &config.providers {
-        let has_profiles = set.profiles.iter().any(|x| &x.provider == id);
-        let has_env = !env_credentials(id, &p.env_prefix, &cx.env).is_empty();
-        if p.configured || has_profiles || has_env || only == Some(id.as_str()) {
-            names.push(id.clone());
-        }
-    }
-    for p in &set.profiles {
-        if config.provider(&p.provider).is_none() && !names.contains(&p.provider) {
-            warnings.push(format!(
-                "auth profile \"{}\" is for provider \"{}\", which the config does not define; it is never used",
-                p.id, p.provider
-            ));
-            names.push(p.provider.clone());
-        }
-    }
-    if let Some(o) = only {
-        names.retain(|n| n == o);
-    }
-
-    let mut providers = Vec::with_capacity(names.len());
-    for name in names {
-        let pc = config.provider(&name);
-        let mut rows: Vec<Row> = set
-            .profiles
-            .iter()
-            .filter(|p| p.provider == name)
-            .map(|p| {
-                let mut r = profile_row(p, &set, now_ms, warn_ms);
-                // openclaw.json auth.profiles says another mode or provider: never used.
-                if let Err(why) = oc.eligibility(&p.id, &name, p.kind) {
-                    r.reason_code = Some(why.code());
-                    r.detail = Some(why.detail(p.kind));
-                    r.cred = None;
-                }
-                r
-            })
-            .collect();
-        // Stored profiles by kind (oauth, token, api_key), as the pool ranks them.
-        rows.sort_by_key(|r| kind_rank(r.kind));
-        if let Some(pc) = pc {
-            rows.extend(
-                env_credentials(&name, &pc.env_prefix, &cx.env)
-                    .into_iter()
-                    .map(env_row),
-            );
-        }
-        // The same precedence as `pool::explicit_order`.
-        let (order, order_source) = if let Some(o) = state.order.get(&name) {
-            (Some(o.clone()), Some("auth-state"))
-        } else if let Some(o) = oc.order_for(&name) {
-            (Some(o.to_vec()), Some("openclaw.json"))
-        } else if let Some(o) = pc.and_then(|p| p.order.as_ref()) {
-            (Some(o.clone()), Some("config"))
-        } else {
-            (None, None)
-        };
-        if let Some(order) = &order {
-            apply_explicit_order(&name, pc, order, &mut rows, cx, &mut warnings);
-        } else {
-            if oc.restricts(&name) {
-                // OpenClaw's rule: only the profiles auth.profiles lists are candidates.
-                // As the pool: every stored profile not listed (expired ones too), while a
-                // mismatch keeps its own reason.
-                for r in rows.iter_mut().filter(|r| {
-                    r.source == Source::Profile
-                        && !matches!(r.reason_code, Some("mode_mismatch" | "provider_mismatch"))
-                        && !oc.lists(&r.id, &name)
-                }) {
-                    r.reason_code = Some(EXCLUDED_BY_PROFILES);
-                    r.detail = Some(EXCLUDED_BY_PROFILES_DETAIL.to_owned());
-                    r.cred = None;
-                }
-            }
-            assign_positions(&mut rows);
-        }
-        // Shown as the ids it lists; an entry that is neither a credential here nor shaped
-        // like an id is not echoed (a file can hold anything there).
-        let order = order.map(|o| {
-            o.into_iter()
-                .map(|id| {
-                    if rows.iter().any(|r| r.id == id) || store::shown_id(&id).is_some() {
-                        id
-                    } else {
-                        "(not shown)".to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
-        providers.push(ProviderStatus {
-            configured: pc.is_some_and(|p| p.configured),
-            known: pc.is_some(),
-            provider: name,
-            order,
-            order_source,
-            rows,
-        });
-    }
-    let errors = set
-        .profiles
-        .iter()
-        .filter(|p| only.is_none_or(|o| o == p.provider))
-        .filter_map(|p| match &p.secret {
-            Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
-                Some(format!("auth profile \"{}\": {e}", p.id))
-            }
-            _ => None,
-        })
-        .collect();
-    Ok(StatusView {
-        providers,
-        warnings,
-        errors,
-    })
-}
-
-fn kind_rank(k: Kind) -> u8 {
-    match k {
-        Kind::OAuth => 0,
-        Kind::Token => 1,
-        Kind::ApiKey => 2,
-    }
-}
-
-/// Positions without an explicit order: usable rows in base order, duplicates (same
-/// secret as an earlier row) skipped.
-fn assign_positions(rows: &mut [Row]) {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    let mut next = 1;
-    for r in rows.iter_mut() {
-        let Some(c) = &r.cred else { continue };
-        let v = c.secret.expose().trim().to_owned();
-        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == v) {
-            r.detail = Some(format!("Same secret as {first}; only the first is used."));
-            r.reason_code = Some("duplicate");
-            continue;
-        }
-        seen.push((v, r.id.clone()));
-        r.position = Some(next);
-        next += 1;
-    }
-}
-
-/// Positions with an explicit order: only listed credentials, in that order; every other
-/// row is `excluded_by_auth_order`.
-fn apply_explicit_order(
-    provider: &str,
-    pc: Option<&crate::config::ProviderConfig>,
-    order: &[String],
-    rows: &mut Vec<Row>,
-    cx: &Context,
-    warnings: &mut Vec<String>,
-) {
-    let mut next = 1;
-    let mut seen: Vec<String> = Vec::new();
-    for oid in order {
-        if let Some(r) = rows.iter_mut().find(|r| &r.id == oid) {
-            if let Some(c) = &r.cred {
-                let v = c.secret.expose().trim().to_owned();
-                if seen.contains(&v) {
-                    r.reason_code = Some("duplicate");
-                    r.detail = Some("Same secret as an earlier credential of the order.".into());
-                } else {
-                    seen.push(v);
-                    r.position = Some(next);
-                    next += 1;
-                }
-            }
-            continue;
-        }
-        // An env id the default scan does not list (e.g. hidden by OPENCLAW_LIVE_*_KEY).
-        if let Some(c) = pc.and_then(|pc| resolve_env_id(oid, provider, &pc.env_prefix, &cx.env)) {
-            let mut r = env_row(c);
-            r.position = Some(next);
-            next += 1;
-            rows.push(r);
-            continue;
-        }
-        warnings.push(match store::shown_id(oid) {
-            Some(oid) => format!(
-                "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
-            ),
-            None => format!(
-                "order for {provider} lists an entry that is not a credential id (not shown); it is skipped"
-            ),
-        });
-    }
-    for r in rows.iter_mut() {
-        // An ineligible profile keeps its more telling reason.
-        if !order.contains(&r.id)
-            && !matches!(r.reason_code, Some("mode_mismatch" | "provider_mismatch"))
-        {
-            r.position = None;
-            r.reason_code = Some("excluded_by_auth_order");
-            r.detail = Some(EXCLUDED_DETAIL.to_owned());
-        }
-    }
-    rows.sort_by_key(|r| r.position.unwrap_or(usize::MAX));
-}
-
-fn profile_row(p: &Profile, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row {
-    let managed_by = set
-        .managed_ids
-        .iter()
-        .any(|m| m == &p.id)
-        .then_some("claude-code");
-    let (health, reason_code, detail) = profile_health(p, now_ms, warn_ms);
-    Row {
-        provider: p.provider.clone(),
-        id: p.id.clone(),
-        kind: p.kind,
-        source: Source::Profile,
-        masked: p.secret.as_ref().ok().map(|s| s.masked()),
-        expires: p.expires,
-        health,
-        position: None,
-        reason_code,
-        detail,
-        managed_by,
-        cred: p.credential(),
-    }
-}
-
-/// Health of a stored profile (SPEC §1 `--check`), with the reason code a probe would give
-/// it when no call can be made.
-pub(super) fn profile_health(
-    p: &Profile,
-    now_ms: i64,
-    warn_ms: i64,
-) -> (Health, Option<&'static str>, Option<String>) {
-    match &p.secret {
-        Err(ProfileProblem::UnresolvedRef(why)) => {
-            return (Health::Missing, Some("unresolved_ref"), Some(why.clone()))
-        }
-        Err(e @ ProfileProblem::OAuthSecretRef { .. }) => {
-            return (Health::Missing, Some("unresolved_ref"), Some(e.to_string()))
-        }
-        Err(e @ ProfileProblem::MissingSecret) => {
-            return (
-                Health::Missing,
-                Some("missing_credential"),
-                Some(e.to_string()),
-            )
-        }
-        Ok(_) => {}
-    }
-    if p.kind == Kind::ApiKey {
-        return (Health::Static, None, None);
-    }
-    match p.expires {
-        Expires::None => (Health::Static, None, None),
-        Expires::Invalid => (
-            Health::InvalidExpires,
-            Some("invalid_expires"),
-            Some("\"expires\" is not a positive epoch-millisecond number".into()),
-        ),
-        Expires::At(_) if p.kind == Kind::OAuth && p.refresh.is_some() => (Health::Ok, None, None),
-        Expires::At(ms) if ms <= now_ms => (
-            Health::Expired,
-            Some("expired"),
-            Some(format!("expired {}", when(ms, now_ms))),
-        ),
-        Expires::At(ms) if ms - now_ms <= warn_ms => (Health::Expiring, None, None),
-        Expires::At(_) => (Health::Ok, None, None),
-    }
-}
-
-fn env_row(c: Credential) -> Row {
-    Row {
-        provider: c.provider.to_string(),
-        id: c.id.to_string(),
-        kind: c.kind,
-        source: Source::Env,
-        masked: Some(c.secret.masked()),
-        expires: Expires::None,
-        health: Health::Static,
-        position: None,
-        reason_code: None,
-        detail: None,
-        managed_by: None,
-        cred: Some(c),
-    }
-}
-
-/// The JSON expiry fields (SPEC §6b): epoch ms as a number (`expires`, and `expiresAt` as
-/// OpenClaw names it), the RFC 3339 form (`expiresAtIso`) and `remainingMs` (negative once
-/// expired). An invalid `expires` is null in all three (its health says `invalid_expires`).
-pub(super) fn expiry_json(e: Expires, now_ms: i64) -> (Value, Value, Value) {
-    match e {
-        Expires::At(ms) => (
-            json!(ms),
-            json!(rfc3339_millis(ms)),
-            json!(ms.saturating_sub(now_ms)),
-        ),
-        Expires::Invalid | Expires::None => (Value::Null, Value::Null, Value::Null),
-    }
-}
-
-/// The two largest units of a duration: `364d 23h`, `3h 47m`, `12m 5s`, `40s`.
-pub(super) fn short_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    let parts = [(days, "d"), (hours, "h"), (mins, "m"), (secs, "s")];
-    let Some(first) = parts.iter().position(|(n, _)| *n > 0) else {
-        return "0s".to_owned();
-    };
-    let mut out = format!("{}{}", parts[first].0, parts[first].1);
-    if let Some((n, unit)) = parts.get(first + 1).filter(|(n, _)| *n > 0) {
-        out.push_str(&format!(" {n}{unit}"));
-    }
-    out
-}
-
-/// "in 364d 23h" / "2h 5m ago": the two largest units.
-pub(super) fn when(ms: i64, now_ms: i64) -> String {
-    let d = Duration::from_millis((ms - now_ms).unsigned_abs());
-    let text = if d < Duration::from_secs(1) {
-        "<1s".to_owned()
-    } else {
-        short_duration(d)
-    };
-    if ms >= now_ms {
-        format!("in {text}")
-    } else {
-        format!("{text} ago")
-    }
-}
-
-/// 9999-12-31T23:59:59.999Z: humantime's formatter fails past it (and `to_string` then
-/// panics), while a store may hold any positive number in `expires`.
-const MAX_FORMATTED_MS: i64 = 253_402_300_799_999;
-
-fn clamped_time(ms: i64) -> std::time::SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms.clamp(0, MAX_FORMATTED_MS)).unwrap_or(0))
-}
-
-/// RFC 3339 of epoch ms (seconds precision), clamped to years 1970–9999.
-pub(super) fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_seconds(clamped_time(ms)).to_string()
-}
-
-/// RFC 3339 of epoch ms with milliseconds, as OpenClaw writes them (`…11.930Z`).
-fn rfc3339_millis(ms: i64) -> String {
-    humantime::format_rfc3339_millis(clamped_time(ms)).to_string()
-}
-
-impl Health {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Health::Static => "static",
-            Health::Ok => "ok",
-            Health::Expiring => "expiring",
-            Health::Expired => "expired",
-            Health::InvalidExpires => "invalid_expires",
-            Health::Missing => "missing",
-        }
-    }
-}
-
-impl Row {
-    fn to_json(&self) -> Value {
-        let (expires, expires_iso, remaining) = expiry_json(self.expires, now_ms());
-        json!({
-            "id": self.id,
-            "provider": self.provider,
-            "kind": self.kind.as_str(),
-            "source": self.source.as_str(),
-            "secret": self.masked,
-            "expires": expires,
-            "expiresAt": expires,
-            "expiresAtIso": expires_iso,
-            "remainingMs": remaining,
-            "health": self.health.as_str(),
-            "position": self.position,
-            "reasonCode": self.reason_code,
-            "detail": self.detail,
-            "managedBy": self.managed_by,
-        })
     }
 }
 
@@ -794,43 +240,4 @@ pub(crate) fn status_document(
     let mut doc = view_json(&cx, &view);
     doc["check"] = json!({ "result": result, "exitCode": code });
     Ok(doc)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_in_their_two_largest_units() {
-        let s = |secs| short_duration(Duration::from_secs(secs));
-        assert_eq!(s(364 * 86_400 + 23 * 3600 + 47 * 60 + 24), "364d 23h");
-        assert_eq!(s(3 * 3600 + 47 * 60 + 5), "3h 47m");
-        assert_eq!(s(12 * 60 + 5), "12m 5s");
-        assert_eq!(s(40), "40s");
-        assert_eq!(s(2 * 86_400 + 59), "2d");
-        assert_eq!(s(0), "0s");
-        let now = 1_800_000_000_000;
-        assert_eq!(when(now + 90_061_000, now), "in 1d 1h");
-        assert_eq!(when(now - 125_000, now), "2m 5s ago");
-        assert_eq!(when(now + 300, now), "in <1s");
-    }
-
-    #[test]
-    fn expiry_fields_are_numbers_with_the_iso_form_apart() {
-        let now = 1_800_000_000_000;
-        let (ms, iso, rem) = expiry_json(Expires::At(now - 5_000), now);
-        assert_eq!(ms, json!(now - 5_000));
-        assert_eq!(iso, json!("2027-01-15T07:59:55.000Z"));
-        // Past year 9999 the number is kept and the text clamped (no panic).
-        let far = 9_000_000_000_000_000;
-        let (ms, iso, _) = expiry_json(Expires::At(far), now);
-        assert_eq!(ms, json!(far));
-        assert_eq!(iso, json!("9999-12-31T23:59:59.999Z"));
-        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
-        assert_eq!(rem, json!(-5_000));
-        assert_eq!(
-            expiry_json(Expires::Invalid, now),
-            (Value::Null, Value::Null, Value::Null)
-        );
-    }
 }

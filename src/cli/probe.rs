@@ -20,7 +20,7 @@
 //! error bodies sometimes quote part of the key.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -30,12 +30,13 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::models::{Health, StatusArgs, StatusView, EXCLUDED_DETAIL};
+use super::parse_dur;
+use super::view::{Health, StatusView, EXCLUDED_DETAIL};
 use crate::classify::{classify_response, ErrorBody, Reason};
 use crate::config::{Config, ProviderConfig};
 use crate::credentials::Credential;
-use crate::provider::AuthStyle;
 use crate::inject::{clean_request_headers, Injection};
+use crate::provider::AuthStyle;
 use crate::upstream::{client, UpstreamClient};
 
 /// One probe result.
@@ -57,13 +58,30 @@ enum Plan {
     Call(ProbeRow, Credential, Arc<ProviderConfig>),
 }
 
+/// `models status --probe` flags: which credentials to probe, and how.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// Probe only this provider.
+    #[arg(long, value_name = "P")]
+    pub probe_provider: Option<String>,
+    /// Probe only these credential ids (repeat or comma-separate).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub probe_profile: Vec<String>,
+    /// Time limit per probe request.
+    #[arg(long, value_name = "DUR", default_value = "8s", value_parser = parse_dur)]
+    pub probe_timeout: Duration,
+    /// Probes in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub probe_concurrency: u32,
+}
+
 /// Probes every credential of the view (filtered by `--probe-provider` / `--probe-profile`).
 ///
 /// Errors: the runtime cannot start.
 pub(super) fn run(
     config: &Config,
     view: &StatusView,
-    args: &StatusArgs,
+    args: &ProbeArgs,
 ) -> Result<Vec<ProbeRow>, String> {
     let mut plans = Vec::new();
     for p in &view.providers {
@@ -121,8 +139,7 @@ pub(super) fn run(
                     Some(EXCLUDED_DETAIL.into()),
                 )
             } else if let Some(
-                code
-                @ (super::models::EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"),
+                code @ (super::view::EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"),
             ) = r.reason_code
             {
                 no_call(row, "unknown", code, r.detail.clone())

@@ -22,8 +22,8 @@ use crate::config::{Config, ProviderConfig, Strategy};
 use crate::credentials::env::{self, EnvSnapshot};
 use crate::credentials::store;
 use crate::credentials::{dedup, Credential, Kind, Source};
-use crate::metrics::{CredentialCounters, Metrics};
 use crate::inject::Injection;
+use crate::metrics::{CredentialCounters, Metrics};
 
 /// Bound on cached agent pools (agent ids can come from a trusted proxy's header).
 const MAX_AGENTS: usize = 1024;

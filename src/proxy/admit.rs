@@ -17,9 +17,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::budget::{BodyBudget, Reservation};
 use super::error::{self, ProxyError};
 use super::{route, ProxyBody, PROFILE_HEADER};
+use crate::budget::{BodyBudget, Reservation};
 use crate::config::ProviderConfig;
 use crate::inbound::Outcome;
 use crate::pin;

@@ -17,7 +17,6 @@ use http_body_util::Full;
 use tokio::time::Instant;
 
 use super::error::{self, sse_error_event, ProxyError};
-use crate::inject::{clean_response_headers, Injection};
 use super::inspect::{self, Peek, StreamKind, StreamWatch};
 use super::route::upstream_uri;
 use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
@@ -25,6 +24,7 @@ use crate::classify::{self, Reason, SseScanner, Verdict};
 use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
+use crate::inject::{clean_response_headers, Injection};
 use crate::pool::{Candidate, Pick, Selector};
 use crate::state::AppState;
 

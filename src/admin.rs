@@ -10,7 +10,8 @@
 //!   401 without it, 404 when no admin token is configured.
 //!
 //! With `[admin] listen` set, `/_keygate/status` and `/metrics` are served only on that
-//! listener; the health paths are answered on both. This module only reads shared state.
+//! listener; the health paths are answered on both. This module only reads shared state:
+//! the status document is built from the pool being served, never from the files on disk.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -24,6 +25,7 @@ use crate::cooldown::Scope;
 use crate::inbound::Outcome;
 use crate::proxy::{ProxyBody, ProxyError};
 use crate::state::AppState;
+use crate::status;
 
 /// Answers a reserved path, or returns `None` for anything that should be proxied.
 /// `private` says whether the admin-only endpoints are served on this listener; `peer`
@@ -135,34 +137,34 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
     if !crate::config::valid_agent_id(&agent) {
         return ProxyError::BadRequest("invalid agent id".into()).into_response(None);
     }
-    // The same document as `models status --json` (it reads the state files: off the
-    // async threads), plus the in-memory cooldowns.
+    // The same document as `models status --json`, built from the pool being served (its
+    // inputs as last loaded), plus the in-memory cooldowns. Loading an agent seen for the
+    // first time reads its files: off the async threads.
     let st = state.clone();
-    let doc = tokio::task::spawn_blocking(move || {
-        let env = st
-            .registry
-            .env()
-            .clone()
-            .with_dotenv_file(&st.registry.state_dir().join(".env"))
-            .unwrap_or_else(|_| st.registry.env().clone());
-        crate::cli::models::status_document(st.registry.state_dir(), &agent, &env, &st.config)
-    })
-    .await;
-    let mut doc = match doc {
-        Ok(Ok(d)) => d,
-        Ok(Err(msg)) => {
-            return json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({ "error": { "message": msg } }),
-            )
-        }
-        Err(_) => {
-            return json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({ "error": { "message": "status task failed" } }),
-            )
-        }
+    let agent_id = agent.clone();
+    let Ok(pool) = tokio::task::spawn_blocking(move || st.registry.agent(&agent_id)).await else {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": { "message": "status task failed" } }),
+        );
     };
+    let view = status::build_view(
+        &pool.inputs,
+        &state.config,
+        None,
+        status::now_ms(),
+        std::time::Duration::from_secs(24 * 3600),
+    );
+    let (result, code) = status::check_result(&view);
+    let mut doc = status::document(&view, &agent, state.registry.state_dir());
+    doc["check"] = json!({ "result": result, "exitCode": code });
+    // The files on disk broke after this pool loaded: it is still what serves.
+    doc["stale"] = json!(!pool.stale.is_empty());
+    if let Some(w) = doc.get_mut("warnings").and_then(Value::as_array_mut) {
+        for problem in pool.stale.iter().chain(&pool.inputs.problems) {
+            w.insert(0, json!(problem));
+        }
+    }
     let now = tokio::time::Instant::now();
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

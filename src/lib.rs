@@ -43,6 +43,7 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;

@@ -93,6 +93,72 @@ async fn order_change_on_disk_takes_effect_without_restart() {
     panic!("the fixed profiles file was not picked up");
 }
 
+/// `/_keygate/status` as the admin sees it.
+async fn admin_status(kg: &Keygate) -> serde_json::Value {
+    let s = support::keygate::send(
+        http::Method::GET,
+        &kg.url("/_keygate/status"),
+        &[("authorization", "Bearer admin-reload-token")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(s.status, http::StatusCode::OK, "{}", s.text());
+    s.json()
+}
+
+fn anthropic_ids(status: &serde_json::Value) -> Vec<String> {
+    status["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .filter(|p| p["provider"] == "anthropic")
+        .flat_map(|p| p["credentials"].as_array().cloned().unwrap_or_default())
+        .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn status_shows_the_pool_being_served_when_the_files_on_disk_break() {
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&mock.url(), &["anthropic"]))
+            .env("KEYGATE_TOKEN", GW)
+            .env("KEYGATE_ADMIN_TOKEN", "admin-reload-token")
+            .profiles(PROFILES),
+    )
+    .await;
+    assert_eq!(credential_used(&kg).await, "anthropic:a");
+    let before = admin_status(&kg).await;
+    assert_eq!(before["stale"], false);
+    assert_eq!(anthropic_ids(&before), ["anthropic:a", "anthropic:b"]);
+
+    let dir = kg.state_path().join("agents/main/agent");
+    write(
+        &dir.join("auth-profiles.json"),
+        "{ \"version\": 1, \"profiles\": { oops",
+    );
+    // The proxy keeps serving its last good pool, and its status says so: 200 with the
+    // served credentials, `stale`, and why the file on disk is not in use.
+    let mut after = before.clone();
+    for _ in 0..40 {
+        after = admin_status(&kg).await;
+        if after["stale"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(after["stale"], true, "{after:#}");
+    assert_eq!(anthropic_ids(&after), ["anthropic:a", "anthropic:b"]);
+    let warnings = after["warnings"].to_string();
+    assert!(warnings.contains("auth-profiles.json"), "{warnings}");
+    let served = credential_used(&kg).await;
+    assert!(served.starts_with("anthropic:"), "still serving: {served}");
+    // No secret of the served pool appears in the document.
+    let text = after.to_string();
+    assert!(!text.contains("sk-test-reload-a-0001") && !text.contains(GW));
+}
+
 #[tokio::test]
 async fn dotenv_changes_are_picked_up() {
     let mock = MockProvider::start().await;

@@ -15,7 +15,6 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-use super::view::{now_ms, rfc3339};
 use super::{config_or_exit, fail, unknown_provider};
 use super::{Context, EXIT_USAGE};
 use crate::config::{parse_duration, Config};
@@ -25,6 +24,7 @@ use crate::credentials::store::{
 };
 use crate::credentials::Kind;
 use crate::secret::Secret;
+use crate::status::{now_ms, rfc3339};
 
 /// Prefix of an Anthropic setup-token (`claude setup-token`).
 const SETUP_TOKEN_PREFIX: &str = "sk-ant-oat01-";
@@ -635,7 +635,7 @@ fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
         let items: Vec<Value> = rows
             .iter()
             .map(|p| {
-                let (expires, at, remaining) = super::view::expiry_json(p.expires, now_ms());
+                let (expires, at, remaining) = crate::status::expiry_json(p.expires, now_ms());
                 json!({
                     "id": p.id,
                     "provider": p.provider,

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::view::{now_ms, profile_health, when, Health};
 use super::Context;
 use crate::config::Config;
 use crate::credentials::env::env_credentials;
@@ -31,6 +30,7 @@ use crate::credentials::store::{
     self, write, AgentStore, Backend, Expires, SharedAt, AUTH_STATE_FILE, PROFILES_FILE,
 };
 use crate::credentials::Kind;
+use crate::status::{now_ms, profile_health, when, Health};
 
 /// Warn window for expiring tokens.
 const WARN: Duration = Duration::from_secs(24 * 3600);

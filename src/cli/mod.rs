@@ -20,7 +20,6 @@ mod doctor;
 pub(crate) mod models;
 mod probe;
 mod serve;
-mod view;
 
 pub use auth::{
     AuthCommand, ListArgs, OrderCommand, PasteKeyArgs, PasteTokenArgs, RemoveArgs, SetupTokenArgs,

@@ -20,10 +20,9 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::probe::{self, ProbeArgs};
-use super::view::{build_view, check_result, now_ms, rfc3339, when, Row, StatusView};
 use super::{auth, config_or_exit, fail, parse_dur, unknown_provider, Context};
-use crate::config::Config;
 use crate::credentials::store::{self, Expires};
+use crate::status::{self, build_view, check_result, now_ms, rfc3339, when, Inputs, StatusView};
 
 /// `keygate models ...`.
 #[derive(Debug, Subcommand)]
@@ -82,16 +81,19 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
             return unknown_provider(&config, p);
         }
     }
-    let view = match build_view(
-        cx,
+    // A store file that does not parse is an error here (file, line and column): the view
+    // would otherwise show a pool without the profiles the operator asked about.
+    let inputs = Inputs::load(&cx.state_dir, &cx.agent, cx.env.clone(), &config);
+    if let Some(problem) = inputs.problems.first() {
+        return fail(problem);
+    }
+    let view = build_view(
+        &inputs,
         &config,
         args.provider.as_deref(),
         now_ms(),
         args.warn_within,
-    ) {
-        Ok(v) => v,
-        Err(msg) => return fail(msg),
-    };
+    );
     let (result, check_code) = check_result(&view);
 
     let probes = if args.probe {
@@ -104,7 +106,7 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
     };
 
     if args.json {
-        let mut doc = view_json(cx, &view);
+        let mut doc = status::document(&view, &cx.agent, &cx.state_dir);
         doc["check"] = json!({ "result": result, "exitCode": check_code });
         if let Some(p) = &probes {
             doc["probes"] = Value::Array(p.iter().map(probe::ProbeRow::to_json).collect());
@@ -132,30 +134,6 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-fn view_json(cx: &Context, view: &StatusView) -> Value {
-    let providers: Vec<Value> = view
-        .providers
-        .iter()
-        .map(|p| {
-            json!({
-                "provider": p.provider,
-                "configured": p.configured,
-                "known": p.known,
-                "order": p.order,
-                "orderSource": p.order_source,
-                "missing": !p.rows.iter().any(|r| r.cred.is_some()),
-                "credentials": p.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    json!({
-        "agent": cx.agent,
-        "stateDir": cx.state_dir.display().to_string(),
-        "providers": providers,
-        "warnings": view.warnings,
-    })
 }
 
 fn print_view(cx: &Context, view: &StatusView) {
@@ -218,26 +196,4 @@ fn print_view(cx: &Context, view: &StatusView) {
     for w in &view.warnings {
         eprintln!("warning: {w}");
     }
-}
-
-/// The `models status --json` document for an agent, as a running proxy serves it on
-/// `/_keygate/status` (the proxy adds its in-memory cooldowns). Reads the state files.
-pub(crate) fn status_document(
-    state_dir: &std::path::Path,
-    agent: &str,
-    env: &crate::credentials::env::EnvSnapshot,
-    config: &Config,
-) -> Result<Value, String> {
-    let cx = Context {
-        env: env.clone(),
-        process_env: env.clone(),
-        state_dir: state_dir.to_owned(),
-        config_path: None,
-        agent: agent.to_owned(),
-    };
-    let view = build_view(&cx, config, None, now_ms(), Duration::from_secs(24 * 3600))?;
-    let (result, code) = check_result(&view);
-    let mut doc = view_json(&cx, &view);
-    doc["check"] = json!({ "result": result, "exitCode": code });
-    Ok(doc)
 }

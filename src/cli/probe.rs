@@ -31,12 +31,12 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::parse_dur;
-use super::view::{Health, StatusView, EXCLUDED_DETAIL};
 use crate::classify::{classify_response, ErrorBody, Reason};
 use crate::config::{Config, ProviderConfig};
 use crate::credentials::Credential;
 use crate::inject::{clean_request_headers, Injection};
 use crate::provider::AuthStyle;
+use crate::status::{Health, StatusView, EXCLUDED_DETAIL};
 use crate::upstream::{client, UpstreamClient};
 
 /// One probe result.
@@ -139,7 +139,8 @@ pub(super) fn run(
                     Some(EXCLUDED_DETAIL.into()),
                 )
             } else if let Some(
-                code @ (super::view::EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"),
+                code
+                @ (crate::status::EXCLUDED_BY_PROFILES | "mode_mismatch" | "provider_mismatch"),
             ) = r.reason_code
             {
                 no_call(row, "unknown", code, r.detail.clone())

@@ -24,6 +24,7 @@ use crate::credentials::store;
 use crate::credentials::{dedup, Credential, Kind, Source};
 use crate::inject::Injection;
 use crate::metrics::{CredentialCounters, Metrics};
+use crate::status::Inputs;
 
 /// Bound on cached agent pools (agent ids can come from a trusted proxy's header).
 const MAX_AGENTS: usize = 1024;
@@ -76,6 +77,11 @@ pub struct AgentPool {
     pub errors: Vec<String>,
     /// A state file existed but did not parse (a reload then keeps the last good pool).
     pub broken: bool,
+    /// What the pool was built from, for the status view of the pool being served.
+    pub inputs: Arc<Inputs>,
+    /// Why the files on disk are not what is served: set when a reload found them broken
+    /// and kept this (last good) pool; empty when the pool matches the files.
+    pub stale: Vec<String>,
     /// The files this pool was built from, with their signatures at build time.
     sources: Vec<(PathBuf, Option<FileSig>)>,
 }
@@ -268,6 +274,8 @@ impl Registry {
                     warnings: pool.warnings.clone(),
                     errors: pool.errors.clone(),
                     broken: false,
+                    inputs: pool.inputs.clone(),
+                    stale: fresh.warnings.clone(),
                     sources: fresh.sources.clone(),
                 };
                 target.insert(agent.clone(), Arc::new(kept));
@@ -338,30 +346,13 @@ impl Registry {
 /// Builds an agent's pool from its files and the environment. Unreadable files become
 /// warnings, never a failure: a broken profile file must not take env keys down with it.
 pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnapshot) -> AgentPool {
-    let mut warnings = Vec::new();
-    let mut broken = false;
-    let profiles = match store::load_agent_profiles(state_dir, agent, env, &config.secret_providers)
-    {
-        Ok(set) => {
-            warnings.extend(set.warnings);
-            set.profiles
-        }
-        Err(e) => {
-            broken = true;
-            warnings.push(e.to_string());
-            Vec::new()
-        }
-    };
-    let state = match store::load_agent_state(state_dir, agent) {
-        Ok(s) => s,
-        Err(e) => {
-            broken = true;
-            warnings.push(e.to_string());
-            store::AuthState::default()
-        }
-    };
-
-    let oc = store::openclaw_json::load(&store::openclaw_json::config_path(state_dir, env));
+    let inputs = Arc::new(Inputs::load(state_dir, agent, env.clone(), config));
+    let mut warnings = inputs.set.warnings.clone();
+    warnings.extend(inputs.problems.iter().cloned());
+    let broken = !inputs.problems.is_empty();
+    let profiles = &inputs.set.profiles;
+    let state = &inputs.state;
+    let oc = &inputs.oc;
     warnings.extend(oc.warnings.iter().cloned());
 
     let errors = profiles
@@ -410,7 +401,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
             }
         }
 
-        let order = explicit_order(&state, &oc, id, provider);
+        let order = explicit_order(state, oc, id, provider);
         let (list, explicit, excluded) = match order {
             Some(order) => {
                 let mut list = Vec::with_capacity(order.len());
@@ -505,6 +496,7 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     }
     pool.warnings = warnings;
     pool.broken = broken;
+    pool.inputs = inputs;
     pool
 }
 

@@ -1,5 +1,10 @@
-//! The status view of an agent's credentials, as `models status`, its probes and `doctor`
-//! read it.
+//! The status view of an agent's credentials: what `models status` prints, its probes and
+//! `doctor` read, and `/_keygate/status` serves from the pool in memory.
+//!
+//! The view is built from [`Inputs`] — the files of an agent as one load read them, and the
+//! environment. The CLI loads them from disk; a running proxy keeps the inputs its pool was
+//! built from, so its status shows the pool being served even when the files on disk have
+//! since broken.
 //!
 //! Owns building the view — per provider, every stored profile (Claude Code's included) and
 //! environment key with its kind, source, masked secret, expiry, health and position in the
@@ -11,24 +16,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::Context;
 use crate::config::Config;
+use crate::credentials::env::EnvSnapshot;
 use crate::credentials::env::{env_credentials, resolve_env_id};
+use crate::credentials::store::openclaw_json::AuthConfig;
+use crate::credentials::store::AuthState;
 use crate::credentials::store::{self, Expires, Profile, ProfileProblem, ProfileSet};
 use crate::credentials::{Credential, Kind, Source};
 
 /// Detail of an `excluded_by_auth_order` row (SPEC §1).
-pub(super) const EXCLUDED_DETAIL: &str = "Excluded by auth.order for this provider.";
+pub const EXCLUDED_DETAIL: &str = "Excluded by auth.order for this provider.";
 
 /// Reason code of a stored profile that openclaw.json `auth.profiles` leaves out when it
 /// lists other profiles of the provider (OpenClaw's candidate rule, SPEC §6b).
-pub(super) const EXCLUDED_BY_PROFILES: &str = "excluded_by_auth_profiles";
-pub(super) const EXCLUDED_BY_PROFILES_DETAIL: &str =
+pub const EXCLUDED_BY_PROFILES: &str = "excluded_by_auth_profiles";
+/// Detail of an `excluded_by_auth_profiles` row.
+pub const EXCLUDED_BY_PROFILES_DETAIL: &str =
     "Not listed in openclaw.json auth.profiles, which lists other profiles of this provider.";
 
 /// Reason codes of rows that configuration keeps out of the order: not problems of the
 /// credential itself, so `--check` does not judge them and probes make no call.
-pub(super) fn excluded_by_config(code: Option<&str>) -> bool {
+pub fn excluded_by_config(code: Option<&str>) -> bool {
     matches!(
         code,
         Some(
@@ -39,7 +47,7 @@ pub(super) fn excluded_by_config(code: Option<&str>) -> bool {
 
 /// Health of one credential for `--check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Health {
+pub enum Health {
     /// An api key, or a token without `expires`.
     Static,
     /// Not expiring within the window, or oauth with a refresh token.
@@ -56,56 +64,56 @@ pub(super) enum Health {
 
 /// One credential row of the status view.
 #[derive(Clone, Debug)]
-pub(super) struct Row {
-    pub(super) provider: String,
-    pub(super) id: String,
-    pub(super) kind: Kind,
-    pub(super) source: Source,
+pub struct Row {
+    pub(crate) provider: String,
+    pub(crate) id: String,
+    pub(crate) kind: Kind,
+    pub(crate) source: Source,
     /// `…WXYZ`, when a secret is available.
-    pub(super) masked: Option<String>,
-    pub(super) expires: Expires,
-    pub(super) health: Health,
+    pub(crate) masked: Option<String>,
+    pub(crate) expires: Expires,
+    pub(crate) health: Health,
     /// 1-based position in the order the proxy tries credentials; `None` when not used.
-    pub(super) position: Option<usize>,
+    pub(crate) position: Option<usize>,
     /// Why the row is not used or not usable (`excluded_by_auth_order`, `unresolved_ref`, …).
-    pub(super) reason_code: Option<&'static str>,
-    pub(super) detail: Option<String>,
+    pub(crate) reason_code: Option<&'static str>,
+    pub(crate) detail: Option<String>,
     /// `claude-code` for the synced Claude Code profile.
-    pub(super) managed_by: Option<&'static str>,
+    pub(crate) managed_by: Option<&'static str>,
     /// The usable credential (for probes).
-    pub(super) cred: Option<Credential>,
+    pub(crate) cred: Option<Credential>,
 }
 
 /// The status of one provider.
 #[derive(Clone, Debug)]
-pub(super) struct ProviderStatus {
-    pub(super) provider: String,
-    pub(super) configured: bool,
-    pub(super) known: bool,
-    pub(super) order: Option<Vec<String>>,
-    pub(super) order_source: Option<&'static str>,
-    pub(super) rows: Vec<Row>,
+pub struct ProviderStatus {
+    pub(crate) provider: String,
+    pub(crate) configured: bool,
+    pub(crate) known: bool,
+    pub(crate) order: Option<Vec<String>>,
+    pub(crate) order_source: Option<&'static str>,
+    pub(crate) rows: Vec<Row>,
 }
 
 /// The whole status view of an agent.
 #[derive(Clone, Debug)]
-pub(super) struct StatusView {
-    pub(super) providers: Vec<ProviderStatus>,
-    pub(super) warnings: Vec<String>,
+pub struct StatusView {
+    pub(crate) providers: Vec<ProviderStatus>,
+    pub(crate) warnings: Vec<String>,
     /// Hard errors (SPEC §6: an oauth profile carrying a SecretRef), naming profile and
     /// field: `status` prints them and exits 1.
-    pub(super) errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 /// Milliseconds since the epoch now.
-pub(super) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `--check`: (`ok` | `expiring` | `expired` | `missing`, exit code 0/2/1).
-pub(super) fn check_result(view: &StatusView) -> (&'static str, u8) {
+pub fn check_result(view: &StatusView) -> (&'static str, u8) {
     let mut worst = "ok";
     let mut code = 0;
     for p in &view.providers {
@@ -130,23 +138,70 @@ pub(super) fn check_result(view: &StatusView) -> (&'static str, u8) {
     (worst, code)
 }
 
+/// What an agent's view is built from: its stored profiles, its state (explicit order),
+/// `openclaw.json`'s `auth` section and the environment (with `.env`), as one load read them.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// The stored profiles.
+    pub set: ProfileSet,
+    /// The agent's non-secret state.
+    pub state: AuthState,
+    /// `openclaw.json` `auth`.
+    pub oc: AuthConfig,
+    /// The environment the keys were read from.
+    pub env: EnvSnapshot,
+    /// Why a store file could not be read or parsed (file, line and column; never a value).
+    /// Its part of the inputs is then empty.
+    pub problems: Vec<String>,
+}
+
+impl Inputs {
+    /// Reads an agent's files. A file that cannot be read or parsed leaves its part empty and
+    /// says why in `problems`: the caller decides whether that is fatal (the CLI) or whether
+    /// the last good inputs stay in use (a running proxy).
+    pub fn load(
+        state_dir: &std::path::Path,
+        agent: &str,
+        env: EnvSnapshot,
+        config: &Config,
+    ) -> Self {
+        let mut problems = Vec::new();
+        let set = store::load_agent_profiles(state_dir, agent, &env, &config.secret_providers)
+            .unwrap_or_else(|e| {
+                problems.push(e.to_string());
+                ProfileSet::default()
+            });
+        let state = store::load_agent_state(state_dir, agent).unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            AuthState::default()
+        });
+        let oc = store::openclaw_json::load(&store::openclaw_json::config_path(state_dir, &env));
+        Self {
+            set,
+            state,
+            oc,
+            env,
+            problems,
+        }
+    }
+}
+
 /// Builds the status view: every provider with a credential or a `[providers.*]` entry (or
 /// just `only`).
-///
-/// Errors: `auth-profiles.json` or `auth-state.json` cannot be read or parsed (the message
-/// names file, line and column).
-pub(super) fn build_view(
-    cx: &Context,
+pub fn build_view(
+    inputs: &Inputs,
     config: &Config,
     only: Option<&str>,
     now_ms: i64,
     warn: Duration,
-) -> Result<StatusView, String> {
-    let set: ProfileSet =
-        store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
-            .map_err(|e| e.to_string())?;
-    let state = store::load_agent_state(&cx.state_dir, &cx.agent).map_err(|e| e.to_string())?;
-    let oc = store::openclaw_json::load(&store::openclaw_json::config_path(&cx.state_dir, &cx.env));
+) -> StatusView {
+    let Inputs {
+        set,
+        state,
+        oc,
+        env,
+        ..
+    } = inputs;
     let mut warnings = set.warnings.clone();
     warnings.extend(state.warnings.iter().cloned());
     warnings.extend(oc.warnings.iter().cloned());
@@ -155,7 +210,7 @@ pub(super) fn build_view(
     let mut names: Vec<String> = Vec::new();
     for (id, p) in &config.providers {
         let has_profiles = set.profiles.iter().any(|x| &x.provider == id);
-        let has_env = !env_credentials(id, &p.env_prefix, &cx.env).is_empty();
+        let has_env = !env_credentials(id, &p.env_prefix, env).is_empty();
         if p.configured || has_profiles || has_env || only == Some(id.as_str()) {
             names.push(id.clone());
         }
@@ -181,7 +236,7 @@ pub(super) fn build_view(
             .iter()
             .filter(|p| p.provider == name)
             .map(|p| {
-                let mut r = profile_row(p, &set, now_ms, warn_ms);
+                let mut r = profile_row(p, set, now_ms, warn_ms);
                 // openclaw.json auth.profiles says another mode or provider: never used.
                 if let Err(why) = oc.eligibility(&p.id, &name, p.kind) {
                     r.reason_code = Some(why.code());
@@ -195,7 +250,7 @@ pub(super) fn build_view(
         rows.sort_by_key(|r| kind_rank(r.kind));
         if let Some(pc) = pc {
             rows.extend(
-                env_credentials(&name, &pc.env_prefix, &cx.env)
+                env_credentials(&name, &pc.env_prefix, env)
                     .into_iter()
                     .map(env_row),
             );
@@ -211,7 +266,7 @@ pub(super) fn build_view(
             (None, None)
         };
         if let Some(order) = &order {
-            apply_explicit_order(&name, pc, order, &mut rows, cx, &mut warnings);
+            apply_explicit_order(&name, pc, order, &mut rows, env, &mut warnings);
         } else {
             if oc.restricts(&name) {
                 // OpenClaw's rule: only the profiles auth.profiles lists are candidates.
@@ -262,11 +317,11 @@ pub(super) fn build_view(
             _ => None,
         })
         .collect();
-    Ok(StatusView {
+    StatusView {
         providers,
         warnings,
         errors,
-    })
+    }
 }
 
 fn kind_rank(k: Kind) -> u8 {
@@ -303,7 +358,7 @@ fn apply_explicit_order(
     pc: Option<&crate::config::ProviderConfig>,
     order: &[String],
     rows: &mut Vec<Row>,
-    cx: &Context,
+    env: &EnvSnapshot,
     warnings: &mut Vec<String>,
 ) {
     let mut next = 1;
@@ -324,7 +379,7 @@ fn apply_explicit_order(
             continue;
         }
         // An env id the default scan does not list (e.g. hidden by OPENCLAW_LIVE_*_KEY).
-        if let Some(c) = pc.and_then(|pc| resolve_env_id(oid, provider, &pc.env_prefix, &cx.env)) {
+        if let Some(c) = pc.and_then(|pc| resolve_env_id(oid, provider, &pc.env_prefix, env)) {
             let mut r = env_row(c);
             r.position = Some(next);
             next += 1;
@@ -378,7 +433,7 @@ fn profile_row(p: &Profile, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row 
 
 /// Health of a stored profile (SPEC §1 `--check`), with the reason code a probe would give
 /// it when no call can be made.
-pub(super) fn profile_health(
+pub fn profile_health(
     p: &Profile,
     now_ms: i64,
     warn_ms: i64,
@@ -440,7 +495,7 @@ fn env_row(c: Credential) -> Row {
 /// The JSON expiry fields (SPEC §6b): epoch ms as a number (`expires`, and `expiresAt` as
 /// OpenClaw names it), the RFC 3339 form (`expiresAtIso`) and `remainingMs` (negative once
 /// expired). An invalid `expires` is null in all three (its health says `invalid_expires`).
-pub(super) fn expiry_json(e: Expires, now_ms: i64) -> (Value, Value, Value) {
+pub fn expiry_json(e: Expires, now_ms: i64) -> (Value, Value, Value) {
     match e {
         Expires::At(ms) => (
             json!(ms),
@@ -452,7 +507,7 @@ pub(super) fn expiry_json(e: Expires, now_ms: i64) -> (Value, Value, Value) {
 }
 
 /// The two largest units of a duration: `364d 23h`, `3h 47m`, `12m 5s`, `40s`.
-pub(super) fn short_duration(d: Duration) -> String {
+pub fn short_duration(d: Duration) -> String {
     let s = d.as_secs();
     let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
     let parts = [(days, "d"), (hours, "h"), (mins, "m"), (secs, "s")];
@@ -467,7 +522,7 @@ pub(super) fn short_duration(d: Duration) -> String {
 }
 
 /// "in 364d 23h" / "2h 5m ago": the two largest units.
-pub(super) fn when(ms: i64, now_ms: i64) -> String {
+pub fn when(ms: i64, now_ms: i64) -> String {
     let d = Duration::from_millis((ms - now_ms).unsigned_abs());
     let text = if d < Duration::from_secs(1) {
         "<1s".to_owned()
@@ -490,7 +545,7 @@ fn clamped_time(ms: i64) -> std::time::SystemTime {
 }
 
 /// RFC 3339 of epoch ms (seconds precision), clamped to years 1970–9999.
-pub(super) fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_seconds(clamped_time(ms)).to_string()
 }
 
@@ -500,7 +555,8 @@ fn rfc3339_millis(ms: i64) -> String {
 }
 
 impl Health {
-    pub(super) fn as_str(self) -> &'static str {
+    /// The name `models status` shows.
+    pub fn as_str(self) -> &'static str {
         match self {
             Health::Static => "static",
             Health::Ok => "ok",
@@ -514,7 +570,7 @@ impl Health {
 
 impl Row {
     /// The row as `models status --json` shows it.
-    pub(super) fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let (expires, expires_iso, remaining) = expiry_json(self.expires, now_ms());
         json!({
             "id": self.id,
@@ -533,6 +589,32 @@ impl Row {
             "managedBy": self.managed_by,
         })
     }
+}
+
+/// The `models status --json` document of a view (without `check`, which the caller adds
+/// with [`check_result`]).
+pub fn document(view: &StatusView, agent: &str, state_dir: &std::path::Path) -> Value {
+    let providers: Vec<Value> = view
+        .providers
+        .iter()
+        .map(|p| {
+            json!({
+                "provider": p.provider,
+                "configured": p.configured,
+                "known": p.known,
+                "order": p.order,
+                "orderSource": p.order_source,
+                "missing": !p.rows.iter().any(|r| r.cred.is_some()),
+                "credentials": p.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "agent": agent,
+        "stateDir": state_dir.display().to_string(),
+        "providers": providers,
+        "warnings": view.warnings,
+    })
 }
 
 #[cfg(test)]

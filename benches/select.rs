@@ -1,7 +1,7 @@
 //! Candidate selection and request rewriting benchmarks (issue 5).
 //!
 //! - `select/*`: 64 credentials, a cooldown store holding 10 000 live windows over 1 000
-//!   models. `blocked_until_one` is one lookup; `first_free_after_3` is what a request does
+//!   models. `blocked_until_one` is one lookup; `first_free_after_3` is `pool::Selector::next`
 //!   when the first three candidates cool (three blocked lookups, one free);
 //!   `scan_all_64` checks every candidate (the worst case: all cooling); `ordered_64` is
 //!   `Registry::ordered` (clone + sort of the pool); `request` is `ordered` followed by
@@ -26,7 +26,7 @@ use keygate::cooldown::{Cooldowns, Ladders};
 use keygate::credentials::env::EnvSnapshot;
 use keygate::inject::clean_request_headers;
 use keygate::pin;
-use keygate::pool::{Candidate, Registry};
+use keygate::pool::{Candidate, Limits, Pick, Registry, Selector};
 use tokio::time::Instant;
 
 const CREDENTIALS: usize = 64;
@@ -107,12 +107,14 @@ fn select(c: &mut Criterion) {
         );
     }
     let check = Instant::now();
-    let first_free = |list: &[&Arc<Candidate>]| {
-        list.iter().position(|c| {
-            cooldowns
-                .blocked_until(c.cred.id.as_str(), c.fp, Some(black_box(model)), check)
-                .is_none()
-        })
+    // The request path's own choice (`pool::select`), with no rpm limit configured.
+    let limits = Limits::new(&Config::defaults());
+    let selector = Selector::new(&cooldowns, &limits, "openai", Some(model), false);
+    let tried = vec![false; CREDENTIALS];
+    let first_free = |list: &[&Arc<Candidate>]| match selector.next(list, black_box(&tried), check)
+    {
+        Pick::Use(i) => Some(i),
+        Pick::Blocked { .. } => None,
     };
 
     let mut g = c.benchmark_group("select");

@@ -1,11 +1,11 @@
 //! Finds one member of a request body's top-level JSON object without parsing the rest.
 //!
 //! Why not serde: deserialising a body, even into a struct that ignores every other member,
-//! validates every byte of it. That ran at 2.8 GiB/s, so a 200 KB agent conversation (what
-//! Claude Code sends) cost 67 µs to find its `model`: more than all the rest of keygate's
-//! work on the request. Here strings, which are most of a body, are skipped with `memchr`
-//! (vectorised) from quote to quote, and only the bytes between values are looked at one
-//! by one: 32 µs for the same body (`inject/body_model_200k`).
+//! validates every byte of it, which for a large agent conversation (what Claude Code sends)
+//! cost more than all the rest of keygate's work on the request. Here strings, which are
+//! most of a body, are skipped with `memchr` (vectorised) from quote to quote, and only the
+//! bytes between values are looked at one by one (figures: `inject/body_model_200k` in
+//! BENCHMARKS.md).
 //!
 //! The check is structural: braces, brackets, quotes and escapes must pair up, members must
 //! be `"key": value` separated by commas, nothing may follow the object. Bytes inside

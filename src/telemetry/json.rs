@@ -3,7 +3,8 @@
 //! Same shape as tracing-subscriber's flattened JSON (`timestamp`, `level`, the event's
 //! fields, `target`, then the `spans` in scope, root first), without its cost: there the
 //! line goes through serde's map serializer, each field through a `Serialize` wrapper and
-//! each timestamp digit through `core::fmt` — about 2 µs of a request's CPU. Here strings
+//! each timestamp digit through `core::fmt` (a measurable share of a request's CPU; see
+//! BENCHMARKS.md). Here strings
 //! are copied with a single escaping scan, integers go through `itoa`, and the timestamp
 //! through `humantime`'s fixed-width RFC 3339 writer. Written here because no crate offers
 //! a faster `FormatEvent`; the escaping is JSON's (RFC 8259 §7), nothing more.

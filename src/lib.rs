@@ -19,9 +19,10 @@
 //!           response body streamed frame by frame (never collected)
 //! ```
 //!
-//! Layers, each importing only those below it: `cli` ▸ `server` ▸ `admin` ▸ `proxy` ▸
-//! `state` ▸ `pool`, `credentials`, `upstream`, `inbound`, `telemetry` ▸ `config`,
-//! `cooldown`, `metrics` ▸ `classify`, `provider`, `pin`, `secret`.
+//! Layers, each importing only those below it (no cycles between files): `cli` ▸ `server`
+//! ▸ `admin` ▸ `proxy` ▸ `state` ▸ `pool` ▸ `status`, `inject` ▸ `credentials` ▸ `inbound`,
+//! `upstream`, `telemetry`, `redact` ▸ `config`, `cooldown`, `metrics` ▸ `classify`,
+//! `provider`, `pin`, `secret`, `budget`.
 
 pub mod admin;
 pub mod budget;
@@ -39,6 +40,7 @@ pub mod pin;
 pub mod pool;
 pub mod provider;
 pub mod proxy;
+pub mod redact;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

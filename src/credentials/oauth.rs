@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::config::OAuthConfig;
 use crate::credentials::store;
-use crate::proxy::redact::Redactor;
+use crate::redact::Redactor;
 use crate::secret::Secret;
 use crate::upstream::UpstreamClient;
 

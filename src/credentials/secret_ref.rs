@@ -29,9 +29,44 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::env::EnvSnapshot;
-use super::store::SecretRef;
 use crate::config::SecretProviderConfig;
 use crate::secret::Secret;
+
+/// A SecretRef (SPEC §6): `{ "source": "env"|"file"|"exec", "provider": "<alias>", "id": "…" }`
+/// or the string template `"${ENV_NAME}"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Where the secret lives.
+    pub source: SecretSource,
+    /// Provider alias (`[secrets.providers.<alias>]`); `default` when absent.
+    pub provider: String,
+    /// Variable name, JSON pointer or id, depending on the source (trimmed).
+    pub id: String,
+}
+
+/// The source of a [`SecretRef`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable (from the [`EnvSnapshot`]).
+    Env,
+    /// A file named by `[secrets.providers.<alias>]`.
+    File,
+    /// A command named by `[secrets.providers.<alias>]`.
+    Exec,
+}
+
+// === impl SecretSource ===
+
+impl SecretSource {
+    /// `env`, `file` or `exec`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretSource::Env => "env",
+            SecretSource::File => "file",
+            SecretSource::Exec => "exec",
+        }
+    }
+}
 
 /// The `[secrets.providers]` table of the config, by alias.
 pub type SecretProviders = BTreeMap<String, SecretProviderConfig>;
@@ -59,11 +94,11 @@ pub fn resolve(
         ));
     };
     let value = match (r.source, cfg) {
-        (super::store::SecretSource::File, SecretProviderConfig::File { path, single_value }) => {
+        (SecretSource::File, SecretProviderConfig::File { path, single_value }) => {
             read_file_secret(path, *single_value, &r.id)?
         }
         (
-            super::store::SecretSource::Exec,
+            SecretSource::Exec,
             SecretProviderConfig::Exec {
                 command,
                 args,

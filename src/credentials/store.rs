@@ -12,6 +12,7 @@
 //! It does not own: OAuth refresh (`oauth`), hot reload, or the choice between candidates
 //! (`pool`). No secret value ever appears in a warning or an error from this module.
 
+pub use super::secret_ref::{SecretRef, SecretSource};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,29 +95,6 @@ pub enum ProfileProblem {
         /// `tokenRef`, `key` or `token`.
         field: &'static str,
     },
-}
-
-/// A SecretRef (SPEC §6): `{ "source": "env"|"file"|"exec", "provider": "<alias>", "id": "…" }`
-/// or the string template `"${ENV_NAME}"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretRef {
-    /// Where the secret lives.
-    pub source: SecretSource,
-    /// Provider alias (`[secrets.providers.<alias>]`); `default` when absent.
-    pub provider: String,
-    /// Variable name, JSON pointer or id, depending on the source (trimmed).
-    pub id: String,
-}
-
-/// The source of a [`SecretRef`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SecretSource {
-    /// An environment variable (from the [`EnvSnapshot`]).
-    Env,
-    /// A file named by `[secrets.providers.<alias>]`.
-    File,
-    /// A command named by `[secrets.providers.<alias>]`.
-    Exec,
 }
 
 /// The non-secret `auth-state.json`.
@@ -468,19 +446,6 @@ impl Profile {
             secret,
             expires_ms,
         })
-    }
-}
-
-// === impl SecretSource ===
-
-impl SecretSource {
-    /// `env`, `file` or `exec`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SecretSource::Env => "env",
-            SecretSource::File => "file",
-            SecretSource::Exec => "exec",
-        }
     }
 }
 

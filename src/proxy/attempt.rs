@@ -213,8 +213,7 @@ impl Exchange<'_> {
                     fresh_secret = fresh.access;
                     cred.secret = fresh_secret.clone();
                     cred.expires_ms = Some(fresh.expires_ms);
-                    refreshed = Injection::new(self.provider, &cred)
-                        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+                    refreshed = Injection::new(self.provider, &cred)?;
                     (&refreshed, &fresh_secret)
                 }
                 Err(reason) => {
@@ -255,12 +254,7 @@ impl Exchange<'_> {
                     Reason::Timeout,
                 ))
             }
-            Ok(Err(e)) => {
-                return Ok(Attempt::Error(
-                    ProxyError::Upstream(error_chain(&e)),
-                    Reason::Unknown,
-                ))
-            }
+            Ok(Err(e)) => return Ok(Attempt::Error(ProxyError::Upstream(e), Reason::Unknown)),
             Ok(Ok(resp)) => resp,
         };
         if resp.status().is_informational() {
@@ -457,17 +451,4 @@ fn needs_oauth_refresh(cand: &Candidate) -> bool {
         && cand.cred.source == Source::Profile
         && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
         && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
-}
-
-/// An error's source chain on one line (hyper-util's top-level message alone says little).
-/// These messages never carry URLs or headers, so no secret can appear.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -97,8 +97,11 @@ pub enum ProxyError {
     #[error("provider \"{0}\" has no base_url: set [providers.{0}] base_url in the config")]
     NoBaseUrl(String),
     /// The upstream could not be reached or broke before answering.
-    #[error("upstream unavailable: {0}")]
-    Upstream(String),
+    #[error("upstream unavailable: {}", Chain(.0))]
+    Upstream(#[source] hyper_util::client::legacy::Error),
+    /// A refreshed OAuth token cannot be put in a header.
+    #[error(transparent)]
+    BadCredential(#[from] crate::inject::InvalidCredential),
     /// The upstream answered, but not with anything a client can use: a `101`, or a 2xx
     /// stream that broke before its first content event (and no candidate was left).
     #[error("the upstream's answer is unusable: {0}")]
@@ -141,9 +144,10 @@ impl ProxyError {
             ProxyError::LockedOut { .. } | ProxyError::AllCooling { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ProxyError::NoBaseUrl(_) | ProxyError::Upstream(_) | ProxyError::UpstreamBroken(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::NoBaseUrl(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::BadCredential(_)
+            | ProxyError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BodiesOverBudget => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -171,7 +175,7 @@ impl ProxyError {
             ProxyError::OAuthRefresh { .. } => "oauth_refresh_failed",
             ProxyError::AllCooling { .. } => "all_cooling",
             ProxyError::NoBaseUrl(_) => "no_base_url",
-            ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::Upstream(_) | ProxyError::BadCredential(_) => "upstream_error",
             ProxyError::UpstreamBroken(_) => "upstream_broken",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
         }
@@ -218,6 +222,22 @@ pub(crate) fn no_credentials(provider: &ProviderConfig) -> ProxyError {
             "Run `keygate models auth paste-api-key --provider {}` or set {var}.",
             provider.id
         ),
+    }
+}
+
+/// An error's source chain on one line (hyper-util's top-level message alone says little).
+/// These messages never carry URLs or headers, so no secret can appear.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(c) = cur {
+            write!(f, ": {c}")?;
+            cur = c.source();
+        }
+        Ok(())
     }
 }
 

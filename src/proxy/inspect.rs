@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{Observer, ProxyBody, StreamEnd};
-use super::redact::Redactor;
 use crate::classify::{ErrorBody, SseScanner, Verdict};
+use crate::redact::Redactor;
 use crate::secret::Secret;
 use crate::state::AppState;
 
@@ -193,18 +193,24 @@ pub(super) struct StreamWatch {
     pub(super) provider: String,
 }
 
+impl StreamWatch {
+    fn mark(&self, verdict: &Verdict) {
+        mark(
+            &self.state,
+            &self.credential,
+            self.fp,
+            self.model.as_deref(),
+            verdict,
+            None,
+        );
+    }
+}
+
 impl Observer for StreamWatch {
     fn frame(&mut self, data: &Bytes) {
         let r = self.scanner.feed(data);
         if let Some(e) = r.error {
-            mark(
-                &self.state,
-                &self.credential,
-                self.fp,
-                self.model.as_deref(),
-                &e.verdict,
-                None,
-            );
+            self.mark(&e.verdict);
         }
     }
 
@@ -213,14 +219,7 @@ impl Observer for StreamWatch {
             StreamEnd::Complete => {
                 let r = self.scanner.finish();
                 if let Some(e) = r.error {
-                    mark(
-                        &self.state,
-                        &self.credential,
-                        self.fp,
-                        self.model.as_deref(),
-                        &e.verdict,
-                        None,
-                    );
+                    self.mark(&e.verdict);
                 }
                 // A stream that carried content but no terminal event was cut short.
                 let incomplete = self.scanner.saw_content()

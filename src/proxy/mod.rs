@@ -31,7 +31,6 @@ pub mod attempt;
 pub mod body;
 pub mod error;
 pub mod inspect;
-pub mod redact;
 pub mod route;
 
 pub use body::ProxyBody;

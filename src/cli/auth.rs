@@ -348,19 +348,29 @@ fn sync_openclaw_config(cx: &Context, edit: store::openclaw_json::Edit<'_>) {
     }
 }
 
+/// The profile id and the secret read from stdin for a `paste-*` command, or its exit code:
+/// the provider must be known and the id valid before anything is read.
+fn pasted(
+    config: &Config,
+    provider: &str,
+    profile_id: Option<String>,
+    what: &str,
+) -> Result<(String, String), ExitCode> {
+    if config.provider(provider).is_none() {
+        return Err(unknown_provider(config, provider));
+    }
+    let id = profile_id.unwrap_or_else(|| format!("{provider}:manual"));
+    valid_profile_id(&id)?;
+    let secret = read_secret(what)
+        .and_then(|raw| clean_secret(&raw, what))
+        .map_err(fail)?;
+    Ok((id, secret))
+}
+
 fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
-    if config.provider(&a.provider).is_none() {
-        return unknown_provider(config, &a.provider);
-    }
-    let id = a
-        .profile_id
-        .unwrap_or_else(|| format!("{}:manual", a.provider));
-    if let Err(code) = valid_profile_id(&id) {
-        return code;
-    }
-    let token = match read_secret("token").and_then(|raw| clean_secret(&raw, "token")) {
-        Ok(t) => t,
-        Err(msg) => return fail(msg),
+    let (id, token) = match pasted(config, &a.provider, a.profile_id, "token") {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let mut fields = Map::new();
     fields.insert("type".into(), json!("token"));
@@ -387,18 +397,9 @@ fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
 }
 
 fn paste_api_key(cx: &Context, config: &Config, a: PasteKeyArgs) -> ExitCode {
-    if config.provider(&a.provider).is_none() {
-        return unknown_provider(config, &a.provider);
-    }
-    let id = a
-        .profile_id
-        .unwrap_or_else(|| format!("{}:manual", a.provider));
-    if let Err(code) = valid_profile_id(&id) {
-        return code;
-    }
-    let key = match read_secret("API key").and_then(|raw| clean_secret(&raw, "API key")) {
-        Ok(t) => t,
-        Err(msg) => return fail(msg),
+    let (id, key) = match pasted(config, &a.provider, a.profile_id, "API key") {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let mut fields = Map::new();
     fields.insert("type".into(), json!("api_key"));

@@ -160,10 +160,12 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
     doc["check"] = json!({ "result": result, "exitCode": code });
     // The files on disk broke after this pool loaded: it is still what serves.
     doc["stale"] = json!(!pool.stale.is_empty());
+    // A store file on disk does not parse now (stale) or did not when the pool loaded.
+    doc["filesBroken"] = json!(!pool.stale.is_empty() || !pool.inputs.problems.is_empty());
     if let Some(w) = doc.get_mut("warnings").and_then(Value::as_array_mut) {
-        for problem in pool.stale.iter().chain(&pool.inputs.problems) {
-            w.insert(0, json!(problem));
-        }
+        let problems = pool.stale.iter().chain(&pool.inputs.problems);
+        let first: Vec<Value> = problems.map(|p| json!(p)).collect();
+        w.splice(0..0, first);
     }
     let now = tokio::time::Instant::now();
     let wall = std::time::SystemTime::now()

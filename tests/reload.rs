@@ -131,6 +131,7 @@ async fn status_shows_the_pool_being_served_when_the_files_on_disk_break() {
     assert_eq!(credential_used(&kg).await, "anthropic:a");
     let before = admin_status(&kg).await;
     assert_eq!(before["stale"], false);
+    assert_eq!(before["filesBroken"], false);
     assert_eq!(anthropic_ids(&before), ["anthropic:a", "anthropic:b"]);
 
     let dir = kg.state_path().join("agents/main/agent");
@@ -149,6 +150,7 @@ async fn status_shows_the_pool_being_served_when_the_files_on_disk_break() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(after["stale"], true, "{after:#}");
+    assert_eq!(after["filesBroken"], true);
     assert_eq!(anthropic_ids(&after), ["anthropic:a", "anthropic:b"]);
     let warnings = after["warnings"].to_string();
     assert!(warnings.contains("auth-profiles.json"), "{warnings}");

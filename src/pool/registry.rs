@@ -275,7 +275,7 @@ impl Registry {
                     errors: pool.errors.clone(),
                     broken: false,
                     inputs: pool.inputs.clone(),
-                    stale: fresh.warnings.clone(),
+                    stale: fresh.inputs.problems.clone(),
                     sources: fresh.sources.clone(),
                 };
                 target.insert(agent.clone(), Arc::new(kept));

@@ -100,7 +100,7 @@ pub enum ProxyError {
     #[error("upstream unavailable: {}", Chain(.0))]
     Upstream(#[source] hyper_util::client::legacy::Error),
     /// A refreshed OAuth token cannot be put in a header.
-    #[error(transparent)]
+    #[error("upstream unavailable: {0}")]
     BadCredential(#[from] crate::inject::InvalidCredential),
     /// The upstream answered, but not with anything a client can use: a `101`, or a 2xx
     /// stream that broke before its first content event (and no candidate was left).

@@ -550,3 +550,97 @@ fn kind_group(kind: Kind) -> u8 {
         Kind::ApiKey => 2,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILES: &str = r#"{"version":1,"profiles":{
+      "anthropic:key":{"type":"api_key","provider":"anthropic","key":"sk-test-key-1111"},
+      "anthropic:tok":{"type":"token","provider":"anthropic","token":"sk-test-tok-2222"},
+      "anthropic:oa":{"type":"oauth","provider":"anthropic","access":"sk-test-oa-3333","refresh":"r-test-3333","expires":4102444800000},
+      "anthropic:copy":{"type":"api_key","provider":"anthropic","key":"sk-test-env-4444"}}}"#;
+
+    /// The pool of agent `main` for these files and `ANTHROPIC_API_KEYS`.
+    fn pool(state: Option<&str>, env_keys: &str) -> (AgentPool, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agents/main/agent");
+        std::fs::create_dir_all(&agent).expect("agent dir");
+        std::fs::write(agent.join("auth-profiles.json"), PROFILES).expect("profiles");
+        if let Some(s) = state {
+            std::fs::write(agent.join("auth-state.json"), s).expect("state");
+        }
+        let env = EnvSnapshot::from_pairs([("ANTHROPIC_API_KEYS".to_owned(), env_keys.to_owned())]);
+        let pool = build_pool(&Config::defaults(), dir.path(), "main", &env);
+        (pool, dir)
+    }
+
+    fn ids(pool: &AgentPool) -> Vec<&str> {
+        pool.providers["anthropic"]
+            .candidates
+            .iter()
+            .map(|c| c.cred.id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn profiles_rank_by_kind_then_env_keys_and_a_repeated_secret_serves_once() {
+        let (pool, _dir) = pool(None, "sk-test-env-4444,sk-test-env-5555");
+        // oauth, token, api keys (by id, as the store lists them), then env keys; the env
+        // key whose secret a profile already holds is dropped, the profile keeps its place.
+        assert_eq!(
+            ids(&pool),
+            [
+                "anthropic:oa",
+                "anthropic:tok",
+                "anthropic:copy",
+                "anthropic:key",
+                "env:ANTHROPIC_API_KEYS#2"
+            ]
+        );
+        assert!(!pool.providers["anthropic"].explicit);
+        // Every credential is pinnable by id, the dropped duplicate too.
+        assert!(pool.by_id.contains_key("env:ANTHROPIC_API_KEYS#1"));
+        assert!(!pool.broken && pool.inputs.problems.is_empty());
+    }
+
+    #[test]
+    fn an_explicit_order_is_exact_and_names_what_it_leaves_out() {
+        let state = r#"{"version":1,"order":{"anthropic":["anthropic:key","env:ANTHROPIC_API_KEYS#1","anthropic:missing"]}}"#;
+        let (pool, _dir) = pool(Some(state), "sk-test-env-6666");
+        assert_eq!(ids(&pool), ["anthropic:key", "env:ANTHROPIC_API_KEYS#1"]);
+        let p = &pool.providers["anthropic"];
+        assert!(p.explicit);
+        let mut excluded = p.excluded.clone();
+        excluded.sort();
+        assert_eq!(
+            excluded,
+            ["anthropic:copy", "anthropic:oa", "anthropic:tok"]
+        );
+        assert!(
+            pool.warnings
+                .iter()
+                .any(|w| w.contains("anthropic:missing")),
+            "{:?}",
+            pool.warnings
+        );
+    }
+
+    #[test]
+    fn a_broken_profiles_file_keeps_env_keys_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agents/main/agent");
+        std::fs::create_dir_all(&agent).expect("agent dir");
+        std::fs::write(agent.join("auth-profiles.json"), "{ oops").expect("profiles");
+        let env = EnvSnapshot::from_pairs([(
+            "ANTHROPIC_API_KEYS".to_owned(),
+            "sk-test-env-7777".to_owned(),
+        )]);
+        let pool = build_pool(&Config::defaults(), dir.path(), "main", &env);
+        assert!(pool.broken);
+        assert_eq!(ids(&pool), ["env:ANTHROPIC_API_KEYS#1"]);
+        assert_eq!(pool.inputs.problems.len(), 1);
+        assert!(pool.inputs.problems[0].contains("auth-profiles.json"));
+        assert!(!pool.inputs.problems[0].contains("sk-test"));
+    }
+}

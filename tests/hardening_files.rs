@@ -1,7 +1,7 @@
 //! Files, state directories and config errors (issue 10, items 10, 11, 16, 17, 19, 20, 21):
 //! the real binary in tempdirs.
 
-mod cli_common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cli_common::{agent_dir, keygate, mode, profiles_file, state_file, write_file, Run};
+use support::cli::{agent_dir, keygate, mode, profiles_file, state_file, write_file, Run};
 
 /// `keygate serve` on a free port, its stderr collected.
 struct Served {
@@ -25,7 +25,7 @@ impl Served {
         let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         args.extend(["serve".into(), "--listen".into(), addr.to_string()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = cli_common::command(state, &args, &[])
+        let mut child = support::cli::command(state, &args, &[])
             .spawn()
             .expect("spawn keygate serve");
         let log = Arc::new(Mutex::new(String::new()));
@@ -300,7 +300,7 @@ fn an_oauth_profile_with_a_secret_ref_is_a_hard_error_everywhere() {
     for field in ["keyRef", "tokenRef"] {
         let state = tempfile::tempdir().expect("tmp");
         let s = state.path();
-        let far = cli_common::ms_from_now(30 * 24 * 3600 * 1000);
+        let far = support::cli::ms_from_now(30 * 24 * 3600 * 1000);
         write_file(
             &profiles_file(s),
             &format!(

@@ -4,6 +4,7 @@
 //! items are expected here.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cli;
 pub mod keygate;
 pub mod mock;
 pub mod raw;

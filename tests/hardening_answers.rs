@@ -19,6 +19,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use support::keygate::{client, post_json, providers_at, read_stream, request, Keygate, Opts};
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
+use support::now_ms;
 use support::raw::{content_length, RawUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -61,13 +62,6 @@ fn logs() -> &'static Capture {
 
 fn log_text() -> String {
     String::from_utf8_lossy(&logs().0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 // ---------------------------------------------------------------------------------------

@@ -103,11 +103,7 @@ pub fn write_file(p: &Path, text: &str, mode: u32) {
 
 /// Epoch ms `delta_ms` from now.
 pub fn ms_from_now(delta_ms: i64) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    now + delta_ms
+    super::now_ms() + delta_ms
 }
 
 /// Every regular file under `dir` is 0600 and every directory 0700.

@@ -8,3 +8,11 @@ pub mod cli;
 pub mod keygate;
 pub mod mock;
 pub mod raw;
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}

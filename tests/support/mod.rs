@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod keygate;
+pub mod logs;
 pub mod mock;
 pub mod raw;
 

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,9 +31,7 @@ impl Served {
     fn start_limited(state: &std::path::Path, config: &str, nofile: Option<u32>) -> Served {
         let cfg = state.join("keygate-test.toml");
         std::fs::write(&cfg, config).expect("config");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let addr = support::cli::free_addr();
         let mut cmd = support::cli::command(
             state,
             &[
@@ -63,16 +60,7 @@ impl Served {
             cmd = wrapped;
         }
         let mut child = cmd.spawn().expect("spawn keygate serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let log = support::cli::collect_lines(child.stderr.take().expect("stderr"));
         Served { child, addr, log }
     }
 
@@ -91,12 +79,7 @@ impl Served {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
+        support::cli::signal(&self.child, sig);
     }
 }
 

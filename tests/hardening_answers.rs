@@ -16,7 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::keygate::{client, post_json, providers_at, read_stream, request, Keygate, Opts};
+use support::keygate::{
+    client, post_json, providers_at, read_stream, request, stream_messages, Keygate, Opts,
+};
 use support::logs::Capture;
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 use support::now_ms;
@@ -269,13 +271,7 @@ async fn a_stream_broken_before_its_first_content_event_rotates_to_the_next_key(
             ),
     )
     .await;
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(&kg, GW).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         resp.headers()

@@ -2,12 +2,12 @@
 //! SecretRef source, untouched corrupted files, concurrent writers, permissions, and no
 //! secret in any output.
 
-mod cli_common;
+mod support;
 
 use std::path::Path;
 
-use cli_common::*;
 use serde_json::{json, Value};
+use support::cli::*;
 
 const KEY: &str = "sk-ant-api03-ROUNDTRIP-key-0001";
 const TOKEN: &str = "tok-ROUNDTRIP-token-secret-0002";

@@ -1,12 +1,12 @@
 //! `keygate doctor [--fix]` against the real binary.
 
-mod cli_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cli_common::*;
 use serde_json::{json, Value};
+use support::cli::*;
 
 const OR_KEY: &str = "sk-or-legacy-key-1234567890";
 const TOKEN: &str = "sk-ant-oat01-legacy-token-abcdefgh";

@@ -1,10 +1,9 @@
 //! `keygate models status --check` exit codes and `--probe` against the mock provider.
 
-mod cli_common;
 mod support;
 
-use cli_common::*;
 use serde_json::{json, Value};
+use support::cli::*;
 use support::mock::{Behaviour, MockProvider};
 
 const HOUR: i64 = 3_600_000;

@@ -10,15 +10,18 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::keygate::{client, post_json, providers_at, read_stream, request, Keygate, Opts};
+use support::keygate::{
+    client, post_json, providers_at, read_stream, request, stream_messages, Keygate, Opts,
+};
+use support::logs::Capture;
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
+use support::now_ms;
 use support::raw::{content_length, RawUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,45 +32,13 @@ const GW: &str = "gw-hardening-answers-0001";
 // tasks on every worker thread).
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn logs() -> &'static Capture {
     static LOGS: OnceLock<Capture> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let capture = Capture::default();
-        let writer = capture.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        capture
-    })
+    LOGS.get_or_init(Capture::install)
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
+    logs().text()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -300,13 +271,7 @@ async fn a_stream_broken_before_its_first_content_event_rotates_to_the_next_key(
             ),
     )
     .await;
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(&kg, GW).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(
         resp.headers()

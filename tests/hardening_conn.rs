@@ -1,9 +1,7 @@
 //! Connection and process hardening (issue 10): signals, descriptor exhaustion.
 
-mod cli_common;
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,10 +31,8 @@ impl Served {
     fn start_limited(state: &std::path::Path, config: &str, nofile: Option<u32>) -> Served {
         let cfg = state.join("keygate-test.toml");
         std::fs::write(&cfg, config).expect("config");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
-        let mut cmd = cli_common::command(
+        let addr = support::cli::free_addr();
+        let mut cmd = support::cli::command(
             state,
             &[
                 "--config",
@@ -64,16 +60,7 @@ impl Served {
             cmd = wrapped;
         }
         let mut child = cmd.spawn().expect("spawn keygate serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let log = support::cli::collect_lines(child.stderr.take().expect("stderr"));
         Served { child, addr, log }
     }
 
@@ -92,12 +79,7 @@ impl Served {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
+        support::cli::signal(&self.child, sig);
     }
 }
 
@@ -120,10 +102,10 @@ async fn sighup_rereads_the_stores_and_keeps_serving_streams_in_flight() {
         Behaviour::sse(anthropic_sse("claude", 3)),
     ));
     let state = tempfile::tempdir().expect("tempdir");
-    cli_common::write_file(&cli_common::profiles_file(state.path()), PROFILES, 0o600);
+    support::cli::write_file(&support::cli::profiles_file(state.path()), PROFILES, 0o600);
     let order = |id: &str| format!(r#"{{"version":1,"order":{{"anthropic":["{id}"]}}}}"#);
-    cli_common::write_file(
-        &cli_common::state_file(state.path()),
+    support::cli::write_file(
+        &support::cli::state_file(state.path()),
         &order("anthropic:a"),
         0o600,
     );
@@ -143,8 +125,8 @@ async fn sighup_rereads_the_stores_and_keeps_serving_streams_in_flight() {
         .collect();
     assert!(mock.wait_in_flight(3, Duration::from_secs(10)).await);
     // A change on disk just before the signal.
-    cli_common::write_file(
-        &cli_common::state_file(state.path()),
+    support::cli::write_file(
+        &support::cli::state_file(state.path()),
         &order("anthropic:b"),
         0o600,
     );
@@ -321,7 +303,7 @@ async fn a_sighup_sent_the_moment_keygate_says_listening_never_kills_it() {
     // Supervisors send SIGHUP as soon as they read the listen line; the handler must already
     // be installed by then (the default action ends the process).
     let state = tempfile::tempdir().expect("tempdir");
-    cli_common::write_file(&cli_common::profiles_file(state.path()), PROFILES, 0o600);
+    support::cli::write_file(&support::cli::profiles_file(state.path()), PROFILES, 0o600);
     let kg = Served::start(
         state.path(),
         &providers_at("http://127.0.0.1:9", &["anthropic"]),
@@ -354,7 +336,7 @@ async fn a_head_of_a_provider_base_path_is_answered_without_auth_nor_error_line(
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::status(200, r#"{"type":"message"}"#));
     let state = tempfile::tempdir().expect("tempdir");
-    cli_common::write_file(&cli_common::profiles_file(state.path()), PROFILES, 0o600);
+    support::cli::write_file(&support::cli::profiles_file(state.path()), PROFILES, 0o600);
     let kg = Served::start(state.path(), &providers_at(&mock.url(), &["anthropic"]));
     assert!(kg.wait_log("keygate listening").await);
     let head = |path: &str| {

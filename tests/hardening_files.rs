@@ -1,15 +1,14 @@
 //! Files, state directories and config errors (issue 10, items 10, 11, 16, 17, 19, 20, 21):
 //! the real binary in tempdirs.
 
-mod cli_common;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cli_common::{agent_dir, keygate, mode, profiles_file, state_file, write_file, Run};
+use support::cli::{agent_dir, keygate, mode, profiles_file, state_file, write_file, Run};
 
 /// `keygate serve` on a free port, its stderr collected.
 struct Served {
@@ -19,25 +18,14 @@ struct Served {
 
 impl Served {
     fn start(state: &Path, extra: &[&str]) -> Served {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let addr = support::cli::free_addr();
         let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         args.extend(["serve".into(), "--listen".into(), addr.to_string()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = cli_common::command(state, &args, &[])
+        let mut child = support::cli::command(state, &args, &[])
             .spawn()
             .expect("spawn keygate serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let log = support::cli::collect_lines(child.stderr.take().expect("stderr"));
         Served { child, log }
     }
 
@@ -57,12 +45,7 @@ impl Served {
     }
 
     fn hangup(&self) {
-        let ok = std::process::Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
+        support::cli::signal(&self.child, "-HUP");
     }
 }
 
@@ -300,7 +283,7 @@ fn an_oauth_profile_with_a_secret_ref_is_a_hard_error_everywhere() {
     for field in ["keyRef", "tokenRef"] {
         let state = tempfile::tempdir().expect("tmp");
         let s = state.path();
-        let far = cli_common::ms_from_now(30 * 24 * 3600 * 1000);
+        let far = support::cli::ms_from_now(30 * 24 * 3600 * 1000);
         write_file(
             &profiles_file(s),
             &format!(

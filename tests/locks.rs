@@ -3,12 +3,12 @@
 //! versions left (empty, old) are reclaimed, and a live owner's lock is waited for, then
 //! reported, and left alone.
 
-mod cli_common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use cli_common::*;
+use support::cli::*;
 
 const KEY: &str = "sk-proj-LOCKS-test-key-00000001";
 

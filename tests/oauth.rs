@@ -7,15 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use serde_json::json;
 use support::keygate::{post_json, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
+use support::now_ms;
 
 const GW: &str = "gw-oauth-token";
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 fn profiles(expires: i64) -> String {
     json!({"version": 1, "profiles": {

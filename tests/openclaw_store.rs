@@ -2,17 +2,16 @@
 //! 2026.9.6 (live WAL, checkpointed, upgraded from 2026.5) and the JSON files of 2026.5.28.
 //! Fixtures: `tests/fixtures/openclaw/` (see its README).
 
-mod cli_common;
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cli_common::{keygate, Run};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use support::cli::{keygate, Run};
 use support::keygate::{copy_tree, post_json, providers_at, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
 
@@ -41,7 +40,7 @@ fn state_db(s: &Path) -> PathBuf {
 }
 
 fn agent_db(s: &Path) -> PathBuf {
-    cli_common::agent_dir(s).join("openclaw-agent.sqlite")
+    support::cli::agent_dir(s).join("openclaw-agent.sqlite")
 }
 
 fn read_only(db: &Path) -> Connection {
@@ -155,7 +154,7 @@ fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 /// What no command may leave in a SQLite dir: JSON auth files (OpenClaw refuses the provider
 /// then) and lock files.
 fn assert_no_json_store_nor_lock(s: &Path, after: &str) {
-    let agent = cli_common::agent_dir(s);
+    let agent = support::cli::agent_dir(s);
     for f in ["auth-profiles.json", "auth-state.json"] {
         assert!(!agent.join(f).exists(), "{after} created {f}");
     }
@@ -597,7 +596,7 @@ fn paste_token_and_setup_token_write_token_profiles_with_expiry() {
     assert_eq!(v["type"], "token");
     assert_eq!(v["token"], token.as_str());
     let expires = v["expires"].as_i64().unwrap();
-    let in_30d = cli_common::ms_from_now(30 * 86_400_000);
+    let in_30d = support::cli::ms_from_now(30 * 86_400_000);
     assert!((expires - in_30d).abs() < 600_000, "{v}");
 
     let dir = write_case(
@@ -719,7 +718,7 @@ fn doctor_fix_imports_a_leftover_auth_profiles_json_into_the_database() {
     let leftover = format!(
         r#"{{"version":1,"profiles":{{"anthropic:kg":{{"type":"api_key","provider":"anthropic","key":"{NEW_KEY}"}}}}}}"#
     );
-    cli_common::write_file(&cli_common::profiles_file(s), &leftover, 0o600);
+    support::cli::write_file(&support::cli::profiles_file(s), &leftover, 0o600);
     let before_agent = dump(&agent_db(s));
 
     let doc = kg(s, &["doctor"], "");
@@ -738,8 +737,8 @@ fn doctor_fix_imports_a_leftover_auth_profiles_json_into_the_database() {
         raw_profiles(&after)["anthropic:kg"],
         format!(r#"{{"type":"api_key","provider":"anthropic","key":"{NEW_KEY}"}}"#)
     );
-    assert!(!cli_common::profiles_file(s).exists());
-    let archived = files_ending(&cli_common::agent_dir(s), ".bak");
+    assert!(!support::cli::profiles_file(s).exists());
+    let archived = files_ending(&support::cli::agent_dir(s), ".bak");
     assert_eq!(archived.len(), 1, "{archived:?}");
     assert_eq!(dump(&agent_db(s)), before_agent);
     assert_no_json_store_nor_lock(s, "doctor --fix");
@@ -777,7 +776,7 @@ fn a_write_waits_for_another_writer_and_loses_no_update() {
     )
     .unwrap();
 
-    let mut child = cli_common::command(
+    let mut child = support::cli::command(
         &s,
         &[
             "models",
@@ -872,7 +871,7 @@ fn the_json_era_fixture_is_written_as_json_with_no_lock_left() {
     assert!(!state_db(s).exists() && !agent_db(s).exists());
     assert_eq!(files_ending(s, ".lock"), Vec::<PathBuf>::new());
     let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(cli_common::profiles_file(s)).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(support::cli::profiles_file(s)).unwrap())
             .unwrap();
     assert!(file["profiles"].get("anthropic:new").is_some());
     assert!(file["profiles"].get("anthropic:personal").is_none());
@@ -1025,8 +1024,8 @@ async fn openclaw_json_order_profiles_and_modes_decide_as_in_openclaw() {
 fn a_broken_openclaw_json_is_a_warning_and_never_echoed() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path();
-    cli_common::write_file(&cli_common::profiles_file(s), THREE, 0o600);
-    cli_common::write_file(
+    support::cli::write_file(&support::cli::profiles_file(s), THREE, 0o600);
+    support::cli::write_file(
         &s.join("openclaw.json"),
         r#"{ "auth": { "order": { "anthropic": ["sk-ant-api03-LEAKED-0000" "#,
         0o600,
@@ -1059,16 +1058,16 @@ fn remove_of_a_profile_in_both_the_agent_row_and_the_shared_row_removes_both() {
 fn an_expired_unlisted_token_is_excluded_in_status_as_in_serve() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path();
-    let expired = cli_common::ms_from_now(-3_600_000);
-    cli_common::write_file(
-        &cli_common::profiles_file(s),
+    let expired = support::cli::ms_from_now(-3_600_000);
+    support::cli::write_file(
+        &support::cli::profiles_file(s),
         &json!({"version": 1, "profiles": {
             "anthropic:a": {"type": "api_key", "provider": "anthropic", "key": "sk-ant-api03-TEST-a-0001"},
             "anthropic:old": {"type": "token", "provider": "anthropic", "token": "sk-ant-oat01-TEST-old-0002", "expires": expired}}})
         .to_string(),
         0o600,
     );
-    cli_common::write_file(
+    support::cli::write_file(
         &s.join("openclaw.json"),
         r#"{"auth":{"profiles":{"anthropic:a":{"provider":"anthropic","mode":"api_key"}}}}"#,
         0o600,
@@ -1095,7 +1094,7 @@ fn a_write_waits_for_the_import_while_a_leftover_file_is_what_is_served() {
     .unwrap();
     drop(c);
     let leftover = r#"{"version":1,"profiles":{"anthropic:old":{"type":"api_key","provider":"anthropic","key":"sk-ant-api03-LEFTOVER-0001"}}}"#;
-    cli_common::write_file(&cli_common::profiles_file(s), leftover, 0o600);
+    support::cli::write_file(&support::cli::profiles_file(s), leftover, 0o600);
     // Served from the file meanwhile.
     assert!(list_json(s)["profiles"]
         .to_string()

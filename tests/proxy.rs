@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 use support::keygate::{
-    client, post_json, providers_at, read_stream, request, send, Keygate, Opts,
+    client, post_json, providers_at, read_stream, request, send, stream_messages, Keygate, Opts,
 };
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
@@ -463,13 +463,7 @@ async fn upstream_reset_mid_stream_ends_client_stream_with_error() {
         },
         Behaviour::Normal,
     ]));
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(&kg, GW).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
     let text: String = chunks
@@ -537,13 +531,7 @@ async fn client_disconnect_mid_stream_closes_upstream() {
         end: End::Hang,
     });
     let kg = standard(&mock).await;
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(&kg, GW).await;
     let mut body = resp.into_body();
     use http_body_util::BodyExt;
     let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
@@ -801,13 +789,7 @@ async fn a_stream_past_request_timeout_ends_with_an_error_event_and_a_body_error
         end: End::Clean,
     });
     let kg = with_server(&mock, "request_timeout = \"1s\"").await;
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(&kg, GW).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
     assert!(errored, "the body must fail, not end cleanly");
@@ -887,13 +869,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
     });
     let kg = standard(&mock).await;
     let addr = kg.addr;
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(&kg, GW).await;
     let stop = tokio::spawn(kg.stop());
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
     let text: String = chunks

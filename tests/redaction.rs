@@ -4,27 +4,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 use support::keygate::{post_json, send, Keygate, Opts};
+use support::logs::Capture;
 use support::mock::MockProvider;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const GW: &str = "gw-redaction-token-7777";
 const ADMIN: &str = "admin-redaction-token-6666";
@@ -37,13 +22,7 @@ const KEYS: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_never_contain_secrets() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let capture = Capture::install();
     let mock = MockProvider::start().await;
     let url = mock.url();
     let config = format!(
@@ -118,7 +97,7 @@ async fn trace_logs_never_contain_secrets() {
     run.await;
     drop(kg);
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    let logs = capture.text();
     assert!(
         logs.contains("request"),
         "the access log was captured: {} bytes",

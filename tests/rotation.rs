@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::keygate::{client, post_json, providers_at, read_stream, request, Keygate, Opts};
+use support::keygate::{post_json, providers_at, read_stream, stream_messages, Keygate, Opts};
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
 const GW: &str = "gw-rotation-token";
@@ -251,13 +251,7 @@ fn stream_with_error(kind: &str) -> Behaviour {
 }
 
 async fn stream_text(kg: &Keygate) -> (StatusCode, Option<String>, String, bool) {
-    let req = request(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
-    );
-    let resp = client().request(req).await.expect("response");
+    let resp = stream_messages(kg, GW).await;
     let status = resp.status();
     let cred = resp
         .headers()

@@ -243,6 +243,21 @@ pub async fn post_json(url: &str, headers: &[(&str, &str)], json: &serde_json::V
     send(Method::POST, url, &h, Bytes::from(json.to_string())).await
 }
 
+/// A streaming Anthropic messages request (`claude-sonnet-4-5`, `"stream": true`) with
+/// `gateway` as `x-api-key`; the response with its body unread.
+pub async fn stream_messages(
+    kg: &Keygate,
+    gateway: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let req = request(
+        Method::POST,
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", gateway), ("content-type", "application/json")],
+        Bytes::from(serde_json::json!({"model": "claude-sonnet-4-5", "stream": true}).to_string()),
+    );
+    client().request(req).await.expect("response")
+}
+
 /// Reads a streamed body chunk by chunk, noting when each chunk arrived.
 /// Returns the chunks with their arrival times and whether the body ended with an error.
 pub async fn read_stream(

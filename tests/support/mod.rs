@@ -4,6 +4,16 @@
 //! items are expected here.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cli;
 pub mod keygate;
+pub mod logs;
 pub mod mock;
 pub mod raw;
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}

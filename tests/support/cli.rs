@@ -1,10 +1,11 @@
 //! Running the real `keygate` binary for the CLI tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// What a run printed and how it ended.
 #[derive(Debug)]
@@ -103,11 +104,7 @@ pub fn write_file(p: &Path, text: &str, mode: u32) {
 
 /// Epoch ms `delta_ms` from now.
 pub fn ms_from_now(delta_ms: i64) -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    now + delta_ms
+    super::now_ms() + delta_ms
 }
 
 /// Every regular file under `dir` is 0600 and every directory 0700.
@@ -121,4 +118,35 @@ pub fn assert_private_tree(dir: &Path) {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
     }
+}
+
+/// A free port on 127.0.0.1 (bound, then let go) for `serve --listen`.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// Collects the lines of `from` (a child's stderr) on a thread of its own.
+pub fn collect_lines(from: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    log
+}
+
+/// Sends `sig` (`-HUP`, `-TERM`, ...) to `child` with `kill`; fails unless it was sent.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
 }

@@ -96,10 +96,10 @@ openclaw_in() {
 # --- fixtures --------------------------------------------------------------------------
 
 # Obviously fake secrets (never valid anywhere), short so no scanner takes them for real
-# keys. paste-token needs the sk-ant-oat01- prefix and >= 80 characters: padded with x.
+# keys. paste-token needs the sk-ant-oat01- prefix and >= 80 characters: dots keep it from looking like a real token.
 FAKE_ANT_WORK="sk-ant-api03-FAKE-work-1234"
 FAKE_ANT_PERSONAL="sk-ant-api03-FAKE-personal-5678"
-FAKE_ANT_TOKEN="sk-ant-oat01-FAKE-setup-token-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+FAKE_ANT_TOKEN="sk-ant-oat01-FAKE.setup.token.for.keygate.tests.only.not.a.real.credential.pad.pad"
 FAKE_OPENAI="sk-proj-FAKE-openai-9012"
 FAKE_KEYGATE_ANT="sk-ant-api03-FAKE-keygate-wrote-3456"
 

@@ -302,7 +302,7 @@ fn status_check_passes_and_doctor_names_the_store_and_version() {
         if fixture != JSON_ERA {
             assert!(doc.stdout.contains("2026.9.6"), "{fixture}: {doc:?}");
         }
-        doc.assert_no_secret(&["FAKE-work-1234", "FAKE-setup-token-xxxx"]);
+        doc.assert_no_secret(&["FAKE-work-1234", "FAKE.setup.token.for.keygate"]);
     }
 }
 

@@ -441,7 +441,6 @@ impl SqliteDir {
     }
 }
 
-/// Whether a store row currently holds profile `id`.
 /// Read-modify-write of one store row's `profiles` map in one transaction; the row is
 /// rewritten only when `change` changed something.
 fn update_row_profiles<T, E>(
@@ -457,14 +456,7 @@ where
             Some(text) => profiles_doc(text, &path)?,
             None => Map::new(),
         };
-        top.entry("version").or_insert(Value::from(1));
-        let profiles = top
-            .entry("profiles")
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(profiles) = profiles else {
-            unreachable!("profiles_doc checked that profiles is an object");
-        };
-        let out = change(profiles)?;
+        let out = change(write::profiles_of(&mut top))?;
         Ok((put_if_changed(current, &top), out))
     })
 }

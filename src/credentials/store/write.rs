@@ -431,14 +431,7 @@ where
         }
         None => Map::new(),
     };
-    top.entry("version").or_insert(Value::from(1));
-    let profiles = top
-        .entry("profiles")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(profiles) = profiles else {
-        unreachable!("checked above: profiles is an object or absent");
-    };
-    let out = change(profiles)?;
+    let out = change(profiles_of(&mut top))?;
     write_atomic(path, &to_json(&Value::Object(top)))?;
     Ok(out)
 }
@@ -584,6 +577,20 @@ fn backoff(n: u32) -> Duration {
         ^ std::process::id().wrapping_mul(2_654_435_761)
         ^ n.wrapping_mul(40_503);
     Duration::from_millis(base / 2 + u64::from(seed) % (base / 2 + 1))
+}
+
+/// The `profiles` map of an auth-profiles document whose `profiles`, if present, was
+/// checked to be an object; `version: 1` and an empty map are added when absent (a new
+/// store). Shared by the JSON file and the SQLite rows.
+pub(super) fn profiles_of(top: &mut Map<String, Value>) -> &mut Map<String, Value> {
+    top.entry("version").or_insert(Value::from(1));
+    match top
+        .entry("profiles")
+        .or_insert_with(|| Value::Object(Map::new()))
+    {
+        Value::Object(profiles) => profiles,
+        _ => unreachable!("the caller checked that profiles is an object or absent"),
+    }
 }
 
 #[cfg(test)]

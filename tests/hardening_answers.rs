@@ -17,7 +17,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 use support::keygate::{
-    client, post_json, providers_at, read_stream, request, stream_messages, Keygate, Opts,
+    client, post_json, post_messages, providers_at, read_stream, request, stream_messages, Keygate,
+    Opts,
 };
 use support::logs::Capture;
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
@@ -80,12 +81,7 @@ async fn a_token_endpoint_error_echoing_the_refresh_token_reaches_neither_client
             .profiles(&profiles),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text());
     assert_eq!(token.requests().len(), 1, "the refresh was attempted");
     let answer = a.text();
@@ -157,12 +153,7 @@ async fn an_error_answer_echoing_the_key_is_redacted_in_body_and_headers() {
         body,
     ));
     let kg = echo_gateway(&mock, "").await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(mock.keys(), vec![Some(ECHO_KEY.to_owned())]);
     let text = a.text();
@@ -197,12 +188,7 @@ async fn an_error_body_longer_than_max_error_body_is_redacted_to_its_end() {
     );
     mock.set_default(Behaviour::status(500, body.clone()));
     let kg = echo_gateway(&mock, "max_error_body = \"1KiB\"").await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
     let text = a.text();
     assert!(!text.contains(ECHO_KEY), "key in the body");
@@ -377,12 +363,7 @@ async fn an_upstream_101_is_answered_with_502() {
             .env("ANTHROPIC_API_KEY", "sk-ant-api03-upgrade-key-0001"),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
     assert_eq!(a.json()["error"]["type"], "api_error");
     assert!(a.header("upgrade").is_none());

@@ -5,7 +5,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 
 use serde_json::json;
-use support::keygate::{post_json, Keygate, Opts};
+use support::keygate::{post_json, post_messages, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
 use support::now_ms;
 
@@ -101,12 +101,7 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
             .profiles(&profiles(now_ms() - 60_000)),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(
         a.header("x-keygate-credential"),
@@ -117,12 +112,7 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
         vec![Some("sk-ant-api03-fallback-key-0003".to_owned())]
     );
     // The profile now cools as `auth`: the next request does not try the refresh again.
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, 200);
     assert_eq!(token.requests().len(), 1);
 
@@ -167,12 +157,7 @@ async fn a_token_that_is_still_valid_is_not_refreshed() {
             .profiles(&profiles(now_ms() + 3_600_000)),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, 200);
     assert!(token.requests().is_empty());
     assert_eq!(

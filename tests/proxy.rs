@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
 use support::keygate::{
-    client, post_json, providers_at, read_stream, request, send, stream_messages, Keygate, Opts,
+    client, post_json, post_messages, providers_at, read_stream, request, send, stream_messages,
+    Keygate, Opts,
 };
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
@@ -349,12 +350,7 @@ async fn pinned_profile_is_stripped_byte_for_byte() {
         a.json()["error"]["message"],
         "Auth profile \"anthropic:nope\" not found."
     );
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude@openai:x"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude@openai:x").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         a.json()["error"]["message"],
@@ -477,12 +473,7 @@ async fn upstream_reset_mid_stream_ends_client_stream_with_error() {
     );
     assert!(!text.contains("message_stop"));
 
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::OK, "next request succeeds");
 }
 
@@ -554,12 +545,7 @@ async fn no_credentials_is_401_with_hint() {
             .env("KEYGATE_TOKEN", GW),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let msg = a.json()["error"]["message"]
         .as_str()

@@ -6,8 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::json;
-use support::keygate::{post_json, providers_at, Keygate, Opts};
+use support::keygate::{post_messages, providers_at, Keygate, Opts};
 use support::mock::MockProvider;
 
 const GW: &str = "gw-reload-token";
@@ -24,12 +23,7 @@ fn write(path: &Path, text: &str) {
 }
 
 async fn credential_used(kg: &Keygate) -> String {
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude").await;
     a.header("x-keygate-credential").unwrap_or("-").to_owned()
 }
 
@@ -171,12 +165,7 @@ async fn dotenv_changes_are_picked_up() {
             .file(".env", "# no keys yet\n"),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude").await;
     assert_eq!(a.status, 401);
     write(
         &kg.state_path().join(".env"),

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::keygate::{post_json, providers_at, read_stream, stream_messages, Keygate, Opts};
+use support::keygate::{
+    post_json, post_messages, providers_at, read_stream, stream_messages, Keygate, Opts,
+};
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
 const GW: &str = "gw-rotation-token";
@@ -149,24 +151,14 @@ async fn all_keys_limited_returns_the_last_answer() {
         mock.on_key(k, Behaviour::status_with(429, &[("retry-after", "30"), ("x-which", tag)], r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#));
     }
     let kg = keygate(&mock, "", "ANTHROPIC", &[A, B, C]).await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.header("x-keygate-attempts"), Some("3"));
     assert_eq!(a.header("x-which"), Some("c"), "the last attempt's headers");
     assert_eq!(a.json()["error"]["type"], "rate_limit_error");
 
     // Now every key is cooling: keygate answers itself, with retry-after.
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         mock.requests().len(),
@@ -185,12 +177,7 @@ async fn all_keys_limited_returns_the_last_answer() {
     );
     // Another model is not affected.
     mock.clear_rules();
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-haiku-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-haiku-4-5").await;
     assert_eq!(a.status, StatusCode::OK);
 }
 
@@ -481,12 +468,7 @@ async fn metrics_and_status_show_the_rotation() {
             .env("ANTHROPIC_API_KEYS", &format!("{A},{B}")),
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, StatusCode::OK);
 
     let m = support::keygate::send(Method::GET, &kg.url("/metrics"), &[], Bytes::new()).await;
@@ -558,12 +540,7 @@ async fn round_robin_spreads_load_over_the_pool() {
     )
     .await;
     for _ in 0..9 {
-        let a = post_json(
-            &kg.url("/anthropic/v1/messages"),
-            &[("x-api-key", GW)],
-            &json!({"model": "m"}),
-        )
-        .await;
+        let a = post_messages(&kg, GW, "m").await;
         assert_eq!(a.status, StatusCode::OK);
     }
     let counts: Vec<usize> = [A, B, C].iter().map(|k| mock.requests_for_key(k)).collect();
@@ -622,12 +599,7 @@ async fn max_attempts_bounds_the_rotation() {
         &[A, B, C],
     )
     .await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "m"}),
-    )
-    .await;
+    let a = post_messages(&kg, GW, "m").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.header("x-keygate-attempts"), Some("2"));
     assert_eq!(mock.requests_for_key(C), 0);

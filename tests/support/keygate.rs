@@ -243,6 +243,16 @@ pub async fn post_json(url: &str, headers: &[(&str, &str)], json: &serde_json::V
     send(Method::POST, url, &h, Bytes::from(json.to_string())).await
 }
 
+/// An Anthropic messages request `{"model": model}` with `gateway` as `x-api-key`.
+pub async fn post_messages(kg: &Keygate, gateway: &str, model: &str) -> Answer {
+    post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", gateway)],
+        &serde_json::json!({ "model": model }),
+    )
+    .await
+}
+
 /// A streaming Anthropic messages request (`claude-sonnet-4-5`, `"stream": true`) with
 /// `gateway` as `x-api-key`; the response with its body unread.
 pub async fn stream_messages(

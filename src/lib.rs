@@ -11,7 +11,7 @@
 //!              ├─ route (pure): /{provider}/{rest}, path checks ─▶ 400/404
 //!              ├─ admit: body under max_request_body into Bytes ─▶ 413
 //!              ├─ admit: model from body (borrowed) or path; `@profile` pin cut by byte edit
-//!              ├─ pool::registry: candidates (pin │ explicit order │ profiles by kind+LRU │ env)
+//!              ├─ pool: candidates (pin │ pool::order: explicit order │ profiles by kind │ env; LRU)
 //!              └─ attempt, for each candidate pool::select lets serve:
 //!                   inject credential ─▶ upstream (pooled hyper-util + rustls)
 //!                   inspect answer (classify, peek stream) ─▶ rotate (same Bytes) │ return
@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Layers, each importing only those below it (no cycles between files): `cli` ▸ `server`
-//! ▸ `admin` ▸ `proxy` ▸ `state` ▸ `pool` ▸ `status`, `inject` ▸ `credentials` ▸ `inbound`,
+//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `pool` ▸ `inject` ▸ `credentials` ▸ `inbound`,
 //! `upstream`, `telemetry`, `redact` ▸ `config`, `cooldown`, `metrics` ▸ `classify`,
 //! `provider`, `pin`, `secret`, `budget`.
 

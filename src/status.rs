@@ -8,8 +8,8 @@
 //!
 //! Owns building the view — per provider, every stored profile (Claude Code's included) and
 //! environment key with its kind, source, masked secret, expiry, health and position in the
-//! order the proxy would try them, plus the rows an explicit order or `auth.profiles`
-//! excludes — the `--check` verdict, and the expiry and duration formats. It does not print
+//! order the proxy tries them (the pool's own [`order::plan`]), plus the rows an explicit
+//! order or `auth.profiles` excludes — the `--check` verdict, and the expiry and duration formats. It does not print
 //! (`models`) nor probe (`probe`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,12 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::credentials::env::EnvSnapshot;
-use crate::credentials::env::{env_credentials, resolve_env_id};
-use crate::credentials::store::openclaw_json::AuthConfig;
-use crate::credentials::store::AuthState;
+use crate::credentials::env::env_credentials;
 use crate::credentials::store::{self, Expires, Profile, ProfileProblem, ProfileSet};
 use crate::credentials::{Credential, Kind, Source};
+use crate::pool::order::{self, Entry, Fate};
+use crate::pool::Inputs;
 
 /// Detail of an `excluded_by_auth_order` row (SPEC §1).
 pub const EXCLUDED_DETAIL: &str = "Excluded by auth.order for this provider.";
@@ -138,54 +137,6 @@ pub fn check_result(view: &StatusView) -> (&'static str, u8) {
     (worst, code)
 }
 
-/// What an agent's view is built from: its stored profiles, its state (explicit order),
-/// `openclaw.json`'s `auth` section and the environment (with `.env`), as one load read them.
-#[derive(Debug, Default)]
-pub struct Inputs {
-    /// The stored profiles.
-    pub set: ProfileSet,
-    /// The agent's non-secret state.
-    pub state: AuthState,
-    /// `openclaw.json` `auth`.
-    pub oc: AuthConfig,
-    /// The environment the keys were read from.
-    pub env: EnvSnapshot,
-    /// Why a store file could not be read or parsed (file, line and column; never a value).
-    /// Its part of the inputs is then empty.
-    pub problems: Vec<String>,
-}
-
-impl Inputs {
-    /// Reads an agent's files. A file that cannot be read or parsed leaves its part empty and
-    /// says why in `problems`: the caller decides whether that is fatal (the CLI) or whether
-    /// the last good inputs stay in use (a running proxy).
-    pub fn load(
-        state_dir: &std::path::Path,
-        agent: &str,
-        env: EnvSnapshot,
-        config: &Config,
-    ) -> Self {
-        let mut problems = Vec::new();
-        let set = store::load_agent_profiles(state_dir, agent, &env, &config.secret_providers)
-            .unwrap_or_else(|e| {
-                problems.push(e.to_string());
-                ProfileSet::default()
-            });
-        let state = store::load_agent_state(state_dir, agent).unwrap_or_else(|e| {
-            problems.push(e.to_string());
-            AuthState::default()
-        });
-        let oc = store::openclaw_json::load(&store::openclaw_json::config_path(state_dir, &env));
-        Self {
-            set,
-            state,
-            oc,
-            env,
-            problems,
-        }
-    }
-}
-
 /// Builds the status view: every provider with a credential or a `[providers.*]` entry (or
 /// just `only`).
 pub fn build_view(
@@ -231,59 +182,20 @@ pub fn build_view(
     let mut providers = Vec::with_capacity(names.len());
     for name in names {
         let pc = config.provider(&name);
-        let mut rows: Vec<Row> = set
-            .profiles
+        let plan = order::plan(inputs, &name, pc);
+        warnings.extend(plan.warnings.iter().cloned());
+        let mut rows: Vec<Row> = plan
+            .entries
             .iter()
-            .filter(|p| p.provider == name)
-            .map(|p| {
-                let mut r = profile_row(p, set, now_ms, warn_ms);
-                // openclaw.json auth.profiles says another mode or provider: never used.
-                if let Err(why) = oc.eligibility(&p.id, &name, p.kind) {
-                    r.reason_code = Some(why.code());
-                    r.detail = Some(why.detail(p.kind));
-                    r.cred = None;
-                }
-                r
-            })
+            .map(|e| row(e, set, now_ms, warn_ms))
             .collect();
-        // Stored profiles by kind (oauth, token, api_key), as the pool ranks them.
-        rows.sort_by_key(|r| kind_rank(r.kind));
-        if let Some(pc) = pc {
-            rows.extend(
-                env_credentials(&name, &pc.env_prefix, env)
-                    .into_iter()
-                    .map(env_row),
-            );
+        if plan.order.is_some() {
+            rows.sort_by_key(|r| r.position.unwrap_or(usize::MAX));
         }
-        // The same precedence as `pool::explicit_order`.
-        let (order, order_source) = if let Some(o) = state.order.get(&name) {
-            (Some(o.clone()), Some("auth-state"))
-        } else if let Some(o) = oc.order_for(&name) {
-            (Some(o.to_vec()), Some("openclaw.json"))
-        } else if let Some(o) = pc.and_then(|p| p.order.as_ref()) {
-            (Some(o.clone()), Some("config"))
-        } else {
-            (None, None)
+        let (order, order_source) = match plan.order {
+            Some((o, source)) => (Some(o.to_vec()), Some(source)),
+            None => (None, None),
         };
-        if let Some(order) = &order {
-            apply_explicit_order(&name, pc, order, &mut rows, env, &mut warnings);
-        } else {
-            if oc.restricts(&name) {
-                // OpenClaw's rule: only the profiles auth.profiles lists are candidates.
-                // As the pool: every stored profile not listed (expired ones too), while a
-                // mismatch keeps its own reason.
-                for r in rows.iter_mut().filter(|r| {
-                    r.source == Source::Profile
-                        && !matches!(r.reason_code, Some("mode_mismatch" | "provider_mismatch"))
-                        && !oc.lists(&r.id, &name)
-                }) {
-                    r.reason_code = Some(EXCLUDED_BY_PROFILES);
-                    r.detail = Some(EXCLUDED_BY_PROFILES_DETAIL.to_owned());
-                    r.cred = None;
-                }
-            }
-            assign_positions(&mut rows);
-        }
         // Shown as the ids it lists; an entry that is neither a credential here nor shaped
         // like an id is not echoed (a file can hold anything there).
         let order = order.map(|o| {
@@ -324,88 +236,36 @@ pub fn build_view(
     }
 }
 
-fn kind_rank(k: Kind) -> u8 {
-    match k {
-        Kind::OAuth => 0,
-        Kind::Token => 1,
-        Kind::ApiKey => 2,
-    }
-}
-
-/// Positions without an explicit order: usable rows in base order, duplicates (same
-/// secret as an earlier row) skipped.
-fn assign_positions(rows: &mut [Row]) {
-    let mut seen: Vec<(String, String)> = Vec::new();
-    let mut next = 1;
-    for r in rows.iter_mut() {
-        let Some(c) = &r.cred else { continue };
-        let v = c.secret.expose().trim().to_owned();
-        if let Some((_, first)) = seen.iter().find(|(s, _)| *s == v) {
-            r.detail = Some(format!("Same secret as {first}; only the first is used."));
+/// One entry of a provider's order as a status row.
+fn row(e: &Entry<'_>, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row {
+    let mut r = match (e.profile, &e.cred) {
+        (Some(p), _) => profile_row(p, set, now_ms, warn_ms),
+        (None, Some(c)) => env_row(c.clone()),
+        (None, None) => unreachable!("an environment entry always has its credential"),
+    };
+    r.cred = e.cred.clone();
+    match &e.fate {
+        Fate::Ranked(at) => r.position = Some(at + 1),
+        Fate::Duplicate { of } => {
             r.reason_code = Some("duplicate");
-            continue;
+            r.detail = Some(format!("Same secret as {of}; only the first is used."));
         }
-        seen.push((v, r.id.clone()));
-        r.position = Some(next);
-        next += 1;
-    }
-}
-
-/// Positions with an explicit order: only listed credentials, in that order; every other
-/// row is `excluded_by_auth_order`.
-fn apply_explicit_order(
-    provider: &str,
-    pc: Option<&crate::config::ProviderConfig>,
-    order: &[String],
-    rows: &mut Vec<Row>,
-    env: &EnvSnapshot,
-    warnings: &mut Vec<String>,
-) {
-    let mut next = 1;
-    let mut seen: Vec<String> = Vec::new();
-    for oid in order {
-        if let Some(r) = rows.iter_mut().find(|r| &r.id == oid) {
-            if let Some(c) = &r.cred {
-                let v = c.secret.expose().trim().to_owned();
-                if seen.contains(&v) {
-                    r.reason_code = Some("duplicate");
-                    r.detail = Some("Same secret as an earlier credential of the order.".into());
-                } else {
-                    seen.push(v);
-                    r.position = Some(next);
-                    next += 1;
-                }
-            }
-            continue;
-        }
-        // An env id the default scan does not list (e.g. hidden by OPENCLAW_LIVE_*_KEY).
-        if let Some(c) = pc.and_then(|pc| resolve_env_id(oid, provider, &pc.env_prefix, env)) {
-            let mut r = env_row(c);
-            r.position = Some(next);
-            next += 1;
-            rows.push(r);
-            continue;
-        }
-        warnings.push(match store::shown_id(oid) {
-            Some(oid) => format!(
-                "order for {provider} lists \"{oid}\", which does not resolve to a credential; it is skipped"
-            ),
-            None => format!(
-                "order for {provider} lists an entry that is not a credential id (not shown); it is skipped"
-            ),
-        });
-    }
-    for r in rows.iter_mut() {
-        // An ineligible profile keeps its more telling reason.
-        if !order.contains(&r.id)
-            && !matches!(r.reason_code, Some("mode_mismatch" | "provider_mismatch"))
-        {
-            r.position = None;
+        Fate::ExcludedByOrder => {
             r.reason_code = Some("excluded_by_auth_order");
             r.detail = Some(EXCLUDED_DETAIL.to_owned());
         }
+        Fate::ExcludedByProfiles => {
+            r.reason_code = Some(EXCLUDED_BY_PROFILES);
+            r.detail = Some(EXCLUDED_BY_PROFILES_DETAIL.to_owned());
+            r.cred = None;
+        }
+        Fate::Ineligible(why) => {
+            r.reason_code = Some(why.code());
+            r.detail = Some(why.detail(r.kind));
+        }
+        Fate::Unusable => {}
     }
-    rows.sort_by_key(|r| r.position.unwrap_or(usize::MAX));
+    r
 }
 
 fn profile_row(p: &Profile, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row {
@@ -427,7 +287,7 @@ fn profile_row(p: &Profile, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row 
         reason_code,
         detail,
         managed_by,
-        cred: p.credential(),
+        cred: None,
     }
 }
 
@@ -620,6 +480,54 @@ pub fn document(view: &StatusView, agent: &str, state_dir: &std::path::Path) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `models status` numbers is what the proxy tries, in that order: the pool and the
+    /// view rank from one plan.
+    #[test]
+    fn status_positions_are_the_pool_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agents/main/agent");
+        std::fs::create_dir_all(&agent).expect("agent dir");
+        std::fs::write(
+            agent.join("auth-profiles.json"),
+            r#"{"version":1,"profiles":{
+              "anthropic:key":{"type":"api_key","provider":"anthropic","key":"sk-test-key-1111"},
+              "anthropic:oa":{"type":"oauth","provider":"anthropic","access":"sk-test-oa-3333","refresh":"r","expires":4102444800000},
+              "anthropic:dup":{"type":"token","provider":"anthropic","token":"sk-test-env-4444"}}}"#,
+        )
+        .expect("profiles");
+        let env = crate::credentials::env::EnvSnapshot::from_pairs([(
+            "ANTHROPIC_API_KEYS".to_owned(),
+            "sk-test-env-4444,sk-test-env-5555".to_owned(),
+        )]);
+        let config = Config::defaults();
+        for state in [
+            None,
+            Some(
+                r#"{"version":1,"order":{"anthropic":["env:ANTHROPIC_API_KEYS#2","anthropic:key"]}}"#,
+            ),
+        ] {
+            if let Some(s) = state {
+                std::fs::write(agent.join("auth-state.json"), s).expect("state");
+            }
+            let pool = crate::pool::build_pool(&config, dir.path(), "main", &env);
+            let served: Vec<&str> = pool.providers["anthropic"]
+                .candidates
+                .iter()
+                .map(|c| c.cred.id.as_str())
+                .collect();
+            let view = build_view(&pool.inputs, &config, Some("anthropic"), 0, Duration::ZERO);
+            let mut shown: Vec<(usize, &str)> = view.providers[0]
+                .rows
+                .iter()
+                .filter_map(|r| Some((r.position?, r.id.as_str())))
+                .collect();
+            shown.sort();
+            let shown: Vec<&str> = shown.into_iter().map(|(_, id)| id).collect();
+            assert_eq!(served, shown, "order file: {state:?}");
+            assert!(served.len() >= 2);
+        }
+    }
 
     #[test]
     fn durations_read_in_their_two_largest_units() {

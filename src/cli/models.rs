@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use super::probe::{self, ProbeArgs};
 use super::{auth, config_or_exit, fail, parse_dur, unknown_provider, Context};
 use crate::credentials::store::{self, Expires};
-use crate::status::{self, build_view, check_result, now_ms, rfc3339, when, Inputs, StatusView};
+use crate::pool::Inputs;
+use crate::status::{self, build_view, check_result, now_ms, rfc3339, when, StatusView};
 
 /// `keygate models ...`.
 #[derive(Debug, Subcommand)]

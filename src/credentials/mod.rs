@@ -108,15 +108,3 @@ impl Source {
         }
     }
 }
-
-/// Drops credentials whose secret (trimmed) is empty or equal to an earlier one's, keeping
-/// the first occurrence (SPEC §5 step 4).
-pub fn dedup(list: Vec<Credential>) -> Vec<Credential> {
-    let mut seen = std::collections::HashSet::with_capacity(list.len());
-    list.into_iter()
-        .filter(|c| {
-            let v = c.secret.expose().trim();
-            !v.is_empty() && seen.insert(v.to_owned())
-        })
-        .collect()
-}

@@ -1,9 +1,8 @@
 //! The per-agent credential pools, and the I/O that keeps them current (SPEC §5, §9).
 //!
 //! Owns building an agent's pool from its files and the environment: for each provider, the
-//! candidates from the explicit order (auth-state.json, else openclaw.json, else config),
-//! else the stored profiles ranked by kind, then the environment keys — deduplicated by
-//! secret — each with its wire form ([`Injection`]) built once; reloading the pools whose
+//! candidates in the order [`order::plan`] gives, each with its wire form ([`Injection`])
+//! built once, and every usable credential by id for pins; reloading the pools whose
 //! files changed (keeping the last good pool when a new version does not parse) and the poll
 //! that watches them. At request time it orders candidates (least recently used within a
 //! kind, or across the pool for `round_robin`) and answers pin lookups. It does not own
@@ -18,13 +17,13 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use super::order::{self, Entry, Fate, Inputs};
 use crate::config::{Config, ProviderConfig, Strategy};
-use crate::credentials::env::{self, EnvSnapshot};
+use crate::credentials::env::EnvSnapshot;
 use crate::credentials::store;
-use crate::credentials::{dedup, Credential, Kind, Source};
+use crate::credentials::Credential;
 use crate::inject::Injection;
 use crate::metrics::{CredentialCounters, Metrics};
-use crate::status::Inputs;
 
 /// Bound on cached agent pools (agent ids can come from a trusted proxy's header).
 const MAX_AGENTS: usize = 1024;
@@ -57,8 +56,6 @@ pub struct ProviderPool {
     pub candidates: Vec<Arc<Candidate>>,
     /// Whether an explicit order applies (then the order is exact and never re-ranked).
     pub explicit: bool,
-    /// Stored profiles the explicit order leaves out (`excluded_by_auth_order`).
-    pub excluded: Vec<String>,
     /// Whether two stored profiles share a kind, so least recently used reorders them.
     lru_ties: bool,
 }
@@ -351,7 +348,6 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     warnings.extend(inputs.problems.iter().cloned());
     let broken = !inputs.problems.is_empty();
     let profiles = &inputs.set.profiles;
-    let state = &inputs.state;
     let oc = &inputs.oc;
     warnings.extend(oc.warnings.iter().cloned());
 
@@ -369,115 +365,37 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
         ..AgentPool::default()
     };
     for (id, provider) in &config.providers {
-        // OpenClaw's eligibility rule (openclaw.json auth.profiles): a profile configured with
-        // another mode or provider is never used, nor pinnable.
-        let mut stored: Vec<(u8, Credential)> = profiles
-            .iter()
-            .filter(|p| &p.provider == id)
-            .filter(|p| match oc.eligibility(&p.id, id, p.kind) {
-                Ok(()) => true,
-                Err(why) => {
-                    warnings.push(format!("auth profile \"{}\": {}", p.id, why.detail(p.kind)));
-                    false
-                }
-            })
-            .filter_map(|p| p.credential())
-            .map(|c| (kind_group(c.kind), c))
-            .collect();
-        stored.sort_by_key(|(g, _)| *g);
-        let env_creds = env::env_credentials(id, &provider.env_prefix, env);
-
-        // Every credential is pinnable by id, whatever the order says.
-        for (i, (g, c)) in stored.iter().enumerate() {
-            if let Some(cand) = Candidate::new(provider, c.clone(), *g, i as u32) {
-                pool.by_id.insert(c.id.to_string(), Arc::new(cand));
+        let plan = order::plan(&inputs, id, Some(provider));
+        let explicit = plan.order.is_some();
+        // Every credential is pinnable by id, whatever the order says; an ineligible one
+        // never is (OpenClaw's rule).
+        for e in &plan.entries {
+            if let Fate::Ineligible(why) = &e.fate {
+                warnings.push(format!(
+                    "auth profile \"{}\": {}",
+                    e.id(),
+                    why.detail(e.kind())
+                ));
             }
         }
-        for (i, c) in env_creds.iter().enumerate() {
-            if let Some(cand) = Candidate::new(provider, c.clone(), 3, i as u32) {
+        for e in plan.entries.iter().filter(|e| e.place().is_none()) {
+            let Some(c) = &e.cred else { continue };
+            if let Some(cand) = Candidate::new(provider, c.clone(), group(e, false), 0) {
                 pool.by_id
                     .entry(c.id.to_string())
                     .or_insert_with(|| Arc::new(cand));
             }
         }
-
-        let order = explicit_order(state, oc, id, provider);
-        let (list, explicit, excluded) = match order {
-            Some(order) => {
-                let mut list = Vec::with_capacity(order.len());
-                for oid in order {
-                    if let Some((_, c)) = stored.iter().find(|(_, c)| c.id.as_str() == oid) {
-                        list.push(c.clone());
-                    } else if let Some(c) = env::resolve_env_id(oid, id, &provider.env_prefix, env)
-                    {
-                        list.push(c);
-                    } else {
-                        warnings.push(match store::shown_id(oid) {
-                            Some(oid) => format!(
-                                "order for {id} lists \"{oid}\", which does not resolve to a credential; skipped"
-                            ),
-                            None => format!(
-                                "order for {id} lists an entry that is not a credential id (not shown); skipped"
-                            ),
-                        });
-                    }
-                }
-                let excluded = profiles
-                    .iter()
-                    .filter(|p| &p.provider == id && !order.iter().any(|o| o == &p.id))
-                    .map(|p| p.id.clone())
-                    .collect();
-                (list, true, excluded)
-            }
-            // openclaw.json auth.profiles lists this provider's profiles: only those are
-            // stored candidates (OpenClaw's rule); env keys follow as usual.
-            None if oc.restricts(id) => {
-                let (listed, unlisted): (Vec<_>, Vec<_>) = stored
-                    .into_iter()
-                    .partition(|(_, c)| oc.lists(c.id.as_str(), id));
-                let mut list: Vec<Credential> = listed.into_iter().map(|(_, c)| c).collect();
-                list.extend(env_creds);
-                let excluded = unlisted
-                    .into_iter()
-                    .map(|(_, c)| c.id.to_string())
-                    .collect();
-                (list, false, excluded)
-            }
-            None => {
-                let mut list: Vec<Credential> = stored.into_iter().map(|(_, c)| c).collect();
-                list.extend(env_creds);
-                (list, false, Vec::new())
-            }
-        };
-        let candidates = dedup(list)
+        warnings.extend(plan.warnings.iter().cloned());
+        let candidates: Vec<Arc<Candidate>> = plan
+            .ranked()
             .into_iter()
             .enumerate()
-            .filter_map(|(i, c)| {
-                let group = if explicit {
-                    0
-                } else if c.source == Source::Env {
-                    3
-                } else {
-                    kind_group(c.kind)
-                };
-                pool.by_id
-                    .get(c.id.as_str())
-                    .filter(|existing| existing.cred.secret == c.secret)
-                    .map(|existing| {
-                        Arc::new(Candidate {
-                            cred: existing.cred.clone(),
-                            inject: existing.inject.clone(),
-                            id_header: existing.id_header.clone(),
-                            fp: existing.fp,
-                            counters: OnceLock::new(),
-                            group,
-                            position: i as u32,
-                            last_used: AtomicU64::new(0),
-                        })
-                    })
-                    .or_else(|| Candidate::new(provider, c, group, i as u32).map(Arc::new))
+            .filter_map(|(i, e)| {
+                let c = e.cred.clone()?;
+                Candidate::new(provider, c, group(e, explicit), i as u32).map(Arc::new)
             })
-            .collect::<Vec<_>>();
+            .collect();
         // Pins and the pool share one Candidate (so last-used is shared).
         for c in &candidates {
             pool.by_id.insert(c.cred.id.to_string(), c.clone());
@@ -490,7 +408,6 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
                     .any(|w| w[0].group < 3 && w[0].group == w[1].group),
                 candidates,
                 explicit,
-                excluded,
             },
         );
     }
@@ -498,22 +415,6 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
     pool.broken = broken;
     pool.inputs = inputs;
     pool
-}
-
-/// The explicit order for `provider` (SPEC §5, §6b): the agent's own (`auth-state.json` or
-/// its SQLite state row), else `openclaw.json` `auth.order`, else `[providers.P] order`.
-pub fn explicit_order<'a>(
-    state: &'a store::AuthState,
-    oc: &'a store::openclaw_json::AuthConfig,
-    provider: &str,
-    config: &'a crate::config::ProviderConfig,
-) -> Option<&'a [String]> {
-    state
-        .order
-        .get(provider)
-        .map(Vec::as_slice)
-        .or_else(|| oc.order_for(provider))
-        .or(config.order.as_deref())
 }
 
 /// Logs what loading an agent's store skipped (WARN) or refused (ERROR), naming entries,
@@ -535,7 +436,6 @@ fn clone_providers(p: &HashMap<String, ProviderPool>) -> HashMap<String, Provide
                 ProviderPool {
                     candidates: v.candidates.clone(),
                     explicit: v.explicit,
-                    excluded: v.excluded.clone(),
                     lru_ties: v.lru_ties,
                 },
             )
@@ -543,11 +443,13 @@ fn clone_providers(p: &HashMap<String, ProviderPool>) -> HashMap<String, Provide
         .collect()
 }
 
-fn kind_group(kind: Kind) -> u8 {
-    match kind {
-        Kind::OAuth => 0,
-        Kind::Token => 1,
-        Kind::ApiKey => 2,
+/// Rank group of an entry: 0 for every entry of an explicit order (exact, never
+/// re-ranked), else 0 oauth, 1 token, 2 api key (stored profiles), 3 environment.
+fn group(e: &Entry<'_>, explicit: bool) -> u8 {
+    match e.profile {
+        _ if explicit => 0,
+        Some(p) => order::kind_rank(p.kind),
+        None => 3,
     }
 }
 
@@ -611,12 +513,10 @@ mod tests {
         assert_eq!(ids(&pool), ["anthropic:key", "env:ANTHROPIC_API_KEYS#1"]);
         let p = &pool.providers["anthropic"];
         assert!(p.explicit);
-        let mut excluded = p.excluded.clone();
-        excluded.sort();
-        assert_eq!(
-            excluded,
-            ["anthropic:copy", "anthropic:oa", "anthropic:tok"]
-        );
+        // What the order leaves out is still pinnable.
+        for id in ["anthropic:copy", "anthropic:oa", "anthropic:tok"] {
+            assert!(pool.by_id.contains_key(id), "{id}");
+        }
         assert!(
             pool.warnings
                 .iter()

@@ -1,5 +1,4 @@
 use super::*;
-use crate::credentials::dedup;
 
 fn env(pairs: &[(&str, &str)]) -> EnvSnapshot {
     EnvSnapshot::from_pairs(pairs.iter().copied())
@@ -24,7 +23,6 @@ fn env_priority_table() {
         provider: &'static str,
         prefix: &'static str,
         vars: &'static [(&'static str, &'static str)],
-        dedup: bool,
         want: &'static [(&'static str, Kind, &'static str)],
     }
     let cases = [
@@ -40,7 +38,6 @@ fn env_priority_table() {
                 ("ANTHROPIC_API_KEY_2", "two"),
                 ("ANTHROPIC_OAUTH_TOKEN", "tok"),
             ],
-            dedup: false,
             want: &[("env:OPENCLAW_LIVE_ANTHROPIC_KEY", ApiKey, "live")],
         },
         Case {
@@ -48,7 +45,6 @@ fn env_priority_table() {
             provider: "openai",
             prefix: "OPENAI",
             vars: &[("OPENCLAW_LIVE_OPENAI_KEY", "  "), ("OPENAI_API_KEY", "p")],
-            dedup: false,
             want: &[("env:OPENAI_API_KEY", ApiKey, "p")],
         },
         Case {
@@ -56,7 +52,6 @@ fn env_priority_table() {
             provider: "openai",
             prefix: "OPENAI",
             vars: &[("OPENAI_API_KEYS", "a, b;c\n d,,; \t")],
-            dedup: false,
             want: &[
                 ("env:OPENAI_API_KEYS#1", ApiKey, "a"),
                 ("env:OPENAI_API_KEYS#2", ApiKey, "b"),
@@ -79,7 +74,6 @@ fn env_priority_table() {
                 ("OPENAI_API_KEYSX", "not-ours"),
                 ("ANTHROPIC_API_KEY", "other-provider"),
             ],
-            dedup: false,
             want: &[
                 ("env:OPENAI_API_KEYS#1", ApiKey, "l1"),
                 ("env:OPENAI_API_KEYS#2", ApiKey, "l2"),
@@ -91,21 +85,6 @@ fn env_priority_table() {
             ],
         },
         Case {
-            name: "duplicates dropped after dedup, first id kept",
-            provider: "openai",
-            prefix: "OPENAI",
-            vars: &[
-                ("OPENAI_API_KEYS", "same,other"),
-                ("OPENAI_API_KEY", "same"),
-                ("OPENAI_API_KEY_1", " other "),
-            ],
-            dedup: true,
-            want: &[
-                ("env:OPENAI_API_KEYS#1", ApiKey, "same"),
-                ("env:OPENAI_API_KEYS#2", ApiKey, "other"),
-            ],
-        },
-        Case {
             name: "google uses GEMINI prefix then GOOGLE_API_KEY",
             provider: "google",
             prefix: "GEMINI",
@@ -114,7 +93,6 @@ fn env_priority_table() {
                 ("GEMINI_API_KEY", "m"),
                 ("GOOGLE_API_KEYS", "not-read"),
             ],
-            dedup: false,
             want: &[
                 ("env:GEMINI_API_KEY", ApiKey, "m"),
                 ("env:GOOGLE_API_KEY", ApiKey, "g"),
@@ -130,7 +108,6 @@ fn env_priority_table() {
                 ("OPENCLAW_LIVE_ANTHROPIC_KEYS", "live1;live2"),
                 ("ANTHROPIC_API_KEY", "k"),
             ],
-            dedup: false,
             want: &[
                 ("env:OPENCLAW_LIVE_ANTHROPIC_KEYS#1", ApiKey, "live1"),
                 ("env:OPENCLAW_LIVE_ANTHROPIC_KEYS#2", ApiKey, "live2"),
@@ -147,7 +124,6 @@ fn env_priority_table() {
                 ("OPENCLAW_LIVE_ANTHROPIC_KEYS", "a"),
                 ("ANTHROPIC_OAUTH_TOKEN", "t"),
             ],
-            dedup: false,
             want: &[],
         },
         Case {
@@ -155,15 +131,11 @@ fn env_priority_table() {
             provider: "bedrock",
             prefix: "BEDROCK",
             vars: &[("AWS_BEARER_TOKEN_BEDROCK", "br")],
-            dedup: false,
             want: &[("env:AWS_BEARER_TOKEN_BEDROCK", ApiKey, "br")],
         },
     ];
     for case in cases {
-        let mut got = env_credentials(case.provider, case.prefix, &env(case.vars));
-        if case.dedup {
-            got = dedup(got);
-        }
+        let got = env_credentials(case.provider, case.prefix, &env(case.vars));
         let want: Vec<_> = case
             .want
             .iter()

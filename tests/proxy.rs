@@ -7,130 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
+use support::gateway::{assert_no_gateway_token, standard, with_server, ALL, ANT_KEY, GW, OAI_KEY};
 use support::keygate::{
     client, post_json, post_messages, providers_at, read_stream, request, send, stream_messages,
-    Keygate, Opts,
+    text_of, Keygate, Opts,
 };
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
-
-const GW: &str = "gw-test-token-0001";
-const ANT_KEY: &str = "sk-ant-api03-test-pool-key-AAAA";
-const OAI_KEY: &str = "sk-test-openai-pool-key-BBBB";
-const GEM_KEY: &str = "gemini-test-pool-key-CCCC";
-
-fn all_providers(mock: &MockProvider) -> String {
-    providers_at(&mock.url(), &["anthropic", "openai", "google"])
-}
-
-async fn standard(mock: &MockProvider) -> Keygate {
-    with_server(mock, "").await
-}
-
-/// [`standard`] with `[server]` settings.
-async fn with_server(mock: &MockProvider, server: &str) -> Keygate {
-    Keygate::start(
-        Opts::default()
-            .config(format!("[server]\n{server}\n{}", all_providers(mock)))
-            .env("KEYGATE_TOKEN", GW)
-            .env("ANTHROPIC_API_KEY", ANT_KEY)
-            .env("OPENAI_API_KEY", OAI_KEY)
-            .env("GEMINI_API_KEY", GEM_KEY),
-    )
-    .await
-}
-
-/// The gateway token must appear nowhere in what the upstream received.
-fn assert_no_gateway_token(mock: &MockProvider) {
-    for r in mock.requests() {
-        assert!(
-            !r.path_and_query.contains(GW),
-            "token in path: {}",
-            r.path_and_query
-        );
-        for (name, v) in &r.headers {
-            assert!(
-                !v.as_bytes().windows(GW.len()).any(|w| w == GW.as_bytes()),
-                "token in header {name}"
-            );
-            assert!(
-                !name.as_str().starts_with("x-keygate-"),
-                "x-keygate header forwarded: {name}"
-            );
-        }
-    }
-}
-
-#[tokio::test]
-async fn anthropic_end_to_end_injects_pool_key() {
-    let mock = MockProvider::start().await;
-    let kg = standard(&mock).await;
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("anthropic-version", "2023-06-01"), ("x-keygate-agent", "main")],
-        &json!({"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    assert_eq!(a.json()["model"], "claude-sonnet-4-5");
-    assert_eq!(
-        a.header("x-keygate-credential"),
-        Some("env:ANTHROPIC_API_KEY")
-    );
-    assert_eq!(a.header("x-keygate-attempts"), Some("1"));
-    let r = mock.last_request().expect("upstream saw the request");
-    assert_eq!(r.path(), "/v1/messages");
-    assert_eq!(r.header("x-api-key"), Some(ANT_KEY));
-    assert!(r.header("authorization").is_none());
-    assert_eq!(r.header("host"), Some(mock.addr.to_string().as_str()));
-    assert_no_gateway_token(&mock);
-}
-
-#[tokio::test]
-async fn openai_end_to_end_bearer_and_base_path() {
-    let mock = MockProvider::start().await;
-    let kg = standard(&mock).await;
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &[("authorization", &format!("Bearer {GW}"))],
-        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    let r = mock.last_request().expect("request");
-    assert_eq!(r.path(), "/v1/chat/completions");
-    assert_eq!(
-        r.header("authorization"),
-        Some(format!("Bearer {OAI_KEY}").as_str())
-    );
-    assert_no_gateway_token(&mock);
-}
-
-#[tokio::test]
-async fn gemini_model_from_path_and_query_key_stripped() {
-    let mock = MockProvider::start().await;
-    let kg = standard(&mock).await;
-    let a = send(
-        Method::POST,
-        &kg.url(&format!(
-            "/google/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={GW}"
-        )),
-        &[("content-type", "application/json")],
-        Bytes::from(json!({"contents": [{"parts": [{"text": "hi"}]}]}).to_string()),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    assert!(a
-        .header("content-type")
-        .is_some_and(|c| c.starts_with("text/event-stream")));
-    assert!(a.text().contains("gemini-2.5-flash"));
-    let r = mock.last_request().expect("request");
-    assert_eq!(
-        r.path_and_query,
-        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
-    );
-    assert_eq!(r.header("x-goog-api-key"), Some(GEM_KEY));
-    assert_no_gateway_token(&mock);
-}
+use support::raw::{connect_and_send_p, read_to_close, FirstByteSent};
 
 #[tokio::test]
 async fn sse_events_arrive_incrementally() {
@@ -261,7 +144,7 @@ async fn none_mode_on_loopback_and_refused_elsewhere() {
     let mock = MockProvider::start().await;
     let kg = Keygate::start(
         Opts::default()
-            .config(all_providers(&mock))
+            .config(providers_at(&mock.url(), ALL))
             .env("OPENAI_API_KEY", OAI_KEY),
     )
     .await;
@@ -294,157 +177,6 @@ async fn none_mode_on_loopback_and_refused_elsewhere() {
 }
 
 #[tokio::test]
-async fn pinned_profile_is_stripped_byte_for_byte() {
-    let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(all_providers(&mock))
-            .env("KEYGATE_TOKEN", GW)
-            .env("ANTHROPIC_API_KEY", ANT_KEY)
-            .profiles(r#"{"version":1,"profiles":{
-                "anthropic:work":{"type":"api_key","provider":"anthropic","key":"sk-ant-api03-work-key-WWWW"},
-                "openai:x":{"type":"api_key","provider":"openai","key":"sk-openai-x"}}}"#),
-    )
-    .await;
-    // Odd spacing and key order must survive untouched.
-    let client_body = "{ \"max_tokens\" : 8,\n  \"model\":\"claude-sonnet-4-5@anthropic:work\" , \"messages\":[{\"role\":\"user\",\"content\":\"model@x\"}]}";
-    let a = send(
-        Method::POST,
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("content-type", "application/json")],
-        Bytes::from(client_body),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    assert_eq!(a.header("x-keygate-credential"), Some("anthropic:work"));
-    let r = mock.last_request().expect("request");
-    assert_eq!(
-        r.body,
-        client_body.replace("@anthropic:work", "").as_bytes()
-    );
-    assert_eq!(r.header("x-api-key"), Some("sk-ant-api03-work-key-WWWW"));
-
-    // Header pin, unknown profile, another provider's profile.
-    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 1});
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[
-            ("x-api-key", GW),
-            ("x-keygate-profile", "env:ANTHROPIC_API_KEY"),
-        ],
-        &body,
-    )
-    .await;
-    assert_eq!(
-        a.header("x-keygate-credential"),
-        Some("env:ANTHROPIC_API_KEY")
-    );
-    let a = post_json(
-        &kg.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW), ("x-keygate-profile", "anthropic:nope")],
-        &body,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        a.json()["error"]["message"],
-        "Auth profile \"anthropic:nope\" not found."
-    );
-    let a = post_messages(&kg, GW, "claude@openai:x").await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        a.json()["error"]["message"],
-        "Auth profile \"openai:x\" is for openai, not anthropic."
-    );
-}
-
-#[tokio::test]
-async fn bad_input_gets_clear_errors_and_the_proxy_keeps_serving() {
-    let mock = MockProvider::start().await;
-    let kg = with_server(&mock, "max_request_body = \"1KiB\"").await;
-    let h = [("x-api-key", GW)];
-    // Path tricks, sent raw so no client normalises them.
-    for path in [
-        "/openai/v1/../../etc",
-        "/openai/v1/%2e%2e/x",
-        "/openai/v1%2fchat",
-        "/openai//evil.example/x",
-        "//evil.example/x",
-    ] {
-        let a = raw_get(kg.addr, path, GW).await;
-        assert!(a.starts_with("HTTP/1.1 400"), "{path}: {a}");
-        assert!(
-            a.contains("\"error\""),
-            "{path}: JSON error body expected: {a}"
-        );
-    }
-    let a = post_json(&kg.url("/nosuch/v1/x"), &h, &json!({})).await;
-    assert_eq!(a.status, StatusCode::NOT_FOUND);
-    assert!(a.json()["error"]["message"].is_string());
-
-    let big = "x".repeat(2048);
-    let a = send(
-        Method::POST,
-        &kg.url("/openai/v1/chat/completions"),
-        &h,
-        Bytes::from(big),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
-
-    let long_model = "m".repeat(300);
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &h,
-        &json!({"model": long_model}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert!(a.text().contains("256"));
-    assert!(
-        mock.requests().is_empty(),
-        "nothing forwarded for rejected requests"
-    );
-
-    // A non-JSON body passes through untouched.
-    let a = send(
-        Method::POST,
-        &kg.url("/openai/v1/files"),
-        &[("x-api-key", GW), ("content-type", "text/plain")],
-        Bytes::from_static(b"not json {"),
-    )
-    .await;
-    assert!(a.status.is_client_error() || a.status.is_success());
-    assert_eq!(
-        mock.last_request().expect("forwarded").body,
-        Bytes::from_static(b"not json {")
-    );
-
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &h,
-        &json!({"model": "gpt-4o-mini"}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "still serving");
-}
-
-async fn raw_get(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("answer")
-        .expect("read");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[tokio::test]
 async fn upstream_reset_mid_stream_ends_client_stream_with_error() {
     let mock = MockProvider::start().await;
     let kg = standard(&mock).await;
@@ -462,10 +194,7 @@ async fn upstream_reset_mid_stream_ends_client_stream_with_error() {
     let resp = stream_messages(&kg, GW).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    let text: String = chunks
-        .iter()
-        .map(|(_, b)| String::from_utf8_lossy(b))
-        .collect();
+    let text = text_of(&chunks);
     assert!(errored, "a broken upstream must not look like a clean end");
     assert!(
         text.contains("event: error"),
@@ -482,12 +211,8 @@ async fn upstream_that_never_answers_gets_504() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::Hang);
     let kg = Keygate::start(
-        Opts::default()
-            .config(format!(
-                "{}[server]\nfirst_byte_timeout = \"300ms\"\n",
-                all_providers(&mock)
-            ))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), ALL)
+            .more_config("[server]\nfirst_byte_timeout = \"300ms\"\n")
             .env("OPENAI_API_KEY", OAI_KEY),
     )
     .await;
@@ -537,39 +262,10 @@ async fn client_disconnect_mid_stream_closes_upstream() {
 }
 
 #[tokio::test]
-async fn no_credentials_is_401_with_hint() {
-    let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(all_providers(&mock))
-            .env("KEYGATE_TOKEN", GW),
-    )
-    .await;
-    let a = post_messages(&kg, GW, "claude").await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let msg = a.json()["error"]["message"]
-        .as_str()
-        .expect("msg")
-        .to_owned();
-    assert!(
-        msg.starts_with("No credentials found for provider \"anthropic\"."),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("keygate models auth paste-api-key --provider anthropic"),
-        "{msg}"
-    );
-    assert!(msg.contains("ANTHROPIC_API_KEY"), "{msg}");
-    assert_eq!(a.json()["type"], "error", "Anthropic error shape");
-}
-
-#[tokio::test]
 async fn health_and_readiness() {
     let mock = MockProvider::start().await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(all_providers(&mock))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), ALL)
             .env("ANTHROPIC_API_KEY", ANT_KEY)
             .env("OPENAI_API_KEY", OAI_KEY),
     )
@@ -644,75 +340,6 @@ async fn oversized_request_head_gets_431_and_the_proxy_keeps_serving() {
     assert_eq!(a.status, StatusCode::OK, "still serving after a 431");
 }
 
-/// A connection whose first byte has already been written by hand: the HTTP/2 client's
-/// own first byte (the `P` of its preface) is swallowed instead of sent twice.
-struct FirstByteSent {
-    inner: tokio::net::TcpStream,
-    skipped: bool,
-}
-
-impl tokio::io::AsyncRead for FirstByteSent {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for FirstByteSent {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.skipped || buf.is_empty() {
-            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        }
-        assert_eq!(buf[0], b'P', "the HTTP/2 preface starts with P");
-        if buf.len() == 1 {
-            self.skipped = true;
-            return std::task::Poll::Ready(Ok(1));
-        }
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[1..]) {
-            std::task::Poll::Ready(Ok(n)) => {
-                self.skipped = true;
-                std::task::Poll::Ready(Ok(n + 1))
-            }
-            other => other,
-        }
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A connection to keygate that has sent only `P`, which could begin either an HTTP/1.1
-/// `POST` or the HTTP/2 preface (`PRI * HTTP/2.0`): keygate must wait for more before it
-/// chooses.
-async fn connect_and_send_p(kg: &Keygate) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(kg.addr)
-        .await
-        .expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    s.write_all(b"P").await.expect("write");
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    s
-}
-
 #[tokio::test]
 async fn an_http2_preface_split_after_its_first_byte_is_served_as_http2() {
     let mock = MockProvider::start().await;
@@ -746,7 +373,7 @@ async fn an_http2_preface_split_after_its_first_byte_is_served_as_http2() {
 
 #[tokio::test]
 async fn a_request_line_split_across_segments_is_served_as_http1() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mock = MockProvider::start().await;
     let kg = standard(&mock).await;
     let mut s = connect_and_send_p(&kg).await;
@@ -755,12 +382,7 @@ async fn a_request_line_split_across_segments_is_served_as_http1() {
     )
     .await
     .expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out);
+    let text = read_to_close(&mut s).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains(r#""status":"ok""#), "{text}");
 }
@@ -779,10 +401,7 @@ async fn a_stream_past_request_timeout_ends_with_an_error_event_and_a_body_error
     assert_eq!(resp.status(), StatusCode::OK);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
     assert!(errored, "the body must fail, not end cleanly");
-    let text: String = chunks
-        .iter()
-        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
-        .collect();
+    let text = text_of(&chunks);
     assert!(
         text.contains("message_start"),
         "content before the deadline: {text}"
@@ -858,10 +477,7 @@ async fn shutdown_lets_in_flight_streams_finish() {
     let resp = stream_messages(&kg, GW).await;
     let stop = tokio::spawn(kg.stop());
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    let text: String = chunks
-        .iter()
-        .map(|(_, b)| String::from_utf8_lossy(b))
-        .collect();
+    let text = text_of(&chunks);
     assert!(
         !errored && text.contains("message_stop"),
         "stream cut by shutdown: {text}"

@@ -1,4 +1,6 @@
-//! End-to-end: a real keygate and a real mock provider on 127.0.0.1, real HTTP between.
+//! The server around the proxy, end to end: health and readiness, h2c, the request head
+//! limit, a first segment that could be HTTP/1.1 or HTTP/2, the request and first-byte
+//! timeouts (408, 504), and graceful shutdown.
 
 mod support;
 
@@ -7,156 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
-use support::gateway::{assert_no_gateway_token, standard, with_server, ALL, ANT_KEY, GW, OAI_KEY};
+use support::gateway::{standard, with_server, ALL, ANT_KEY, GW, OAI_KEY};
 use support::keygate::{
-    post_json, providers_at, read_stream, request, send, stream_messages, text_of, Keygate, Opts,
+    post_json, read_stream, request, send, stream_messages, text_of, Keygate, Opts,
 };
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 use support::raw::{connect_and_send_p, read_to_close, FirstByteSent};
-
-#[tokio::test]
-async fn inbound_auth_matrix() {
-    let mock = MockProvider::start().await;
-    let kg = standard(&mock).await;
-    let body = json!({"model": "gpt-4o-mini", "messages": []});
-    let bearer = format!("Bearer {GW}");
-    for headers in [
-        vec![("authorization", bearer.as_str())],
-        vec![("x-api-key", GW)],
-        vec![("x-goog-api-key", GW)],
-        vec![("api-key", GW)],
-    ] {
-        let a = post_json(&kg.url("/openai/v1/chat/completions"), &headers, &body).await;
-        assert_eq!(a.status, StatusCode::OK, "{headers:?}: {}", a.text());
-    }
-    let a = post_json(
-        &kg.url(&format!("/openai/v1/chat/completions?key={GW}")),
-        &[],
-        &body,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "?key=: {}", a.text());
-    assert_eq!(
-        mock.last_request().expect("request").path_and_query,
-        "/v1/chat/completions"
-    );
-
-    let before = mock.requests().len();
-    let a = post_json(&kg.url("/openai/v1/chat/completions"), &[], &body).await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert!(a.json()["error"]["message"]
-        .as_str()
-        .expect("message")
-        .contains("missing gateway token"));
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &[("x-api-key", "wrong")],
-        &body,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        mock.requests().len(),
-        before,
-        "nothing forwarded without auth"
-    );
-    assert_no_gateway_token(&mock);
-}
-
-#[tokio::test]
-async fn lockout_after_repeated_failures() {
-    let mock = MockProvider::start().await;
-    let kg = standard(&mock).await;
-    let body = json!({"model": "gpt-4o-mini"});
-    for i in 0..10 {
-        let a = post_json(
-            &kg.url("/openai/v1/chat/completions"),
-            &[("x-api-key", "bad")],
-            &body,
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "failure {i}");
-    }
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &[("x-api-key", GW)],
-        &body,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
-    let secs: u64 = a
-        .header("retry-after")
-        .expect("retry-after")
-        .parse()
-        .expect("seconds");
-    assert!(secs > 200 && secs <= 300, "{secs}");
-}
-
-#[tokio::test]
-async fn none_mode_on_loopback_and_refused_elsewhere() {
-    let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), ALL))
-            .env("OPENAI_API_KEY", OAI_KEY),
-    )
-    .await;
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &[("authorization", "Bearer whatever")],
-        &json!({"model": "m"}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(
-        mock.last_request().expect("req").header("authorization"),
-        Some(format!("Bearer {OAI_KEY}").as_str())
-    );
-
-    let cfg = keygate::config::Config::defaults();
-    let env = keygate::credentials::env::EnvSnapshot::from_pairs(Vec::<(String, String)>::new());
-    let err = keygate::build_state(
-        cfg,
-        kg.state_path(),
-        env,
-        &"0.0.0.0:8787".parse().expect("addr"),
-    )
-    .err()
-    .expect("refused");
-    assert_eq!(
-        err,
-        "refusing to bind to 0.0.0.0:8787 without auth (set gateway.auth.tokens or KEYGATE_TOKEN)"
-    );
-}
-
-#[tokio::test]
-async fn upstream_that_never_answers_gets_504() {
-    let mock = MockProvider::start().await;
-    mock.set_default(Behaviour::Hang);
-    let kg = Keygate::start(
-        Opts::gateway(&mock.url(), ALL)
-            .more_config("[server]\nfirst_byte_timeout = \"300ms\"\n")
-            .env("OPENAI_API_KEY", OAI_KEY),
-    )
-    .await;
-    let a = post_json(
-        &kg.url("/openai/v1/chat/completions"),
-        &[("x-api-key", GW)],
-        &json!({"model": "gpt-4o-mini"}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(a.header("x-keygate-attempts"), Some("1"));
-    assert_eq!(a.header("x-keygate-credential"), Some("env:OPENAI_API_KEY"));
-    assert!(a.json()["error"]["message"]
-        .as_str()
-        .expect("msg")
-        .contains("did not answer"));
-    assert!(
-        mock.wait_disconnects(1, Duration::from_secs(10)).await,
-        "upstream request cancelled"
-    );
-}
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -330,6 +188,35 @@ async fn a_body_that_stops_arriving_gets_408_at_request_timeout() {
         "{text}"
     );
     assert!(mock.requests().is_empty(), "nothing was sent upstream");
+}
+
+#[tokio::test]
+async fn upstream_that_never_answers_gets_504() {
+    let mock = MockProvider::start().await;
+    mock.set_default(Behaviour::Hang);
+    let kg = Keygate::start(
+        Opts::gateway(&mock.url(), ALL)
+            .more_config("[server]\nfirst_byte_timeout = \"300ms\"\n")
+            .env("OPENAI_API_KEY", OAI_KEY),
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("x-api-key", GW)],
+        &json!({"model": "gpt-4o-mini"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(a.header("x-keygate-attempts"), Some("1"));
+    assert_eq!(a.header("x-keygate-credential"), Some("env:OPENAI_API_KEY"));
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("did not answer"));
+    assert!(
+        mock.wait_disconnects(1, Duration::from_secs(10)).await,
+        "upstream request cancelled"
+    );
 }
 
 #[tokio::test]

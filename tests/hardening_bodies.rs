@@ -9,10 +9,9 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use support::gateway::GW;
 use support::keygate::{post_json, providers_at, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
-
-const GW: &str = "gw-bodies-token";
 
 /// A messages request whose JSON body is about `kib` KiB.
 fn big_request(kib: usize) -> serde_json::Value {

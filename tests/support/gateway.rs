@@ -74,3 +74,11 @@ pub fn assert_no_gateway_token(mock: &MockProvider) {
         }
     }
 }
+
+/// `[providers.anthropic.oauth]` with its token endpoint at `token` (`/v1/oauth/token`,
+/// client id `test-client`): after `Opts::gateway(api, &["anthropic"])`.
+pub fn anthropic_oauth_at(token: &str) -> String {
+    format!(
+        "[providers.anthropic.oauth]\ntoken_url = \"{token}/v1/oauth/token\"\nclient_id = \"test-client\"\n"
+    )
+}

@@ -16,17 +16,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
+use support::gateway::{anthropic_oauth_at, GW};
 use support::keygate::{
-    client, post_json, post_messages, providers_at, read_stream, request, stream_messages, Keygate,
-    Opts,
+    client, post_json, post_messages, read_stream, request, stream_messages, text_of, Keygate, Opts,
 };
 use support::logs::Capture;
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 use support::now_ms;
 use support::raw::{content_length, RawUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const GW: &str = "gw-hardening-answers-0001";
 
 // ---------------------------------------------------------------------------------------
 // Log capture: one global subscriber for the whole test binary (keygate logs from its own
@@ -69,15 +67,9 @@ async fn a_token_endpoint_error_echoing_the_refresh_token_reaches_neither_client
                              "refresh": REFRESH, "expires": now_ms() - 60_000}
     }})
     .to_string();
-    let config = format!(
-        "[providers.anthropic]\nbase_url = \"{}\"\n[providers.anthropic.oauth]\ntoken_url = \"{}/v1/oauth/token\"\nclient_id = \"c\"\n",
-        api.url(),
-        token.url()
-    );
     let kg = Keygate::start(
-        Opts::default()
-            .config(config)
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&api.url(), &["anthropic"])
+            .more_config(&anthropic_oauth_at(&token.url()))
             .profiles(&profiles),
     )
     .await;
@@ -114,12 +106,8 @@ const ECHO_KEY: &str = "sk-ant-api03-echo-this-key-0123456789-WXYZ";
 
 async fn echo_gateway(mock: &MockProvider, server: &str) -> Keygate {
     Keygate::start(
-        Opts::default()
-            .config(format!(
-                "[server]\n{server}\n{}",
-                providers_at(&mock.url(), &["anthropic"])
-            ))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), &["anthropic"])
+            .more_config(&format!("[server]\n{server}\n"))
             .env("ANTHROPIC_API_KEY", ECHO_KEY),
     )
     .await
@@ -247,15 +235,10 @@ async fn a_stream_broken_before_its_first_content_event_rotates_to_the_next_key(
         "sk-ant-api03-broken-stream-key-1",
         broken_after_message_start(),
     );
-    let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
-            .env(
-                "ANTHROPIC_API_KEYS",
-                "sk-ant-api03-broken-stream-key-1,sk-ant-api03-working-stream-key-2",
-            ),
-    )
+    let kg = Keygate::start(Opts::gateway(&mock.url(), &["anthropic"]).env(
+        "ANTHROPIC_API_KEYS",
+        "sk-ant-api03-broken-stream-key-1,sk-ant-api03-working-stream-key-2",
+    ))
     .await;
     let resp = stream_messages(&kg, GW).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -266,10 +249,7 @@ async fn a_stream_broken_before_its_first_content_event_rotates_to_the_next_key(
         Some("2")
     );
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    let text: String = chunks
-        .iter()
-        .map(|(_, b)| String::from_utf8_lossy(b))
-        .collect();
+    let text = text_of(&chunks);
     assert!(!errored, "the second key's stream is complete: {text}");
     assert_eq!(
         text.matches("message_start").count(),
@@ -292,9 +272,7 @@ async fn a_stream_broken_before_its_first_content_event_with_no_key_left_is_502(
     let mock = MockProvider::start().await;
     mock.set_default(broken_after_message_start());
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), &["anthropic"])
             .env("ANTHROPIC_API_KEY", "sk-ant-api03-only-broken-key-1"),
     )
     .await;
@@ -321,10 +299,7 @@ async fn an_error_body_that_breaks_is_not_passed_on_as_complete() {
     .into_bytes()])
     .await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&raw.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
-            .env("ANTHROPIC_API_KEY", ECHO_KEY),
+        Opts::gateway(&raw.url(), &["anthropic"]).env("ANTHROPIC_API_KEY", ECHO_KEY),
     )
     .await;
     let req = request(
@@ -337,10 +312,7 @@ async fn an_error_body_that_breaks_is_not_passed_on_as_complete() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_no_key_in_headers(resp.headers());
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    let text: String = chunks
-        .iter()
-        .map(|(_, b)| String::from_utf8_lossy(b))
-        .collect();
+    let text = text_of(&chunks);
     assert!(errored, "a broken error body must not end cleanly: {text}");
     assert!(!text.contains(ECHO_KEY), "{text}");
 }
@@ -357,9 +329,7 @@ async fn an_upstream_101_is_answered_with_502() {
     ])
     .await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&raw.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&raw.url(), &["anthropic"])
             .env("ANTHROPIC_API_KEY", "sk-ant-api03-upgrade-key-0001"),
     )
     .await;
@@ -419,9 +389,7 @@ async fn bodiless_then_ok(first: &str) {
     ])
     .await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&raw.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&raw.url(), &["anthropic"])
             .env("ANTHROPIC_API_KEY", "sk-ant-api03-no-content-key-0001"),
     )
     .await;
@@ -475,10 +443,7 @@ async fn a_head_answer_keeps_its_content_length_and_sends_no_body() {
     ])
     .await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&raw.url(), &["openai"]))
-            .env("KEYGATE_TOKEN", GW)
-            .env("OPENAI_API_KEY", "sk-openai-head-key-0001"),
+        Opts::gateway(&raw.url(), &["openai"]).env("OPENAI_API_KEY", "sk-openai-head-key-0001"),
     )
     .await;
     let mut s = tokio::net::TcpStream::connect(kg.addr)

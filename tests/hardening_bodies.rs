@@ -9,10 +9,10 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use support::keygate::{post_json, providers_at, Keygate, Opts};
+use support::gateway::GW;
+use support::keygate::{post_json, providers_at, Answer, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
-
-const GW: &str = "gw-bodies-token";
+use tokio::task::JoinHandle;
 
 /// A messages request whose JSON body is about `kib` KiB.
 fn big_request(kib: usize) -> serde_json::Value {
@@ -32,8 +32,10 @@ async fn start(mock: &MockProvider) -> Keygate {
     .await
 }
 
-#[tokio::test]
-async fn bodies_over_the_global_budget_get_503_with_retry_after_until_one_finishes() {
+/// A keygate with a 1 MiB body budget before an upstream that answers after 1.5 s, and one
+/// 700 KiB request in flight (its body held): the mock, the keygate, the messages URL and
+/// the first request's task.
+async fn one_body_held() -> (MockProvider, Keygate, String, JoinHandle<Answer>) {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::delayed(
         Duration::from_millis(1500),
@@ -41,13 +43,18 @@ async fn bodies_over_the_global_budget_get_503_with_retry_after_until_one_finish
     ));
     let kg = start(&mock).await;
     let url = kg.url("/anthropic/v1/messages");
-
-    // One 700 KiB body held while its exchange runs...
     let first = {
         let url = url.clone();
         tokio::spawn(async move { post_json(&url, &[("x-api-key", GW)], &big_request(700)).await })
     };
     assert!(mock.wait_in_flight(1, Duration::from_secs(10)).await);
+    (mock, kg, url, first)
+}
+
+#[tokio::test]
+async fn bodies_over_the_global_budget_get_503_with_retry_after_until_one_finishes() {
+    // One 700 KiB body held while its exchange runs...
+    let (mock, _kg, url, first) = one_body_held().await;
 
     // ...leaves no room for a second one: refused at once, in the provider's error shape.
     let second = post_json(&url, &[("x-api-key", GW)], &big_request(700)).await;
@@ -101,18 +108,7 @@ impl http_body::Body for ChanBody {
 
 #[tokio::test]
 async fn a_chunked_body_is_counted_as_it_arrives() {
-    let mock = MockProvider::start().await;
-    mock.set_default(Behaviour::delayed(
-        Duration::from_millis(1500),
-        Behaviour::status(200, r#"{"type":"message"}"#),
-    ));
-    let kg = start(&mock).await;
-    let url = kg.url("/anthropic/v1/messages");
-    let first = {
-        let url = url.clone();
-        tokio::spawn(async move { post_json(&url, &[("x-api-key", GW)], &big_request(700)).await })
-    };
-    assert!(mock.wait_in_flight(1, Duration::from_secs(10)).await);
+    let (mock, kg, url, first) = one_body_held().await;
 
     // No Content-Length: 50 KiB frames until keygate answers (324 KiB are left).
     let tcp = tokio::net::TcpStream::connect(kg.addr)

@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use support::gateway::GW;
 use support::keygate::{post_json, providers_at};
 use support::mock::{anthropic_sse, Behaviour, MockProvider};
-
-const GW: &str = "gw-hardening-conn-token";
 
 const PROFILES: &str = r#"{"version":1,"profiles":{
   "anthropic:a":{"type":"api_key","provider":"anthropic","key":"sk-test-hup-a-0001"},

@@ -1,31 +1,33 @@
-//! SPEC §4 inbound rules against a real keygate and the mock provider: browsers are not
-//! clients (Host / Origin), one request one credential, the admin token's lockout, and the
-//! trusted-proxy identity header.
+//! SPEC §4 inbound rules against a real keygate and the mock provider: the gateway token on
+//! every carrier, the lockout after repeated failures, mode none (loopback only), browsers
+//! are not clients (Host / Origin), one request one credential, the admin token's lockout,
+//! and the trusted-proxy identity header.
 
 mod support;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
+use support::gateway::{assert_no_gateway_token, standard, ALL, GW, OAI_KEY};
 use support::keygate::{post_json, providers_at, send, Answer, Keygate, Opts};
 use support::mock::MockProvider;
 
-const GW: &str = "gw-inbound-token-0001";
-const OAI_KEY: &str = "sk-test-openai-pool-key-BBBB";
 const ADMIN: &str = "admin-inbound-token-0001";
 
+/// OpenAI at `mock` with one key and the admin token; token mode with [`GW`] when `token`,
+/// else mode none (or what `extra` sets).
 async fn keygate(mock: &MockProvider, extra: &str, token: bool) -> Keygate {
-    let mut opts = Opts::default()
-        .config(format!(
-            "{extra}\n{}",
-            providers_at(&mock.url(), &["openai"])
-        ))
-        .env("OPENAI_API_KEY", OAI_KEY)
-        .env("KEYGATE_ADMIN_TOKEN", ADMIN);
-    if token {
-        opts = opts.env("KEYGATE_TOKEN", GW);
-    }
-    Keygate::start(opts).await
+    let opts = if token {
+        Opts::gateway(&mock.url(), &["openai"])
+    } else {
+        Opts::default().config(providers_at(&mock.url(), &["openai"]))
+    };
+    Keygate::start(
+        opts.more_config(extra)
+            .env("OPENAI_API_KEY", OAI_KEY)
+            .env("KEYGATE_ADMIN_TOKEN", ADMIN),
+    )
+    .await
 }
 
 async fn chat(kg: &Keygate, path_query: &str, headers: &[(&str, &str)]) -> Answer {
@@ -42,6 +44,121 @@ fn error_message(a: &Answer) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("OpenAI error shape: {}", a.text()))
         .to_owned()
+}
+
+#[tokio::test]
+async fn inbound_auth_matrix() {
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    let body = json!({"model": "gpt-4o-mini", "messages": []});
+    let bearer = format!("Bearer {GW}");
+    for headers in [
+        vec![("authorization", bearer.as_str())],
+        vec![("x-api-key", GW)],
+        vec![("x-goog-api-key", GW)],
+        vec![("api-key", GW)],
+    ] {
+        let a = post_json(&kg.url("/openai/v1/chat/completions"), &headers, &body).await;
+        assert_eq!(a.status, StatusCode::OK, "{headers:?}: {}", a.text());
+    }
+    let a = post_json(
+        &kg.url(&format!("/openai/v1/chat/completions?key={GW}")),
+        &[],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "?key=: {}", a.text());
+    assert_eq!(
+        mock.last_request().expect("request").path_and_query,
+        "/v1/chat/completions"
+    );
+
+    let before = mock.requests().len();
+    let a = post_json(&kg.url("/openai/v1/chat/completions"), &[], &body).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("missing gateway token"));
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("x-api-key", "wrong")],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        mock.requests().len(),
+        before,
+        "nothing forwarded without auth"
+    );
+    assert_no_gateway_token(&mock);
+}
+
+#[tokio::test]
+async fn lockout_after_repeated_failures() {
+    let mock = MockProvider::start().await;
+    let kg = standard(&mock).await;
+    let body = json!({"model": "gpt-4o-mini"});
+    for i in 0..10 {
+        let a = post_json(
+            &kg.url("/openai/v1/chat/completions"),
+            &[("x-api-key", "bad")],
+            &body,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("x-api-key", GW)],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    let secs: u64 = a
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!(secs > 200 && secs <= 300, "{secs}");
+}
+
+#[tokio::test]
+async fn none_mode_on_loopback_and_refused_elsewhere() {
+    let mock = MockProvider::start().await;
+    let kg = Keygate::start(
+        Opts::default()
+            .config(providers_at(&mock.url(), ALL))
+            .env("OPENAI_API_KEY", OAI_KEY),
+    )
+    .await;
+    let a = post_json(
+        &kg.url("/openai/v1/chat/completions"),
+        &[("authorization", "Bearer whatever")],
+        &json!({"model": "m"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        mock.last_request().expect("req").header("authorization"),
+        Some(format!("Bearer {OAI_KEY}").as_str())
+    );
+
+    let cfg = keygate::config::Config::defaults();
+    let env = keygate::credentials::env::EnvSnapshot::from_pairs(Vec::<(String, String)>::new());
+    let err = keygate::build_state(
+        cfg,
+        kg.state_path(),
+        env,
+        &"0.0.0.0:8787".parse().expect("addr"),
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(
+        err,
+        "refusing to bind to 0.0.0.0:8787 without auth (set gateway.auth.tokens or KEYGATE_TOKEN)"
+    );
 }
 
 #[tokio::test]

@@ -5,11 +5,10 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 
 use serde_json::json;
+use support::gateway::{anthropic_oauth_at, GW};
 use support::keygate::{post_json, post_messages, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
 use support::now_ms;
-
-const GW: &str = "gw-oauth-token";
 
 fn profiles(expires: i64) -> String {
     json!({"version": 1, "profiles": {
@@ -19,12 +18,12 @@ fn profiles(expires: i64) -> String {
     .to_string()
 }
 
-fn config(api: &MockProvider, token: &MockProvider) -> String {
-    format!(
-        "[providers.anthropic]\nbase_url = \"{}\"\n[providers.anthropic.oauth]\ntoken_url = \"{}/v1/oauth/token\"\nclient_id = \"test-client\"\n",
-        api.url(),
-        token.url()
-    )
+/// Token mode, Anthropic at `api` with its token endpoint at `token`, and the one OAuth
+/// profile expiring at `expires`.
+fn opts(api: &MockProvider, token: &MockProvider, expires: i64) -> Opts {
+    Opts::gateway(&api.url(), &["anthropic"])
+        .more_config(&anthropic_oauth_at(&token.url()))
+        .profiles(&profiles(expires))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,13 +34,7 @@ async fn expired_token_is_refreshed_once_under_concurrency() {
         200,
         r#"{"access_token":"new-access-token-0002","refresh_token":"refresh-token-0002","expires_in":3600,"token_type":"Bearer"}"#,
     ));
-    let kg = Keygate::start(
-        Opts::default()
-            .config(config(&api, &token))
-            .env("KEYGATE_TOKEN", GW)
-            .profiles(&profiles(now_ms() - 60_000)),
-    )
-    .await;
+    let kg = Keygate::start(opts(&api, &token, now_ms() - 60_000)).await;
     let url = kg.url("/anthropic/v1/messages");
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -94,11 +87,8 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
     let token = MockProvider::start().await;
     token.set_default(Behaviour::status(400, r#"{"error":"invalid_grant","error_description":"refresh token refresh-token-0001 revoked"}"#));
     let kg = Keygate::start(
-        Opts::default()
-            .config(config(&api, &token))
-            .env("KEYGATE_TOKEN", GW)
-            .env("ANTHROPIC_API_KEY", "sk-ant-api03-fallback-key-0003")
-            .profiles(&profiles(now_ms() - 60_000)),
+        opts(&api, &token, now_ms() - 60_000)
+            .env("ANTHROPIC_API_KEY", "sk-ant-api03-fallback-key-0003"),
     )
     .await;
     let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
@@ -117,19 +107,8 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
     assert_eq!(token.requests().len(), 1);
 
     // With nothing else to serve, the client gets the SPEC message.
-    let kg2 = Keygate::start(
-        Opts::default()
-            .config(config(&api, &token))
-            .env("KEYGATE_TOKEN", GW)
-            .profiles(&profiles(now_ms() - 60_000)),
-    )
-    .await;
-    let a = post_json(
-        &kg2.url("/anthropic/v1/messages"),
-        &[("x-api-key", GW)],
-        &json!({"model": "claude-sonnet-4-5"}),
-    )
-    .await;
+    let kg2 = Keygate::start(opts(&api, &token, now_ms() - 60_000)).await;
+    let a = post_messages(&kg2, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, 401);
     let msg = a.json()["error"]["message"]
         .as_str()
@@ -150,13 +129,7 @@ async fn failed_refresh_skips_the_profile_and_the_next_credential_serves() {
 async fn a_token_that_is_still_valid_is_not_refreshed() {
     let api = MockProvider::start().await;
     let token = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(config(&api, &token))
-            .env("KEYGATE_TOKEN", GW)
-            .profiles(&profiles(now_ms() + 3_600_000)),
-    )
-    .await;
+    let kg = Keygate::start(opts(&api, &token, now_ms() + 3_600_000)).await;
     let a = post_messages(&kg, GW, "claude-sonnet-4-5").await;
     assert_eq!(a.status, 200);
     assert!(token.requests().is_empty());
@@ -188,13 +161,7 @@ async fn a_refresh_waits_for_openclaws_refresh_lock_and_uses_what_it_wrote() {
         200,
         r#"{"access_token":"keygate-refreshed-0002","expires_in":3600}"#,
     ));
-    let kg = Keygate::start(
-        Opts::default()
-            .config(config(&api, &token))
-            .env("KEYGATE_TOKEN", GW)
-            .profiles(&profiles(now_ms() - 60_000)),
-    )
-    .await;
+    let kg = Keygate::start(opts(&api, &token, now_ms() - 60_000)).await;
     // OpenClaw holds its per-profile refresh lock (same path: the digest is OpenClaw's).
     let target = keygate::credentials::oauth::refresh_lock_target(
         &kg.state_path(),

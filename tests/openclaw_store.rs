@@ -12,10 +12,10 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use support::cli::{keygate, Run};
-use support::keygate::{copy_tree, post_json, providers_at, Keygate, Opts};
+use support::gateway::GW;
+use support::keygate::{copy_tree, post_json, Keygate, Opts};
 use support::mock::{Behaviour, MockProvider};
 
-const GW: &str = "gw-openclaw-store-token";
 const SQLITE: &str = "sqlite-2026.9.6";
 const CHECKPOINTED: &str = "sqlite-2026.9.6-checkpointed";
 const UPGRADED: &str = "upgraded-2026.5.28-to-2026.9.6";
@@ -311,10 +311,7 @@ async fn serve_uses_the_sqlite_store_in_openclaws_order() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::status(200, r#"{"type":"message"}"#));
     let kg = Keygate::start(
-        Opts::default()
-            .copy_of(fixture_dir(SQLITE))
-            .env("KEYGATE_TOKEN", GW)
-            .config(providers_at(&mock.url(), &["anthropic", "openai"])),
+        Opts::gateway(&mock.url(), &["anthropic", "openai"]).copy_of(fixture_dir(SQLITE)),
     )
     .await;
     let s = kg.state_path();
@@ -365,13 +362,9 @@ async fn serve_uses_the_sqlite_store_in_openclaws_order() {
 async fn hot_reload_serves_a_change_made_by_another_connection() {
     let mock = MockProvider::start().await;
     mock.set_default(Behaviour::status(200, r#"{"type":"message"}"#));
-    let kg = Keygate::start(
-        Opts::default()
-            .copy_of(fixture_dir(SQLITE))
-            .env("KEYGATE_TOKEN", GW)
-            .config(providers_at(&mock.url(), &["anthropic"])),
-    )
-    .await;
+    let kg =
+        Keygate::start(Opts::gateway(&mock.url(), &["anthropic"]).copy_of(fixture_dir(SQLITE)))
+            .await;
     let s = kg.state_path();
     let ask = || async {
         post_json(
@@ -921,11 +914,9 @@ async fn openclaw_json_order_profiles_and_modes_decide_as_in_openclaw() {
         "anthropic:a": { "provider": "anthropic", "mode": "api_key" },
         "anthropic:c": { "provider": "anthropic", "mode": "api_key" } } } }"#;
     let kg_ = Keygate::start(
-        Opts::default()
+        Opts::gateway(&mock.url(), &["anthropic"])
             .profiles(THREE)
-            .file("openclaw.json", restricted)
-            .env("KEYGATE_TOKEN", GW)
-            .config(providers_at(&mock.url(), &["anthropic"])),
+            .file("openclaw.json", restricted),
     )
     .await;
     let s = kg_.state_path();

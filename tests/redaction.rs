@@ -7,11 +7,11 @@ mod support;
 use bytes::Bytes;
 use http::Method;
 use serde_json::json;
+use support::gateway::{ALL, GW};
 use support::keygate::{post_json, send, Keygate, Opts};
 use support::logs::Capture;
 use support::mock::MockProvider;
 
-const GW: &str = "gw-redaction-token-7777";
 const ADMIN: &str = "admin-redaction-token-6666";
 const KEYS: [&str; 4] = [
     "sk-ant-api03-redaction-pool-key-1111",
@@ -25,14 +25,11 @@ async fn trace_logs_never_contain_secrets() {
     let capture = Capture::install();
     let mock = MockProvider::start().await;
     let url = mock.url();
-    let config = format!(
-        "[providers.anthropic]\nbase_url = \"{url}\"\n[providers.openai]\nbase_url = \"{url}\"\n[providers.google]\nbase_url = \"{url}\"\n\
-         [providers.qkey]\nbase_url = \"{url}\"\nauth = {{ query = \"key\" }}\n"
-    );
     let kg = Keygate::start(
-        Opts::default()
-            .config(config)
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&url, ALL)
+            .more_config(&format!(
+                "[providers.qkey]\nbase_url = \"{url}\"\nauth = {{ query = \"key\" }}\n"
+            ))
             .env("ANTHROPIC_API_KEY", KEYS[0])
             .env("OPENAI_API_KEY", KEYS[1])
             .env("GEMINI_API_KEY", KEYS[2])

@@ -6,10 +6,9 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::keygate::{post_messages, providers_at, Keygate, Opts};
+use support::gateway::GW;
+use support::keygate::{post_messages, Keygate, Opts};
 use support::mock::MockProvider;
-
-const GW: &str = "gw-reload-token";
 
 const PROFILES: &str = r#"{"version":1,"profiles":{
   "anthropic:a":{"type":"api_key","provider":"anthropic","key":"sk-test-reload-a-0001"},
@@ -42,9 +41,7 @@ async fn eventually_uses(kg: &Keygate, want: &str) -> bool {
 async fn order_change_on_disk_takes_effect_without_restart() {
     let mock = MockProvider::start().await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), &["anthropic"])
             .profiles(PROFILES)
             .auth_state(r#"{"version":1,"order":{"anthropic":["anthropic:a"]}}"#),
     )
@@ -115,9 +112,7 @@ fn anthropic_ids(status: &serde_json::Value) -> Vec<String> {
 async fn status_shows_the_pool_being_served_when_the_files_on_disk_break() {
     let mock = MockProvider::start().await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), &["anthropic"])
             .env("KEYGATE_ADMIN_TOKEN", "admin-reload-token")
             .profiles(PROFILES),
     )
@@ -158,13 +153,9 @@ async fn status_shows_the_pool_being_served_when_the_files_on_disk_break() {
 #[tokio::test]
 async fn dotenv_changes_are_picked_up() {
     let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
-            .file(".env", "# no keys yet\n"),
-    )
-    .await;
+    let kg =
+        Keygate::start(Opts::gateway(&mock.url(), &["anthropic"]).file(".env", "# no keys yet\n"))
+            .await;
     let a = post_messages(&kg, GW, "claude").await;
     assert_eq!(a.status, 401);
     write(
@@ -181,13 +172,7 @@ async fn dotenv_changes_are_picked_up() {
 #[tokio::test]
 async fn order_set_cli_on_a_running_proxy_changes_the_next_credential() {
     let mock = MockProvider::start().await;
-    let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
-            .profiles(PROFILES),
-    )
-    .await;
+    let kg = Keygate::start(Opts::gateway(&mock.url(), &["anthropic"]).profiles(PROFILES)).await;
     let first = credential_used(&kg).await;
     assert!(first.starts_with("anthropic:"), "{first}");
     let other = if first == "anthropic:a" {

@@ -9,25 +9,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::json;
+use support::gateway::{ALL, GW};
 use support::keygate::{
-    post_json, post_messages, providers_at, read_stream, stream_messages, Keygate, Opts,
+    post_json, post_messages, read_stream, stream_messages, text_of, Keygate, Opts,
 };
 use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
-const GW: &str = "gw-rotation-token";
 const A: &str = "sk-test-key-A-0000000001";
 const B: &str = "sk-test-key-B-0000000002";
 const C: &str = "sk-test-key-C-0000000003";
 
 async fn keygate(mock: &MockProvider, extra: &str, prefix: &str, keys: &[&str]) -> Keygate {
-    let mut opts = Opts::default()
-        .config(format!(
-            "{}{extra}",
-            providers_at(&mock.url(), &["anthropic", "openai", "google"])
-        ))
-        .env("KEYGATE_TOKEN", GW);
-    opts = opts.env(&format!("{prefix}_API_KEYS"), &keys.join(","));
-    Keygate::start(opts).await
+    Keygate::start(
+        Opts::gateway(&mock.url(), ALL)
+            .more_config(extra)
+            .env(&format!("{prefix}_API_KEYS"), &keys.join(",")),
+    )
+    .await
 }
 
 fn anthropic_429() -> Behaviour {
@@ -36,6 +34,18 @@ fn anthropic_429() -> Behaviour {
         &[("retry-after", "30")],
         r#"{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed the rate limit for your organization of 50 requests per minute."}}"#,
     )
+}
+
+/// One 429 with `retry-after: 1`, then normal answers.
+fn limited_for_a_second() -> Behaviour {
+    Behaviour::Sequence(vec![
+        Behaviour::status_with(
+            429,
+            &[("retry-after", "1")],
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"rate limited"}}"#,
+        ),
+        Behaviour::Normal,
+    ])
 }
 
 #[tokio::test]
@@ -184,17 +194,7 @@ async fn all_keys_limited_returns_the_last_answer() {
 #[tokio::test]
 async fn cooldown_is_per_model_and_ends_with_the_window() {
     let mock = MockProvider::start().await;
-    mock.on_key(
-        A,
-        Behaviour::Sequence(vec![
-            Behaviour::status_with(
-                429,
-                &[("retry-after", "1")],
-                r#"{"type":"error","error":{"type":"rate_limit_error","message":"rate limited"}}"#,
-            ),
-            Behaviour::Normal,
-        ]),
-    );
+    mock.on_key(A, limited_for_a_second());
     let kg = keygate(&mock, "", "ANTHROPIC", &[A, B]).await;
     let url = kg.url("/anthropic/v1/messages");
     let h = [("x-api-key", GW)];
@@ -246,15 +246,7 @@ async fn stream_text(kg: &Keygate) -> (StatusCode, Option<String>, String, bool)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let (chunks, errored) = read_stream(resp, Duration::from_secs(20)).await;
-    (
-        status,
-        cred,
-        chunks
-            .iter()
-            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
-            .collect(),
-        errored,
-    )
+    (status, cred, text_of(&chunks), errored)
 }
 
 #[tokio::test]
@@ -375,17 +367,7 @@ async fn pinned_requests_never_rotate() {
 #[tokio::test]
 async fn on_all_cooling_wait_waits_for_the_soonest_key() {
     let mock = MockProvider::start().await;
-    mock.on_key(
-        A,
-        Behaviour::Sequence(vec![
-            Behaviour::status_with(
-                429,
-                &[("retry-after", "1")],
-                r#"{"type":"error","error":{"type":"rate_limit_error","message":"rate limited"}}"#,
-            ),
-            Behaviour::Normal,
-        ]),
-    );
+    mock.on_key(A, limited_for_a_second());
     let kg = keygate(
         &mock,
         "[rotation]\non_all_cooling = \"wait\"\nmax_wait = \"5s\"\n",
@@ -461,9 +443,7 @@ async fn metrics_and_status_show_the_rotation() {
     let mock = MockProvider::start().await;
     mock.on_key(A, anthropic_429());
     let kg = Keygate::start(
-        Opts::default()
-            .config(providers_at(&mock.url(), &["anthropic"]))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), &["anthropic"])
             .env("KEYGATE_ADMIN_TOKEN", "admin-secret-token")
             .env("ANTHROPIC_API_KEYS", &format!("{A},{B}")),
     )
@@ -551,12 +531,8 @@ async fn round_robin_spreads_load_over_the_pool() {
 async fn a_key_at_its_local_rpm_is_skipped_not_failed() {
     let mock = MockProvider::start().await;
     let kg = Keygate::start(
-        Opts::default()
-            .config(format!(
-                "{}rpm = 1\n",
-                providers_at(&mock.url(), &["openai"])
-            ))
-            .env("KEYGATE_TOKEN", GW)
+        Opts::gateway(&mock.url(), &["openai"])
+            .more_config("rpm = 1\n")
             .env("OPENAI_API_KEYS", &format!("{A},{B}")),
     )
     .await;

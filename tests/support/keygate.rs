@@ -268,6 +268,14 @@ pub async fn stream_messages(
     client().request(req).await.expect("response")
 }
 
+/// The chunks of [`read_stream`] joined as text.
+pub fn text_of(chunks: &[(Instant, Bytes)]) -> String {
+    chunks
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b))
+        .collect()
+}
+
 /// Reads a streamed body chunk by chunk, noting when each chunk arrived.
 /// Returns the chunks with their arrival times and whether the body ended with an error.
 pub async fn read_stream(

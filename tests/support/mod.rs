@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod cli;
+pub mod gateway;
 pub mod keygate;
 pub mod logs;
 pub mod mock;

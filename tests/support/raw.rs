@@ -1,9 +1,15 @@
-//! A raw HTTP/1.1 upstream: answers each request with scripted bytes, written as they are.
+//! Raw HTTP/1.1 on both sides of keygate, for bytes a well-behaved HTTP library will not
+//! write.
 //!
-//! For answers a well-behaved HTTP library refuses to produce (a `101` to a plain request,
-//! a `204` with `content-length: 5`). Each request (head plus a `content-length` body) gets
-//! the next scripted answer, the last one repeating; connections stay open (keep-alive)
-//! until the peer closes them. Every wait is bounded; the server task is aborted on drop.
+//! Upstream side, [`RawUpstream`]: answers each request with scripted bytes, written as
+//! they are, for answers a library refuses to produce (a `101` to a plain request, a `204`
+//! with `content-length: 5`). Each request (head plus a `content-length` body) gets the next
+//! scripted answer, the last one repeating; connections stay open (keep-alive) until the
+//! peer closes them. The server task is aborted on drop.
+//!
+//! Client side: a request written by hand ([`raw_get`], [`read_to_close`]) and a connection
+//! that has sent only the first byte of its request ([`connect_and_send_p`],
+//! [`FirstByteSent`]). Every wait is bounded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
+
+use super::keygate::Keygate;
 
 /// A running raw upstream.
 pub struct RawUpstream {
@@ -131,4 +139,91 @@ pub fn content_length(head: &[u8]) -> usize {
         .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Reads until the peer closes (bounded to 10 s); the bytes as text.
+pub async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET path` with `token` as `x-api-key`, written as it is (no client normalises the path),
+/// `connection: close`; the whole answer as text.
+pub async fn raw_get(addr: SocketAddr, path: &str, token: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: x\r\nx-api-key: {token}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    read_to_close(&mut s).await
+}
+
+/// A connection to keygate that has sent only `P`, which could begin either an HTTP/1.1
+/// `POST` or the HTTP/2 preface (`PRI * HTTP/2.0`): keygate must wait for more before it
+/// chooses.
+pub async fn connect_and_send_p(kg: &Keygate) -> TcpStream {
+    let mut s = TcpStream::connect(kg.addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(b"P").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s
+}
+
+/// A connection whose first byte has already been written by hand: the HTTP/2 client's
+/// own first byte (the `P` of its preface) is swallowed instead of sent twice.
+pub struct FirstByteSent {
+    pub inner: TcpStream,
+    pub skipped: bool,
+}
+
+impl tokio::io::AsyncRead for FirstByteSent {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstByteSent {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skipped || buf.is_empty() {
+            return std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        assert_eq!(buf[0], b'P', "the HTTP/2 preface starts with P");
+        if buf.len() == 1 {
+            self.skipped = true;
+            return std::task::Poll::Ready(Ok(1));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[1..]) {
+            std::task::Poll::Ready(Ok(n)) => {
+                self.skipped = true;
+                std::task::Poll::Ready(Ok(n + 1))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -69,12 +69,33 @@ fn metrics(state: &AppState) -> Response<ProxyBody> {
         .into_iter()
         .map(|w| w.credential)
         .collect();
-    let mut r = Response::new(ProxyBody::full(Bytes::from(state.metrics.render(&cooling))));
+    let mut text = state.metrics.render(&cooling);
+    if let Some(c) = &state.cluster {
+        cluster_metrics(&mut text, c);
+    }
+    let mut r = Response::new(ProxyBody::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// `keygate_cluster_connected` and `keygate_cluster_events_total{direction}` (SPEC §10).
+fn cluster_metrics(text: &mut String, c: &crate::cluster::Cluster) {
+    use std::fmt::Write as _;
+    let (sent, received) = c.events();
+    let _ = write!(
+        text,
+        "# HELP keygate_cluster_connected Whether this replica's link to Redis is up.\n\
+         # TYPE keygate_cluster_connected gauge\n\
+         keygate_cluster_connected {}\n\
+         # HELP keygate_cluster_events_total Cooldown events shared with other replicas.\n\
+         # TYPE keygate_cluster_events_total counter\n\
+         keygate_cluster_events_total{{direction=\"sent\"}} {sent}\n\
+         keygate_cluster_events_total{{direction=\"received\"}} {received}\n",
+        u8::from(c.connected())
+    );
 }
 
 fn readyz(state: &AppState) -> Response<ProxyBody> {
@@ -215,6 +236,10 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
         }
     }
     doc["cooldowns"] = Value::Array(windows);
+    doc["cluster"] = state
+        .cluster
+        .as_ref()
+        .map_or(Value::Null, |c| c.status_json());
     json_response(StatusCode::OK, doc)
 }
 

@@ -78,12 +78,54 @@ pub struct Ladders {
     pub billing: Vec<Duration>,
 }
 
+/// A window this process opened, as its observer sees it (cluster mode shares it).
+#[derive(Debug)]
+pub struct Opened<'a> {
+    /// Credential id.
+    pub credential: &'a str,
+    /// Fingerprint of its secret.
+    pub fp: u64,
+    /// What it covers.
+    pub scope: &'a Scope,
+    /// When it ends.
+    pub until: Instant,
+    /// Why.
+    pub reason: Reason,
+    /// Where its length came from.
+    pub source: &'a str,
+    /// Consecutive failures counted (the position on the ladder).
+    pub failures: u32,
+    /// The status that opened it.
+    pub last_status: Option<u16>,
+}
+
+/// A window learned from elsewhere (another replica), merged by its end.
+#[derive(Clone, Debug)]
+pub struct Learned {
+    /// What it covers.
+    pub scope: Scope,
+    /// When it ends.
+    pub until: Instant,
+    /// Why.
+    pub reason: Reason,
+    /// Where its length came from.
+    pub source: Cow<'static, str>,
+    /// Consecutive failures counted where it was opened.
+    pub failures: u32,
+    /// The status that opened it.
+    pub last_status: Option<u16>,
+}
+
+/// Called with every window this process opens (not with learned ones).
+pub type Observer = Box<dyn Fn(&Opened<'_>) + Send + Sync>;
+
 /// The store.
 pub struct Cooldowns {
     snap: ArcSwap<Snapshot>,
     write: Mutex<()>,
     ladders: Ladders,
     cap: usize,
+    observer: std::sync::OnceLock<Observer>,
 }
 
 #[derive(Clone, Debug)]
@@ -206,6 +248,64 @@ impl Cooldowns {
             write: Mutex::new(()),
             ladders,
             cap: cap.max(1),
+            observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the observer of opened windows (once; later calls are ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Merges a window learned from another replica: the later end wins; an ended one is
+    /// ignored. Failure counters keep the larger count. Not reported to the observer.
+    /// Returns whether it changed anything.
+    pub fn learn(&self, credential: &str, fp: u64, w: Learned, now: Instant) -> bool {
+        if w.until <= now {
+            return false;
+        }
+        let later = |snap: &Snapshot| {
+            snap.get(credential, fp)
+                .and_then(|s| s.slot(&w.scope))
+                .is_none_or(|e| e.until < w.until)
+        };
+        if !later(&self.snap.load()) {
+            return false;
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snap.load_full();
+        if !later(&cur) {
+            return false;
+        }
+        let prev = cur.get(credential, fp).and_then(|s| s.slot(&w.scope));
+        let entry = Entry {
+            until: w.until,
+            reason: w.reason,
+            source: w.source,
+            failures: prev.map_or(w.failures, |e| e.failures.max(w.failures)),
+            last_failure: now,
+            last_status: w.last_status,
+        };
+        self.store(&cur, credential, fp, w.scope, entry, now);
+        true
+    }
+
+    /// Every window with time left, with its credential and fingerprint (cluster re-sync).
+    pub fn each_active(&self, now: Instant, mut f: impl FnMut(&Opened<'_>)) {
+        let snap = self.snap.load();
+        for (c, s) in snap.creds.iter() {
+            for (scope, e) in s.iter().filter(|(_, e)| e.until > now) {
+                f(&Opened {
+                    credential: c,
+                    fp: s.fingerprint,
+                    scope: &scope,
+                    until: e.until,
+                    reason: e.reason,
+                    source: &e.source,
+                    failures: e.failures,
+                    last_status: e.last_status,
+                });
+            }
         }
     }
 
@@ -409,7 +509,32 @@ impl Cooldowns {
         self.len() == 0
     }
 
+    /// Stores a window this process opened, and tells the observer.
     fn publish(
+        &self,
+        cur: &Snapshot,
+        credential: &str,
+        fp: u64,
+        scope: Scope,
+        entry: Entry,
+        now: Instant,
+    ) {
+        if let Some(observe) = self.observer.get() {
+            observe(&Opened {
+                credential,
+                fp,
+                scope: &scope,
+                until: entry.until,
+                reason: entry.reason,
+                source: &entry.source,
+                failures: entry.failures,
+                last_status: entry.last_status,
+            });
+        }
+        self.store(cur, credential, fp, scope, entry, now);
+    }
+
+    fn store(
         &self,
         cur: &Snapshot,
         credential: &str,

@@ -28,6 +28,7 @@ pub mod admin;
 pub mod budget;
 pub mod classify;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cooldown;
 pub mod credentials;

@@ -46,7 +46,15 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     // Credential files are re-read within 2 s of a change (SPEC §6).
     let (stop_watch, watch_rx) = tokio::sync::watch::channel(false);
     let conn_stop = watch_rx.clone();
-    let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx));
+    let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx.clone()));
+    // Cluster mode: the shared state is loaded before the first request (SPEC §10).
+    let link = state.cluster.clone().map(|c| {
+        let task = tokio::spawn(c.clone().run(watch_rx.clone()));
+        (c, task)
+    });
+    if let Some((c, _)) = &link {
+        c.wait_ready(crate::cluster::START_WAIT).await;
+    }
     let builders = Arc::new(builders());
     tokio::pin!(shutdown);
     let mut main = Acceptor::new(
@@ -72,6 +80,10 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     drop(admin);
     let _ = stop_watch.send(true);
     let _ = watcher.await;
+    if let Some((_, task)) = link {
+        // It says goodbye (drops its heartbeat) within one command timeout.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    }
     tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: draining connections");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),

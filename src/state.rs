@@ -1,7 +1,7 @@
 //! The state the request path and the admin endpoints share, built once at startup.
 //!
 //! Owns [`AppState`] — configuration, inbound auth, the credential registry, the upstream
-//! client, cooldowns, request limits, metrics, OAuth refreshes and the body budget — and
+//! client, cooldowns (shared with other replicas in cluster mode), request limits, metrics, OAuth refreshes and the body budget — and
 //! [`build_state`], which assembles it. It does no request work itself.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::budget::BodyBudget;
 use crate::classify::Reason;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::cooldown::{Cooldowns, Ladders};
 use crate::credentials::env::EnvSnapshot;
@@ -34,7 +35,9 @@ pub struct AppState {
     /// Whether `/metrics` and `/_keygate/status` live on their own listener.
     pub admin_separate: bool,
     /// Cooldown windows, shared by every agent (a rate limit belongs to the key).
-    pub cooldowns: Cooldowns,
+    pub cooldowns: Arc<Cooldowns>,
+    /// Cluster mode (SPEC §10): what this replica shares through Redis; `None` when off.
+    pub cluster: Option<Arc<Cluster>>,
     /// Reasons that retry with the next candidate (`[rotation] rotate_on`).
     pub rotate_on: Vec<Reason>,
     /// Local per-credential request limits (`[providers.P] rpm`).
@@ -67,10 +70,14 @@ impl AppState {
             })
             .collect();
         let admin_separate = config.admin.listen.is_some();
-        let cooldowns = Cooldowns::new(Ladders {
+        let cooldowns = Arc::new(Cooldowns::new(Ladders {
             backoff: config.rotation.backoff.clone(),
             billing: config.rotation.billing_backoff.clone(),
-        });
+        }));
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| Cluster::new(c, cooldowns.clone(), &registry));
         let rotate_on = config
             .rotation
             .rotate_on
@@ -87,6 +94,7 @@ impl AppState {
             bases,
             admin_separate,
             cooldowns,
+            cluster,
             rotate_on,
             limits,
             metrics,

@@ -2,92 +2,17 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use support::gateway::GW;
 use support::keygate::{post_json, providers_at};
 use support::mock::{anthropic_sse, Behaviour, MockProvider};
+use support::served::Served;
 
 const PROFILES: &str = r#"{"version":1,"profiles":{
   "anthropic:a":{"type":"api_key","provider":"anthropic","key":"sk-test-hup-a-0001"},
   "anthropic:b":{"type":"api_key","provider":"anthropic","key":"sk-test-hup-b-0002"}}}"#;
-
-/// The real binary serving on a free port, its stderr collected.
-struct Served {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn start(state: &std::path::Path, config: &str) -> Served {
-        Self::start_limited(state, config, None)
-    }
-
-    /// Started under `ulimit -n nofile` when given (soft and hard: keygate cannot raise it).
-    fn start_limited(state: &std::path::Path, config: &str, nofile: Option<u32>) -> Served {
-        let cfg = state.join("keygate-test.toml");
-        std::fs::write(&cfg, config).expect("config");
-        let addr = support::cli::free_addr();
-        let mut cmd = support::cli::command(
-            state,
-            &[
-                "--config",
-                cfg.to_str().expect("utf-8"),
-                "serve",
-                "--listen",
-                &addr.to_string(),
-            ],
-            &[("KEYGATE_TOKEN", GW)],
-        );
-        if let Some(n) = nofile {
-            // The same command, run by a shell that lowers the limit first and then execs
-            // keygate (so the PID is keygate's).
-            let mut wrapped = std::process::Command::new("bash");
-            wrapped
-                .arg("-c")
-                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                .arg(cmd.get_program())
-                .args(cmd.get_args())
-                .env_clear()
-                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            cmd = wrapped;
-        }
-        let mut child = cmd.spawn().expect("spawn keygate serve");
-        let log = support::cli::collect_lines(child.stderr.take().expect("stderr"));
-        Served { child, addr, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn wait_log(&self, needle: &str) -> bool {
-        for _ in 0..100 {
-            if self.log.lock().unwrap().contains(needle) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-
-    fn signal(&self, sig: &str) {
-        support::cli::signal(&self.child, sig);
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn messages() -> serde_json::Value {
     json!({"model": "claude", "stream": true})

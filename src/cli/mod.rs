@@ -15,6 +15,7 @@ use crate::config::{parse_duration, Config, LogFormat};
 use crate::credentials::env::EnvSnapshot;
 
 mod auth;
+mod cluster;
 mod config_check;
 mod doctor;
 pub(crate) mod models;
@@ -74,6 +75,12 @@ pub enum Command {
     },
     /// Check config, state files, permissions, expiry, legacy formats, Claude Code credentials.
     Doctor(DoctorArgs),
+    /// Cluster mode (SPEC §10): the Redis connection, the replicas, the shared cooldowns.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Configuration tools.
     Config {
         /// What to do.
@@ -198,6 +205,7 @@ pub fn main() -> ExitCode {
         } => config_check::run(&cx),
         Command::Models { command } => models::run(&cx, command),
         Command::Doctor(args) => doctor::run(&cx, args),
+        Command::Cluster { command } => cluster::run(&cx, command),
     }
 }
 

@@ -48,6 +48,23 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// `[secrets.providers.*]`.
     pub secret_providers: BTreeMap<String, SecretProviderConfig>,
+    /// `[cluster]`; `None`: one process, nothing shared.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` resolved (SPEC §10).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The Redis URL (`redis://` or `rediss://`). A secret: it may carry a password when it
+    /// comes from the environment.
+    pub redis_url: Secret,
+    /// Where the URL came from (`cluster.redis_url` or the variable's name), for messages.
+    pub redis_url_from: String,
+    /// Prefix of every key and channel (default `keygate:`).
+    pub key_prefix: String,
+    /// The cluster key (32 bytes): keys the credential fingerprints and encrypts OAuth
+    /// tokens shared through Redis. `None`: tokens are not shared.
+    pub secret_key: Option<Secret>,
 }
 
 /// `[server]` with defaults applied.

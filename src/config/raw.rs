@@ -25,6 +25,22 @@ pub(crate) struct RawConfig {
     pub(crate) rotation: RawRotation,
     pub(crate) providers: BTreeMap<String, Spanned<RawProvider>>,
     pub(crate) secrets: RawSecrets,
+    /// Absent: cluster mode is off.
+    pub(crate) cluster: Option<Spanned<RawCluster>>,
+}
+
+/// `[cluster]` (SPEC §10).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawCluster {
+    /// Default `KEYGATE_REDIS_URL` (when `redis_url` is absent).
+    pub(crate) redis_url_env: Option<SStr>,
+    /// `redis://host:6379/0` or `rediss://…`; no password in the file.
+    pub(crate) redis_url: Option<SStr>,
+    /// Default `keygate:`.
+    pub(crate) key_prefix: Option<SStr>,
+    /// 64 hex characters (32 bytes); default: no tokens are shared.
+    pub(crate) secret_key_env: Option<SStr>,
 }
 
 /// `[server]`.

@@ -141,6 +141,7 @@ pub(super) fn validate(
     let rotation = cx.rotation(&raw.rotation)?;
     let providers = cx.providers(raw.providers)?;
     let secret_providers = cx.secret_providers(raw.secrets.providers)?;
+    let cluster = raw.cluster.as_ref().map(|c| cx.cluster(c)).transpose()?;
 
     Ok(Config {
         path,
@@ -151,6 +152,7 @@ pub(super) fn validate(
         rotation,
         providers,
         secret_providers,
+        cluster,
     })
 }
 
@@ -347,6 +349,97 @@ impl Ctx<'_> {
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
             .map(Secret::new))
+    }
+
+    /// `[cluster]`: the Redis URL from the file (never with a password) or from a variable
+    /// (default `KEYGATE_REDIS_URL`), the key prefix, and the 32-byte cluster key.
+    fn cluster(&self, c: &toml::Spanned<raw::RawCluster>) -> Result<ClusterConfig, ConfigError> {
+        let section = c.span();
+        let c = c.get_ref();
+        let (redis_url, redis_url_from) = match (&c.redis_url, &c.redis_url_env) {
+            (Some(_), Some(e)) => {
+                return Err(self.bad(
+                    "cluster.redis_url_env",
+                    e,
+                    "set redis_url or redis_url_env, not both",
+                ))
+            }
+            (Some(u), None) => {
+                let why = redis_url_problem(u.get_ref(), false);
+                if let Some(why) = why {
+                    return Err(self.bad("cluster.redis_url", u, why));
+                }
+                (
+                    Secret::new(u.get_ref().trim()),
+                    "cluster.redis_url".to_owned(),
+                )
+            }
+            (None, named) => {
+                let default = named.is_none().then_some("KEYGATE_REDIS_URL");
+                let name = named
+                    .as_ref()
+                    .map_or("KEYGATE_REDIS_URL", |n| n.get_ref().as_str());
+                let Some(url) =
+                    self.secret_from("cluster.redis_url_env", named.as_ref(), None, default)?
+                else {
+                    return Err(self.invalid(
+                        "cluster.redis_url_env",
+                        Some(section),
+                        "[cluster] needs the Redis URL: export KEYGATE_REDIS_URL=redis://host:6379/0, or set redis_url_env or redis_url".into(),
+                    ));
+                };
+                if let Some(why) = redis_url_problem(url.expose(), true) {
+                    let reason = format!("the value of {name} is not usable: {why}");
+                    return Err(match named {
+                        Some(n) => self.bad("cluster.redis_url_env", n, &reason),
+                        None => self.invalid("cluster.redis_url_env", Some(section), reason),
+                    });
+                }
+                (url, name.to_owned())
+            }
+        };
+        let key_prefix = match &c.key_prefix {
+            None => "keygate:".to_owned(),
+            Some(p) => {
+                let v = p.get_ref();
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?')
+                {
+                    return Err(self.bad(
+                        "cluster.key_prefix",
+                        p,
+                        "expected 1 to 64 visible ASCII characters without * or ? (e.g. \"keygate:\")",
+                    ));
+                }
+                v.clone()
+            }
+        };
+        let secret_key = match &c.secret_key_env {
+            None => None,
+            Some(n) => {
+                let key = self.secret_from("cluster.secret_key_env", Some(n), None, None)?;
+                let ok = key.as_ref().is_some_and(|k| {
+                    k.expose().len() == 64 && k.expose().bytes().all(|b| b.is_ascii_hexdigit())
+                });
+                if !ok {
+                    return Err(self.bad(
+                        "cluster.secret_key_env",
+                        n,
+                        "the cluster key must be 32 bytes written as 64 hex characters (e.g. from `openssl rand -hex 32`)",
+                    ));
+                }
+                key
+            }
+        };
+        Ok(ClusterConfig {
+            redis_url,
+            redis_url_from,
+            key_prefix,
+            secret_key,
+        })
     }
 
     fn gateway(&self, a: &raw::RawGatewayAuth) -> Result<GatewayAuth, ConfigError> {
@@ -895,4 +988,29 @@ fn shown_env_name(s: &str) -> bool {
 
 fn valid_provider_id(id: &str) -> bool {
     crate::provider::is_provider_id(id)
+}
+
+/// Why a Redis URL cannot be used, if it cannot: a scheme other than `redis://` or
+/// `rediss://`, no host, or — in the file (`from_env` false) — a password. Never quotes the
+/// URL (it may carry a password).
+fn redis_url_problem(url: &str, from_env: bool) -> Option<&'static str> {
+    let url = url.trim();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some("expected a URL like \"redis://host:6379/0\" (or rediss:// for TLS)");
+    };
+    if !matches!(scheme, "redis" | "rediss") {
+        return Some("the scheme must be redis:// or rediss:// (TLS)");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if host.is_empty() || host.starts_with(':') {
+        return Some("the URL has no host (expected redis://host:6379/0)");
+    }
+    if !from_env && userinfo.is_some_and(|u| u.contains(':')) {
+        return Some("a password does not belong in the config file: put the whole URL in an environment variable and name it in redis_url_env");
+    }
+    None
 }

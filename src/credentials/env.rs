@@ -5,9 +5,8 @@
 //! provider ([`env_credentials`]), env credential ids (`env:VAR`, `env:VAR#N`) and their
 //! resolution ([`resolve_env_id`]).
 //!
-//! It does not own: deduplication across profiles and env (the caller runs
-//! [`super::dedup`] over the combined list), explicit orders, cooldowns, or which header a
-//! secret goes in (`inject`). Nothing here mutates the process environment.
+//! It does not own: deduplication across profiles and env, explicit orders (both
+//! `pool::order`), cooldowns, or which header a secret goes in (`inject`). Nothing here mutates the process environment.
 //!
 //! Priority for a provider with prefix `P` (every step trims values and drops empty ones):
 //!

@@ -47,6 +47,8 @@ pub struct Candidate {
     position: u32,
     /// Last time an attempt used this credential (ns since the registry's epoch; 0 = never).
     last_used: AtomicU64,
+    /// Its identity shared with other replicas (a keyed fingerprint), computed on first use.
+    shared_id: OnceLock<[u8; 16]>,
 }
 
 /// A provider's candidates for one agent.
@@ -110,7 +112,12 @@ pub struct Registry {
     agents: ArcSwap<HashMap<String, Arc<AgentPool>>>,
     load_lock: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Told of every credential of a pool just built (cluster mode applies what it knows).
+    on_built: OnceLock<CandidateHook>,
 }
+
+/// See [`Registry::on_built`].
+pub type CandidateHook = Box<dyn Fn(&Arc<Candidate>) + Send + Sync>;
 
 // === impl Candidate ===
 
@@ -133,7 +140,15 @@ impl Candidate {
             group,
             position,
             last_used: AtomicU64::new(0),
+            shared_id: OnceLock::new(),
         })
+    }
+
+    /// Its identity shared with other replicas: `derive(secret)`, computed once.
+    pub fn shared_id(&self, derive: impl FnOnce(&str) -> [u8; 16]) -> [u8; 16] {
+        *self
+            .shared_id
+            .get_or_init(|| derive(self.cred.secret.expose()))
     }
 
     /// Counts an attempt for `/metrics` (`None` = success).
@@ -167,6 +182,21 @@ impl Registry {
             agents: ArcSwap::from_pointee(HashMap::new()),
             load_lock: Mutex::new(()),
             metrics,
+            on_built: OnceLock::new(),
+        }
+    }
+
+    /// Sets the hook told of every credential of each pool built from now on (once).
+    pub fn on_built(&self, hook: CandidateHook) {
+        let _ = self.on_built.set(hook);
+    }
+
+    /// Calls `f` with every credential of every pool being served.
+    pub fn each_candidate(&self, mut f: impl FnMut(&Arc<Candidate>)) {
+        for pool in self.agents.load().values() {
+            for c in pool.by_id.values() {
+                f(c);
+            }
         }
     }
 
@@ -229,6 +259,9 @@ impl Registry {
                 self.metrics
                     .credential(&c.cred.provider, c.cred.id.as_str())
             });
+        }
+        if let Some(hook) = self.on_built.get() {
+            pool.by_id.values().for_each(hook);
         }
         Arc::new(pool)
     }

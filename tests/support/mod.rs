@@ -10,6 +10,8 @@ pub mod keygate;
 pub mod logs;
 pub mod mock;
 pub mod raw;
+pub mod redis;
+pub mod served;
 
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {

@@ -1,0 +1,340 @@
+//! Cluster mode (SPEC §10): replicas that share one key pool share what they learn about it
+//! through Redis.
+//!
+//! Owns the replica's side of that: the shared identity of a credential (a keyed
+//! fingerprint of its secret, never the secret nor its id), the messages and keys that
+//! carry cooldown windows (`wire`), the link that keeps a connection, follows pub/sub,
+//! re-syncs after a gap and beats (`link`), and what status, metrics and `keygate cluster
+//! status` show of it. Reads never wait for Redis: windows learned from other replicas are
+//! merged into the local [`Cooldowns`], which the request path reads as before; a window
+//! this process opens reaches the link through a bounded queue that never blocks.
+//!
+//! It does not own the windows' rules (`cooldown`) nor the pools (`pool`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ring::hmac;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::ClusterConfig;
+use crate::cooldown::{Cooldowns, Opened};
+use crate::pool::{Candidate, Registry};
+
+mod link;
+pub mod wire;
+
+pub use link::{inspect, Inspection};
+use wire::{Replica, WindowMsg};
+
+/// Windows waiting for the link; past it, the next connection re-syncs instead.
+const QUEUE: usize = 4096;
+/// Bound on remembered shared windows and on the credential index.
+const MAX_KNOWN: usize = 16_384;
+/// How long start-up waits for the first sync (SPEC §10).
+pub const START_WAIT: Duration = Duration::from_secs(1);
+
+/// What the link is told to do.
+#[derive(Debug)]
+enum Outbound {
+    /// Share a window this replica opened.
+    Window(WindowMsg),
+}
+
+/// This replica's view of the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    me: Replica,
+    fp_key: hmac::Key,
+    cooldowns: Arc<Cooldowns>,
+    registry: Weak<Registry>,
+    queue: mpsc::Sender<Outbound>,
+    inbox: Mutex<Option<mpsc::Receiver<Outbound>>>,
+    /// Set when an opened window could not be queued: the link then re-pushes all.
+    resync: AtomicBool,
+    connected: AtomicBool,
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// Epoch ms of the last event sent or received (0: none yet).
+    last_event_ms: AtomicI64,
+    /// (credential id, local fingerprint) → shared id, and back.
+    index: Mutex<Index>,
+    /// Shared windows seen, by Redis key, for pools built after they arrived.
+    known: Mutex<HashMap<String, WindowMsg>>,
+    /// Replicas seen in the last 60 s (refreshed with each heartbeat).
+    replicas: Mutex<Vec<Replica>>,
+    /// Turns true once the first connection attempt has synced or failed.
+    ready: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_local: HashMap<(Arc<str>, u64), [u8; 16]>,
+    by_shared: HashMap<[u8; 16], Vec<(Arc<str>, u64)>>,
+}
+
+impl Cluster {
+    /// A replica's cluster state for these cooldowns and pools; nothing connects until
+    /// [`Cluster::run`]. Observes the cooldowns and the pools from here on.
+    pub fn new(
+        config: ClusterConfig,
+        cooldowns: Arc<Cooldowns>,
+        registry: &Arc<Registry>,
+    ) -> Arc<Self> {
+        let (queue, inbox) = mpsc::channel(QUEUE);
+        let fp_key = hmac::Key::new(hmac::HMAC_SHA256, &fingerprint_key(&config));
+        let cluster = Arc::new(Self {
+            me: Replica::me(),
+            fp_key,
+            cooldowns: cooldowns.clone(),
+            registry: Arc::downgrade(registry),
+            queue,
+            inbox: Mutex::new(Some(inbox)),
+            resync: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            last_event_ms: AtomicI64::new(0),
+            index: Mutex::new(Index::default()),
+            known: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(Vec::new()),
+            ready: watch::channel(false).0,
+            config,
+        });
+        let weak = Arc::downgrade(&cluster);
+        cooldowns.observe(Box::new(move |o| {
+            if let Some(c) = weak.upgrade() {
+                c.opened(o);
+            }
+        }));
+        let weak = Arc::downgrade(&cluster);
+        registry.on_built(Box::new(move |cand| {
+            if let Some(c) = weak.upgrade() {
+                c.built(cand);
+            }
+        }));
+        cluster
+    }
+
+    /// Runs the link until `stop` turns true (see `link`).
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        let Some(inbox) = self.inbox.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        link::run(self, inbox, stop).await;
+    }
+
+    /// Waits until the first connection attempt has loaded the shared state or failed, at
+    /// most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let mut rx = self.ready.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+    }
+
+    /// Whether the link is up.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Events sent and received so far.
+    pub fn events(&self) -> (u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The `cluster` block of `/_keygate/status`.
+    pub fn status_json(&self) -> Value {
+        let last = self.last_event_ms.load(Ordering::Relaxed);
+        let age = (last > 0).then(|| (wire::now_ms() - last).max(0));
+        let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = replicas.iter().filter(|r| r.id != self.me.id).count() + 1;
+        json!({
+            "connected": self.connected(),
+            "replica": self.me.id,
+            "replicas": seen,
+            "lastEventAgeMs": age,
+        })
+    }
+
+    /// The shared id of a credential: HMAC-SHA256 of its secret under the cluster's
+    /// fingerprint key, first 16 bytes.
+    fn shared_id(&self, c: &Candidate) -> [u8; 16] {
+        c.shared_id(|secret| sign(&self.fp_key, secret))
+    }
+
+    /// A pool was built: index its credentials and apply the shared windows known for them.
+    fn built(&self, cand: &Arc<Candidate>) {
+        let shared = self.shared_id(cand);
+        let id: Arc<str> = Arc::from(cand.cred.id.as_str());
+        {
+            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            if index.by_local.len() >= MAX_KNOWN {
+                // Stale entries (secrets since replaced) pile up only across many reloads:
+                // start over; the pools being served re-register as they are rebuilt.
+                *index = Index::default();
+            }
+            if index
+                .by_local
+                .insert((id.clone(), cand.fp), shared)
+                .is_none()
+            {
+                index
+                    .by_shared
+                    .entry(shared)
+                    .or_default()
+                    .push((id.clone(), cand.fp));
+            }
+        }
+        let hex = hex::encode(shared);
+        let known: Vec<WindowMsg> = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|m| m.cred == hex)
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for m in known {
+            if let Some(w) = m.learned(now) {
+                self.cooldowns.learn(&id, cand.fp, w, now);
+            }
+        }
+    }
+
+    /// A window this process opened: queue it for the link. Never blocks.
+    fn opened(&self, o: &Opened<'_>) {
+        let shared = {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            index
+                .by_local
+                .get(&(Arc::from(o.credential), o.fp))
+                .copied()
+        };
+        let Some(shared) = shared.or_else(|| self.lookup(o.credential, o.fp)) else {
+            return;
+        };
+        let Some(msg) = WindowMsg::from_opened(&self.me.id, &shared, o) else {
+            return;
+        };
+        if self.queue.try_send(Outbound::Window(msg)).is_err() {
+            self.resync.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The shared id of a credential the index does not hold yet (its pool was built before
+    /// the hook, e.g. in tests).
+    fn lookup(&self, credential: &str, fp: u64) -> Option<[u8; 16]> {
+        let registry = self.registry.upgrade()?;
+        let mut found = None;
+        registry.each_candidate(|c| {
+            if found.is_none() && c.fp == fp && c.cred.id.as_str() == credential {
+                found = Some(c.clone());
+            }
+        });
+        let c = found?;
+        self.built(&c);
+        Some(self.shared_id(&c))
+    }
+
+    /// A window from Redis (pub/sub or sync): remember it and merge it into the local
+    /// cooldowns of every credential with that shared id.
+    fn learn(&self, key: String, msg: WindowMsg) {
+        let now = Instant::now();
+        let Some(w) = msg.learned(now) else { return };
+        let Some(shared) = msg.shared_bytes() else {
+            return;
+        };
+        let targets = {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            index.by_shared.get(&shared).cloned().unwrap_or_default()
+        };
+        for (id, fp) in targets {
+            self.cooldowns.learn(&id, fp, w.clone(), now);
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_KNOWN && !known.contains_key(&key) {
+            let now_ms = wire::now_ms();
+            known.retain(|_, m| m.end > now_ms);
+            if known.len() >= MAX_KNOWN {
+                return;
+            }
+        }
+        known.insert(key, msg);
+    }
+
+    /// Every window this process holds, as messages (pushed after a reconnect).
+    fn local_windows(&self) -> Vec<WindowMsg> {
+        let mut out = Vec::new();
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing = Vec::new();
+        self.cooldowns.each_active(Instant::now(), |o| {
+            match index.by_local.get(&(Arc::from(o.credential), o.fp)) {
+                Some(shared) => out.extend(WindowMsg::from_opened(&self.me.id, shared, o)),
+                None => missing.push(o.credential.to_owned()),
+            }
+        });
+        drop(index);
+        if !missing.is_empty() {
+            tracing::debug!(
+                n = missing.len(),
+                "cluster: windows of credentials no pool serves are not shared"
+            );
+        }
+        out
+    }
+
+    fn note_event(&self, sent: bool) {
+        let counter = if sent { &self.sent } else { &self.received };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_event_ms.store(wire::now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The shared id of a secret under this cluster config (what `keygate cluster status` uses
+/// to name the windows of local credentials).
+pub fn shared_id_of(config: &ClusterConfig, secret: &str) -> [u8; 16] {
+    sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, &fingerprint_key(config)),
+        secret,
+    )
+}
+
+fn sign(key: &hmac::Key, secret: &str) -> [u8; 16] {
+    let tag = hmac::sign(key, secret.as_bytes());
+    let mut id = [0; 16];
+    id.copy_from_slice(&tag.as_ref()[..16]);
+    id
+}
+
+/// The Redis URL as shown: scheme, host, port and path, never the user info.
+pub fn shown_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+            format!("{scheme}://{rest}")
+        }
+        None => "(not a URL)".to_owned(),
+    }
+}
+
+/// The key credential fingerprints are computed under: derived from the cluster key when
+/// there is one, else from the key prefix (so replicas of one pool agree without a secret;
+/// the secrets themselves are high-entropy API keys and tokens).
+fn fingerprint_key(config: &ClusterConfig) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"keygate cluster credential fingerprint v1\0");
+    match &config.secret_key {
+        Some(k) => ctx.update(k.expose().as_bytes()),
+        None => ctx.update(config.key_prefix.as_bytes()),
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}

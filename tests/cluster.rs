@@ -1,0 +1,372 @@
+//! Cluster mode (SPEC §10, issue 13): real `keygate serve` replicas sharing one key pool
+//! through a real `redis-server`, against the mock provider.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use hyper::Method;
+use serde_json::{json, Value};
+use support::gateway::GW;
+use support::keygate::{post_json, providers_at, send};
+use support::mock::{Behaviour, MockProvider};
+use support::redis::Redis;
+use support::served::Served;
+
+const LIMITED: &str = "sk-test-cluster-limited-0001";
+const OK: &str = "sk-test-cluster-good-0002";
+const ADMIN: &str = "adm-test-cluster-0003";
+
+fn limited_mock(mock: &MockProvider) {
+    mock.on_key(
+        LIMITED,
+        Behaviour::status_with(
+            429,
+            &[("retry-after", "30")],
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#,
+        ),
+    );
+}
+
+fn config(mock: &MockProvider, redis: &Redis) -> String {
+    format!(
+        "{}\n[cluster]\nredis_url = \"{}\"\nkey_prefix = \"kgtest:\"\n",
+        providers_at(&mock.url(), &["anthropic"]),
+        redis.url()
+    )
+}
+
+/// A replica with the two env keys (limited first) and an admin token.
+async fn replica(mock: &MockProvider, redis: &Redis) -> (Served, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("tempdir");
+    let kg = Served::start_with(
+        state.path(),
+        &config(mock, redis),
+        &[
+            ("ANTHROPIC_API_KEYS", &format!("{LIMITED},{OK}")),
+            ("KEYGATE_ADMIN_TOKEN", ADMIN),
+        ],
+        None,
+    );
+    assert!(
+        kg.wait_log("keygate listening").await,
+        "{}",
+        kg.log.lock().unwrap()
+    );
+    (kg, state)
+}
+
+async fn ask(kg: &Served) -> support::keygate::Answer {
+    post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW)],
+        &json!({"model": "claude-sonnet-4-5", "max_tokens": 1}),
+    )
+    .await
+}
+
+async fn status(kg: &Served) -> Value {
+    let a = send(
+        Method::GET,
+        &kg.url("/_keygate/status"),
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()
+}
+
+/// Waits (bounded) until `kg` shows a cooldown for the limited key.
+async fn sees_cooldown(kg: &Served) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let s = status(kg).await;
+        if s["cooldowns"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|w| w["credential"] == "env:ANTHROPIC_API_KEYS#1")
+        }) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn metric(kg: &Served, name: &str) -> Option<f64> {
+    let text = send(Method::GET, &kg.url("/metrics"), &[], "").await.text();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Fails if any 8-character piece of a secret is stored in Redis.
+fn assert_no_secret_in(redis: &Redis, secrets: &[&str]) {
+    let dump = redis.dump();
+    assert!(!dump.is_empty());
+    for s in secrets {
+        for piece in s.as_bytes().windows(8) {
+            let piece = std::str::from_utf8(piece).expect("ascii");
+            assert!(
+                !dump.contains(piece),
+                "{piece:?} of a secret is in Redis: {dump}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_one_replica_learns_is_never_sent_by_the_others_even_after_they_all_restart() {
+    let redis = Redis::start();
+    let mock = MockProvider::start().await;
+    limited_mock(&mock);
+    let (a, _sa) = replica(&mock, &redis).await;
+    let (b, _sb) = replica(&mock, &redis).await;
+    let (c, _sc) = replica(&mock, &redis).await;
+    for kg in [&a, &b, &c] {
+        assert_eq!(status(kg).await["cluster"]["connected"], true);
+    }
+
+    // A learns it from the provider: one 429, then the next key answers.
+    let first = ask(&a).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(mock.requests_for_key(LIMITED), 1);
+
+    // B and C skip it for the rest of the window without ever sending it.
+    assert!(sees_cooldown(&b).await, "B never learned the window");
+    assert!(sees_cooldown(&c).await, "C never learned the window");
+    for kg in [&b, &c, &b, &c, &a] {
+        let r = ask(kg).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.header("x-keygate-credential"),
+            Some("env:ANTHROPIC_API_KEYS#2")
+        );
+    }
+    assert_eq!(
+        mock.requests_for_key(LIMITED),
+        1,
+        "a replica sent the limited key"
+    );
+    assert_eq!(metric(&a, "keygate_cluster_connected").await, Some(1.0));
+    assert!(metric(&a, "keygate_cluster_events_total{direction=\"sent\"}").await >= Some(1.0));
+    assert!(metric(&b, "keygate_cluster_events_total{direction=\"received\"}").await >= Some(1.0));
+    // The last to start read every heartbeat when it joined.
+    let s = status(&c).await;
+    assert_eq!(
+        s["cluster"]["replicas"].as_u64(),
+        Some(3),
+        "{}",
+        s["cluster"]
+    );
+
+    // The window in Redis names no secret and no credential id.
+    assert_no_secret_in(&redis, &[LIMITED, OK, GW, ADMIN]);
+    assert!(!redis.dump().contains("ANTHROPIC_API_KEYS"));
+
+    // Every replica restarts: the window still holds.
+    drop((a, b, c));
+    let (d, _sd) = replica(&mock, &redis).await;
+    let (e, _se) = replica(&mock, &redis).await;
+    for kg in [&d, &e] {
+        let r = ask(kg).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        mock.requests_for_key(LIMITED),
+        1,
+        "the window was lost on restart"
+    );
+}
+
+#[tokio::test]
+async fn redis_going_away_fails_no_request_and_its_return_resyncs_the_replicas() {
+    let mut redis = Redis::start();
+    let mock = MockProvider::start().await;
+    limited_mock(&mock);
+    let (a, _sa) = replica(&mock, &redis).await;
+    let (b, _sb) = replica(&mock, &redis).await;
+
+    redis.stop();
+    // A learns the limit while Redis is away; every request still succeeds.
+    for _ in 0..10 {
+        for kg in [&a, &b] {
+            let r = ask(kg).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    // Each replica learned it on its own: one 429 each.
+    assert_eq!(mock.requests_for_key(LIMITED), 2);
+    assert!(
+        a.wait_log("Redis unreachable").await,
+        "{}",
+        a.log.lock().unwrap()
+    );
+    assert_eq!(
+        a.log.lock().unwrap().matches("Redis unreachable").count(),
+        1,
+        "one warning per outage"
+    );
+    assert_eq!(metric(&a, "keygate_cluster_connected").await, Some(0.0));
+    assert_eq!(status(&a).await["cluster"]["connected"], false);
+
+    // Redis comes back empty: the replicas reconnect and push what they hold.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis.keys("kgtest:cd:*").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !redis.keys("kgtest:cd:*").is_empty(),
+        "no window was re-synced"
+    );
+    // A replica that starts now learns it from Redis and never sends the limited key.
+    let (c, _sc) = replica(&mock, &redis).await;
+    let r = ask(&c).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mock.requests_for_key(LIMITED), 2);
+    assert!(a.wait_log("cluster: connected to Redis").await);
+}
+
+#[test]
+fn the_merge_script_keeps_the_later_end_and_expires_with_the_window() {
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut con = client.get_connection().expect("connection");
+    let script = redis::Script::new(keygate::cluster::wire::MERGE_SCRIPT);
+    let now = support::now_ms();
+    let write = |con: &mut redis::Connection, key: &str, end: i64| -> i64 {
+        let msg = json!({"end": end}).to_string();
+        script
+            .key(key)
+            .arg(end)
+            .arg(msg)
+            .arg("kgtest:events")
+            .arg(support::now_ms())
+            .invoke(con)
+            .expect("script")
+    };
+    assert_eq!(write(&mut con, "kgtest:cd:x", now + 10_000), 1);
+    assert_eq!(
+        write(&mut con, "kgtest:cd:x", now + 5_000),
+        0,
+        "an earlier end lost"
+    );
+    assert_eq!(
+        write(&mut con, "kgtest:cd:x", now + 20_000),
+        1,
+        "a later end wins"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("kgtest:cd:x")
+        .query(&mut con)
+        .expect("pttl");
+    assert!((15_000..=20_000).contains(&ttl), "{ttl}");
+    let stored: String = redis::cmd("GET")
+        .arg("kgtest:cd:x")
+        .query(&mut con)
+        .expect("get");
+    assert!(stored.contains(&(now + 20_000).to_string()));
+
+    // A short window leaves nothing behind.
+    assert_eq!(write(&mut con, "kgtest:cd:y", support::now_ms() + 150), 1);
+    std::thread::sleep(Duration::from_millis(400));
+    let gone: Option<String> = redis::cmd("GET")
+        .arg("kgtest:cd:y")
+        .query(&mut con)
+        .expect("get");
+    assert_eq!(gone, None);
+    // An ended window is never written.
+    assert_eq!(write(&mut con, "kgtest:cd:z", support::now_ms() - 1), 0);
+}
+
+#[tokio::test]
+async fn cluster_status_lists_the_replicas_and_the_shared_windows_masked() {
+    let redis = Redis::start();
+    let mock = MockProvider::start().await;
+    limited_mock(&mock);
+    let (a, sa) = replica(&mock, &redis).await;
+    assert_eq!(ask(&a).await.status, 200);
+    let cfg = sa.path().join("keygate-test.toml");
+    let env = [("ANTHROPIC_API_KEYS", format!("{LIMITED},{OK}"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let run = loop {
+        let run = support::cli::keygate(
+            sa.path(),
+            &[
+                "--config",
+                cfg.to_str().expect("utf-8"),
+                "cluster",
+                "status",
+                "--json",
+            ],
+            &env,
+            "",
+        );
+        let done = run.code == 0
+            && run.json()["cooldowns"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty());
+        if done || Instant::now() > deadline {
+            break run;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    run.ok().assert_no_secret(&[LIMITED, OK]);
+    let doc = run.json();
+    assert_eq!(doc["connected"], true);
+    assert_eq!(doc["replicas"].as_array().map(Vec::len), Some(1), "{doc}");
+    let w = &doc["cooldowns"][0];
+    assert_eq!(w["credential"], "env:ANTHROPIC_API_KEYS#1", "{doc}");
+    assert_eq!(w["masked"], "…0001");
+    assert_eq!(w["reason"], "rate_limit");
+    assert_eq!(w["model"], "claude-sonnet-4-5");
+
+    let text = support::cli::keygate(
+        sa.path(),
+        &[
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "cluster",
+            "status",
+        ],
+        &env,
+        "",
+    );
+    text.ok().assert_no_secret(&[LIMITED, OK]);
+    assert!(
+        text.stdout.contains("replicas seen in the last 60 s: 1"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("env:ANTHROPIC_API_KEYS#1 (…0001)"),
+        "{}",
+        text.stdout
+    );
+
+    // Redis away: exit 1 and a message that names the URL without a password.
+    drop(a);
+    drop(redis);
+    let down = support::cli::keygate(
+        sa.path(),
+        &[
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "cluster",
+            "status",
+        ],
+        &env,
+        "",
+    );
+    assert_eq!(down.code, 1, "{down:?}");
+    assert!(
+        down.stderr
+            .contains("cannot reach Redis at redis://127.0.0.1:"),
+        "{down:?}"
+    );
+}

@@ -76,7 +76,7 @@ fn metrics(state: &AppState) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     r
 }

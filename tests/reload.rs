@@ -23,7 +23,7 @@ fn write(path: &Path, text: &str) {
 }
 
 async fn credential_used(kg: &Keygate) -> String {
-    let a = post_messages(&kg, GW, "claude").await;
+    let a = post_messages(kg, GW, "claude").await;
     a.header("x-keygate-credential").unwrap_or("-").to_owned()
 }
 

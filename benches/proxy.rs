@@ -4,7 +4,10 @@
 //! measures keygate with its access log).
 //!
 //! - `proxy/direct_json`, `proxy/keygate_json`: a non-streaming chat completion;
-//! - `proxy/direct_sse`, `proxy/keygate_sse`: a 20-event SSE answer, read to the end.
+//! - `proxy/direct_sse`, `proxy/keygate_sse`: a 20-event SSE answer, read to the end;
+//! - `proxy/direct_429`, `proxy/keygate_429`: OpenAI's 429 "Request too large … (TPM)", an
+//!   error answer keygate reads (JSON error body, classified `format`) and passes on without
+//!   cooling the key, so every iteration takes the whole error path.
 
 // `criterion_main!` generates an undocumented `pub fn main`.
 #![allow(missing_docs)]
@@ -30,6 +33,8 @@ use tokio::net::TcpListener;
 const JSON: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench mock."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":6,"total_tokens":18}}"#;
 const BODY: &str =
     r#"{"model":"gpt-bench","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}"#;
+/// The recorded answer of `tests/fixtures/provider-errors/openai-request_too_large_for_tpm_429.json`.
+const TOO_LARGE: &str = r#"{"error":{"message":"Request too large for gpt-4o in organization org-78asdf87asdf9aaa8976 on tokens per min (TPM): Limit 30000, Requested 31538. The input or output tokens must be reduced in order to run successfully. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
 
 fn sse_events() -> Vec<Bytes> {
     let mut v = vec![Bytes::from_static(
@@ -44,7 +49,8 @@ fn sse_events() -> Vec<Bytes> {
     v
 }
 
-/// A tiny provider: JSON, or 20 SSE events when the request says `"stream":true`.
+/// A tiny provider: JSON, 20 SSE events when the request says `"stream":true`, a 429 when
+/// its model is `gpt-too-large`.
 async fn mock() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -67,7 +73,17 @@ async fn mock() -> SocketAddr {
                             .await
                             .map(|c| c.to_bytes())
                             .unwrap_or_default();
-                        let stream = memchr_stream(&body);
+                        if contains(&body, b"gpt-too-large") {
+                            let mut r =
+                                Response::new(Full::new(Bytes::from_static(TOO_LARGE.as_bytes())));
+                            *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            );
+                            return Ok::<_, Infallible>(r);
+                        }
+                        let stream = contains(&body, b"\"stream\":true");
                         let mut r = Response::new(Full::new(if stream {
                             sse
                         } else {
@@ -92,8 +108,8 @@ async fn mock() -> SocketAddr {
     addr
 }
 
-fn memchr_stream(body: &[u8]) -> bool {
-    body.windows(13).any(|w| w == b"\"stream\":true")
+fn contains(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|w| w == needle)
 }
 
 async fn keygate(upstream: SocketAddr, state_dir: &std::path::Path) -> SocketAddr {
@@ -125,7 +141,12 @@ async fn one(client: &BenchClient, uri: &http::Uri, body: &Bytes) -> usize {
         HeaderValue::from_static("application/json"),
     );
     let resp = client.request(req).await.expect("answer");
-    assert!(resp.status().is_success(), "status {}", resp.status());
+    let too_large = contains(body, b"gpt-too-large");
+    assert!(
+        resp.status().is_success() != too_large,
+        "status {}",
+        resp.status()
+    );
     resp.into_body()
         .collect()
         .await
@@ -159,6 +180,7 @@ fn proxy(c: &mut Criterion) {
     let mut sse = BODY.trim_end_matches('}').to_owned();
     sse.push_str(r#","stream":true}"#);
     let sse = Bytes::from(sse);
+    let too_large = Bytes::from(BODY.replace("gpt-bench", "gpt-too-large"));
 
     let mut g = c.benchmark_group("proxy");
     g.warm_up_time(Duration::from_secs(1))
@@ -169,6 +191,8 @@ fn proxy(c: &mut Criterion) {
         ("keygate_json", &via, &json),
         ("direct_sse", &direct, &sse),
         ("keygate_sse", &via, &sse),
+        ("direct_429", &direct, &too_large),
+        ("keygate_429", &via, &too_large),
     ] {
         g.bench_function(name, |b| b.iter(|| rt.block_on(one(&client, uri, body))));
     }

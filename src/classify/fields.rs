@@ -3,16 +3,14 @@
 //! Owns: finding the error object in the shapes providers use (`{"error":{…}}`,
 //! `{"type":"error","error":{…}}`, a bare `{"message":…}`, `{"error":"text",…}`,
 //! Cloudflare `{"errors":[…]}`, Vertex `[{"error":{…}}]`, AWS `__type`), a lenient
-//! key scan when the JSON is truncated, and the quote masking of messages. The JSON itself
-//! is read by the typed, borrowed parse of the child module `json`. It does not decide
-//! anything (see `rules`) nor parse durations (see `hint`).
+//! key scan when the JSON is truncated, and the quote masking of messages. The JSON is
+//! read into a `serde_json::Value`: every field takes any JSON type and ignores the ones it
+//! does not understand (`"type": 5`), and a repeated key keeps its last value, which
+//! derived structs cannot express. It does not decide anything (see `rules`) nor parse
+//! durations (see `hint`).
 
 use http::HeaderMap;
-use serde_json::Value;
-
-use json::{Code, Details, ErrorVal, Google, Obj, RetryDelay, Root};
-
-mod json;
+use serde_json::{Map, Value};
 
 /// Most of a message that is looked at; messages are short, echoes are not.
 const MAX_TEXT: usize = 4096;
@@ -80,26 +78,15 @@ impl ErrorFields {
     /// Fields of a body alone (also used for in-stream error payloads).
     pub(crate) fn from_body(body: &[u8]) -> Self {
         let trimmed = trim_ascii(body);
-        // Invalid UTF-8 fails `Value` parsing wherever it is, so it is never JSON here
-        // either; checking it first lets the parser borrow `&str`s without re-checking.
-        let parsed = std::str::from_utf8(trimmed)
-            .ok()
-            .and_then(|s| json::parse(s).ok());
-        match parsed {
-            Some(root) => {
-                let mut f = ErrorFields {
-                    is_json: true,
-                    ..ErrorFields::default()
-                };
-                if let Some(root) = root {
-                    f.fill_from_root(&root);
-                }
-                f
-            }
-            None if trimmed.first().is_some_and(|b| *b == b'{' || *b == b'[') => {
+        // The body is at most `max_error_body` bytes (an event's data at most the
+        // scanner's line limit), and serde_json stops at 128 levels of nesting: the tree
+        // is bounded by the body. A body it rejects (cut, deep, lone surrogate) is scanned.
+        match serde_json::from_slice::<Value>(trimmed) {
+            Ok(v) => ErrorFields::from_root_value(&v),
+            Err(_) if trimmed.first().is_some_and(|b| *b == b'{' || *b == b'[') => {
                 ErrorFields::lenient(trimmed)
             }
-            None => ErrorFields::text(trimmed),
+            Err(_) => ErrorFields::text(trimmed),
         }
     }
 
@@ -109,9 +96,7 @@ impl ErrorFields {
             is_json: true,
             ..ErrorFields::default()
         };
-        if let Some(root) = json::root_of(v) {
-            f.fill_from_root(&root);
-        }
+        f.fill_from_root(v);
         f
     }
 
@@ -121,39 +106,48 @@ impl ErrorFields {
             is_json: true,
             ..ErrorFields::default()
         };
-        match json::error_of(v) {
-            Some(ErrorVal::Obj(obj)) => f.fill_from_object(&obj),
-            Some(ErrorVal::Str(s)) => f.message = mask_quoted(&s),
-            None => {}
+        match v {
+            Value::Object(obj) => f.fill_from_object(obj),
+            Value::String(s) => f.message = mask_quoted(s),
+            _ => {}
         }
         f
     }
 
-    fn fill_from_root(&mut self, root: &Root<'_>) {
+    fn fill_from_root(&mut self, root: &Value) {
+        // Vertex answers with an array of error envelopes: the first one speaks.
+        let root = match root {
+            Value::Array(items) => match items.first() {
+                Some(first) => first,
+                None => return,
+            },
+            other => other,
+        };
         let obj = match root {
-            Root::Obj(obj) => obj,
-            Root::Str(s) => {
+            Value::Object(obj) => obj,
+            Value::String(s) => {
                 self.message = mask_quoted(s);
                 return;
             }
+            _ => return,
         };
-        if let Some(t) = &obj.aws_type {
+        if let Some(t) = obj.get("__type").and_then(Value::as_str) {
             self.aws_type = aws_name(t);
         }
-        match &obj.error {
-            Some(ErrorVal::Obj(err)) => {
+        match obj.get("error") {
+            Some(Value::Object(err)) => {
                 self.fill_from_object(err);
                 return;
             }
-            Some(ErrorVal::Str(s)) => {
+            Some(Value::String(s)) => {
                 // `{"error":"Too Many Requests","message":"…"}` (Fireworks, xAI).
                 self.extra = mask_quoted(s);
             }
-            None => {}
+            _ => {}
         }
-        if let Some(Some(first)) = obj.errors.as_ref().and_then(|e| e.first()) {
+        if let Some(Value::Object(first)) = obj.get("errors").and_then(|e| e.get(0)) {
             // Cloudflare v4 envelope.
-            if let Some(c) = first.code.as_ref().and_then(Code::as_i64) {
+            if let Some(c) = first.get("code").and_then(Value::as_i64) {
                 self.cf_code = Some(c);
             }
             self.fill_from_object(first);
@@ -162,51 +156,55 @@ impl ErrorFields {
         self.fill_from_object(obj);
     }
 
-    fn fill_from_object(&mut self, err: &Obj<'_>) {
-        if let Some(t) = &err.etype {
+    fn fill_from_object(&mut self, err: &Map<String, Value>) {
+        if let Some(t) = err.get("type").and_then(Value::as_str) {
             if !t.eq_ignore_ascii_case("error") {
                 self.etype = t.to_ascii_lowercase();
             }
         }
-        match &err.code {
-            Some(Code::Str(s)) => {
+        match err.get("code") {
+            Some(Value::String(s)) => {
                 self.code = s.to_ascii_lowercase();
                 if let Ok(n) = s.trim().parse::<u16>() {
                     self.set_numeric_status(n);
                 }
             }
-            Some(Code::Num(n)) => {
+            Some(Value::Number(n)) => {
                 self.code = n.to_string();
                 if let Some(n) = n.as_u64().and_then(|n| u16::try_from(n).ok()) {
                     self.set_numeric_status(n);
                 }
             }
-            None => {}
+            _ => {}
         }
-        if let Some(s) = &err.status {
+        if let Some(s) = err.get("status").and_then(Value::as_str) {
             self.status = s.to_ascii_lowercase();
         }
         // The first spelling present decides, even when its value is not a string.
         let message = err
-            .message
-            .as_ref()
-            .or(err.message_aws.as_ref())
-            .or(err.detail.as_ref())
-            .and_then(Option::as_ref);
+            .get("message")
+            .or_else(|| err.get("Message"))
+            .or_else(|| err.get("detail"))
+            .and_then(Value::as_str);
         if let Some(m) = message {
             self.message = mask_quoted(m);
         }
-        match &err.details {
-            Some(Details::Anthropic(Some(c))) => self.detail_code = c.to_ascii_lowercase(),
-            Some(Details::Google(g)) => self.google_details(g),
+        match err.get("details") {
+            // Anthropic: `details.error_code`; Google: an array of typed details.
+            Some(Value::Object(d)) => {
+                if let Some(c) = d.get("error_code").and_then(Value::as_str) {
+                    self.detail_code = c.to_ascii_lowercase();
+                }
+            }
+            Some(Value::Array(details)) => details.iter().for_each(|d| self.google_detail(d)),
             _ => {}
         }
-        if let Some(errors) = &err.errors {
-            for r in errors.iter().flatten().filter_map(|e| e.reason.as_ref()) {
+        if let Some(Value::Array(errors)) = err.get("errors") {
+            for r in errors.iter().filter_map(|e| e.get("reason")?.as_str()) {
                 self.reasons.push(r.to_ascii_lowercase());
             }
         }
-        if let Some(raw) = &err.metadata_raw {
+        if let Some(raw) = err.get("metadata").and_then(|m| m.get("raw")?.as_str()) {
             if !self.extra.is_empty() {
                 self.extra.push(' ');
             }
@@ -214,18 +212,34 @@ impl ErrorFields {
         }
     }
 
-    fn google_details(&mut self, g: &Google<'_>) {
-        self.reasons
-            .extend(g.reasons.iter().map(|r| r.to_ascii_lowercase()));
-        self.quota_ids
-            .extend(g.quota_ids.iter().map(|q| q.to_ascii_lowercase()));
-        self.quota_zero |= g.quota_zero;
-        if let Some(delay) = &g.retry_delay {
-            self.retry_delay = delay.as_ref().map(|d| match d {
-                RetryDelay::Str(s) => s.trim().to_ascii_lowercase(),
+    /// One element of Google's `details[]`, by the suffix of its `@type`.
+    fn google_detail(&mut self, d: &Value) {
+        let Some(kind) = d.get("@type").and_then(Value::as_str) else {
+            return;
+        };
+        if kind.ends_with("ErrorInfo") {
+            if let Some(r) = d.get("reason").and_then(Value::as_str) {
+                self.reasons.push(r.to_ascii_lowercase());
+            }
+        } else if kind.ends_with("QuotaFailure") {
+            if let Some(Value::Array(vs)) = d.get("violations") {
+                for v in vs {
+                    if let Some(id) = v.get("quotaId").and_then(Value::as_str) {
+                        self.quota_ids.push(id.to_ascii_lowercase());
+                    }
+                    self.quota_zero |= v.get("quotaValue").and_then(Value::as_str) == Some("0");
+                }
+            }
+        } else if kind.ends_with("RetryInfo") {
+            self.retry_delay = match d.get("retryDelay") {
+                Some(Value::String(s)) => Some(s.trim().to_ascii_lowercase()),
                 // The protobuf object form: {"seconds": 26, "nanos": 0}.
-                RetryDelay::Parts(secs, nanos) => format!("{}s", secs + nanos / 1e9),
-            });
+                Some(Value::Object(o)) => {
+                    let part = |k| o.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                    Some(format!("{}s", part("seconds") + part("nanos") / 1e9))
+                }
+                _ => None,
+            };
         }
     }
 

@@ -1,13 +1,13 @@
-//! Unit tests of the field extraction. The typed parse is checked against the
-//! `serde_json::Value` reading it replaced (kept below as the reference), on every
-//! fixture, on hand-picked edge cases and on generated bodies.
+//! Unit tests of the field extraction. The reading is checked against a separate copy of
+//! the `serde_json::Value` reading (kept below as the reference), on every fixture, on
+//! hand-picked edge cases and on generated bodies.
 
 use serde_json::Map;
 
 use super::*;
 use crate::testing::XorShift;
 
-/// The `Value`-based reading the typed parse replaced, byte for byte.
+/// The `Value`-based reading, written out independently of `fields`.
 fn reference(body: &[u8]) -> ErrorFields {
     let trimmed = trim_ascii(body);
     match serde_json::from_slice::<Value>(trimmed) {
@@ -263,7 +263,7 @@ fn shapes() {
     assert!(!f.is_json && f.message.is_empty());
 }
 
-/// The typed parse gives what the `Value` reading gave, for the body and for the
+/// The reading gives what the reference gives, for the body and for the
 /// already-parsed paths the stream scanner uses.
 #[track_caller]
 fn assert_same(body: &[u8]) {

@@ -69,33 +69,12 @@ fn metrics(state: &AppState) -> Response<ProxyBody> {
         .into_iter()
         .map(|w| w.credential)
         .collect();
-    let mut text = state.metrics.render(&cooling);
-    if let Some(c) = &state.cluster {
-        cluster_metrics(&mut text, c);
-    }
-    let mut r = Response::new(ProxyBody::full(Bytes::from(text)));
+    let mut r = Response::new(ProxyBody::full(Bytes::from(state.metrics.render(&cooling))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     r
-}
-
-/// `keygate_cluster_connected` and `keygate_cluster_events_total{direction}` (SPEC §10).
-fn cluster_metrics(text: &mut String, c: &crate::cluster::Cluster) {
-    use std::fmt::Write as _;
-    let (sent, received) = c.events();
-    let _ = write!(
-        text,
-        "# HELP keygate_cluster_connected Whether this replica's link to Redis is up.\n\
-         # TYPE keygate_cluster_connected gauge\n\
-         keygate_cluster_connected {}\n\
-         # HELP keygate_cluster_events_total Cooldown events shared with other replicas.\n\
-         # TYPE keygate_cluster_events_total counter\n\
-         keygate_cluster_events_total{{direction=\"sent\"}} {sent}\n\
-         keygate_cluster_events_total{{direction=\"received\"}} {received}\n",
-        u8::from(c.connected())
-    );
 }
 
 fn readyz(state: &AppState) -> Response<ProxyBody> {

@@ -5,7 +5,8 @@
 //! `keygate_upstream_attempts_total{provider,credential,outcome}`,
 //! `keygate_rotations_total{provider,reason}`, `keygate_cooldowns_active{provider}`,
 //! `keygate_request_duration_seconds{provider}` and `keygate_upstream_duration_seconds{provider}`
-//! (histograms). Every label value comes from a closed set — configured provider ids,
+//! (histograms); in cluster mode also `keygate_cluster_connected` and
+//! `keygate_cluster_events_total{direction}` ([`ClusterSeries`]). Every label value comes from a closed set — configured provider ids,
 //! credential ids, a fixed list of status codes, the reason names — never from the client,
 //! and never a secret.
 //!
@@ -89,6 +90,23 @@ struct RotationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// Cluster mode's series (SPEC §10): `keygate_cluster_connected` and
+/// `keygate_cluster_events_total{direction="sent"|"received"}`.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSeries {
+    /// 1 while the link to Redis is up.
+    pub connected: Gauge,
+    /// Windows this replica wrote to Redis.
+    pub sent: Counter,
+    /// Windows received from other replicas.
+    pub received: Counter,
 }
 
 /// A counter that is left out of the exposition while it is zero.
@@ -392,6 +410,32 @@ impl Metrics {
         map.keys()
             .find(|(_, c)| c == id)
             .and_then(|(p, _)| self.index.get(p).copied())
+    }
+
+    /// Registers cluster mode's series (once, before the metrics are shared).
+    pub fn register_cluster(&mut self) -> ClusterSeries {
+        let events = Family::<DirectionLabels, Counter>::default();
+        // Handles share the family's values (a `Counter` is an `Arc`'d atomic). One statement
+        // each: `get_or_create` returns a read guard, which must be gone before the next.
+        let handle = |direction| events.get_or_create(&DirectionLabels { direction }).clone();
+        let sent = handle("sent");
+        let received = handle("received");
+        let series = ClusterSeries {
+            connected: Gauge::default(),
+            sent,
+            received,
+        };
+        self.registry.register(
+            "keygate_cluster_connected",
+            "Whether this replica's link to Redis is up (1) or not (0)",
+            series.connected.clone(),
+        );
+        self.registry.register(
+            "keygate_cluster_events",
+            "Cooldown windows shared with other replicas, by direction",
+            events,
+        );
+        series
     }
 
     /// The Prometheus text exposition. `cooling` lists the credential ids of the active

@@ -16,7 +16,7 @@ use crate::cooldown::{Cooldowns, Ladders};
 use crate::credentials::env::EnvSnapshot;
 use crate::credentials::oauth::Refresher;
 use crate::inbound::Gatekeeper;
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterSeries, Metrics};
 use crate::pool::{Limits, Registry};
 use crate::upstream::UpstreamClient;
 
@@ -60,6 +60,7 @@ impl AppState {
         registry: Arc<Registry>,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
+        cluster_series: ClusterSeries,
     ) -> Self {
         let bases = config
             .providers
@@ -77,7 +78,7 @@ impl AppState {
         let cluster = config
             .cluster
             .clone()
-            .map(|c| Cluster::new(c, cooldowns.clone(), &registry));
+            .map(|c| Cluster::new(c, cooldowns.clone(), &registry, cluster_series));
         let rotate_on = config
             .rotation
             .rotate_on
@@ -123,7 +124,9 @@ pub fn build_state(
     let gate = Gatekeeper::new(&config.gateway, mode);
     let client = crate::upstream::client(&config.server);
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new(config.providers.keys().map(String::as_str)));
+    let mut metrics = Metrics::new(config.providers.keys().map(String::as_str));
+    let cluster_series = config.cluster.is_some().then(|| metrics.register_cluster());
+    let metrics = Arc::new(metrics);
     let registry = Arc::new(Registry::new(
         config.clone(),
         state_dir,
@@ -131,6 +134,11 @@ pub fn build_state(
         metrics.clone(),
     ));
     Ok(Arc::new(AppState::new(
-        config, gate, registry, client, metrics,
+        config,
+        gate,
+        registry,
+        client,
+        metrics,
+        cluster_series.unwrap_or_default(),
     )))
 }

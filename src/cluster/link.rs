@@ -61,7 +61,7 @@ pub(super) async fn run(
             }
             Err(e) => End::Lost(e),
         };
-        cluster.connected.store(false, Ordering::Relaxed);
+        cluster.set_connected(false);
         cluster.ready.send_replace(true);
         match end {
             End::Stop => return,
@@ -118,7 +118,7 @@ async fn session(
     push_local(cluster, &mut conn, script, &channel).await?;
     sync(cluster, &mut conn).await?;
     beat(cluster, &mut conn).await?;
-    cluster.connected.store(true, Ordering::Relaxed);
+    cluster.set_connected(true);
     cluster.ready.send_replace(true);
     tracing::info!(replica = %cluster.me.id, "cluster: connected to Redis, shared state loaded");
 

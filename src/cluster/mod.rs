@@ -12,7 +12,7 @@
 //! It does not own the windows' rules (`cooldown`) nor the pools (`pool`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::ClusterConfig;
 use crate::cooldown::{Cooldowns, Opened};
+use crate::metrics::ClusterSeries;
 use crate::pool::{Candidate, Registry};
 
 mod link;
@@ -57,8 +58,7 @@ pub struct Cluster {
     /// Set when an opened window could not be queued: the link then re-pushes all.
     resync: AtomicBool,
     connected: AtomicBool,
-    sent: AtomicU64,
-    received: AtomicU64,
+    series: ClusterSeries,
     /// Epoch ms of the last event sent or received (0: none yet).
     last_event_ms: AtomicI64,
     /// (credential id, local fingerprint) → shared id, and back.
@@ -84,6 +84,7 @@ impl Cluster {
         config: ClusterConfig,
         cooldowns: Arc<Cooldowns>,
         registry: &Arc<Registry>,
+        series: ClusterSeries,
     ) -> Arc<Self> {
         let (queue, inbox) = mpsc::channel(QUEUE);
         let fp_key = hmac::Key::new(hmac::HMAC_SHA256, &fingerprint_key(&config));
@@ -96,8 +97,7 @@ impl Cluster {
             inbox: Mutex::new(Some(inbox)),
             resync: AtomicBool::new(false),
             connected: AtomicBool::new(false),
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
+            series,
             last_event_ms: AtomicI64::new(0),
             index: Mutex::new(Index::default()),
             known: Mutex::new(HashMap::new()),
@@ -142,10 +142,12 @@ impl Cluster {
 
     /// Events sent and received so far.
     pub fn events(&self) -> (u64, u64) {
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
-        )
+        (self.series.sent.get(), self.series.received.get())
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+        self.series.connected.set(i64::from(up));
     }
 
     /// The `cluster` block of `/_keygate/status`.
@@ -291,8 +293,12 @@ impl Cluster {
     }
 
     fn note_event(&self, sent: bool) {
-        let counter = if sent { &self.sent } else { &self.received };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let counter = if sent {
+            &self.series.sent
+        } else {
+            &self.series.received
+        };
+        counter.inc();
         self.last_event_ms.store(wire::now_ms(), Ordering::Relaxed);
     }
 }

@@ -367,6 +367,30 @@ fn pasted(
     Ok((id, secret))
 }
 
+/// Saves `fields` (holding `secret`, a `what`) as profile `id` of `provider` and says so,
+/// the secret masked, `note` after the place.
+fn save_secret(
+    cx: &Context,
+    id: &str,
+    provider: &str,
+    fields: Map<String, Value>,
+    what: &str,
+    secret: String,
+    note: &str,
+) -> ExitCode {
+    match save_profile(cx, id, provider, fields) {
+        Ok(()) => {
+            println!(
+                "Saved {what} {} for {provider} as auth profile \"{id}\" in {}{note}.",
+                Secret::new(secret).masked(),
+                profiles_location(cx)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
 fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
     let (id, token) = match pasted(config, &a.provider, a.profile_id, "token") {
         Ok(p) => p,
@@ -381,19 +405,8 @@ fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
     if let Some(ms) = expires {
         fields.insert("expires".into(), json!(ms));
     }
-    match save_profile(cx, &id, &a.provider, fields) {
-        Ok(()) => {
-            let exp = expires.map_or_else(String::new, |ms| format!(", expires {}", rfc3339(ms)));
-            println!(
-                "Saved token {} for {} as auth profile \"{id}\" in {}{exp}.",
-                Secret::new(token).masked(),
-                a.provider,
-                profiles_location(cx)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    let exp = expires.map_or_else(String::new, |ms| format!(", expires {}", rfc3339(ms)));
+    save_secret(cx, &id, &a.provider, fields, "token", token, &exp)
 }
 
 fn paste_api_key(cx: &Context, config: &Config, a: PasteKeyArgs) -> ExitCode {
@@ -404,18 +417,7 @@ fn paste_api_key(cx: &Context, config: &Config, a: PasteKeyArgs) -> ExitCode {
     let mut fields = Map::new();
     fields.insert("type".into(), json!("api_key"));
     fields.insert("key".into(), json!(key));
-    match save_profile(cx, &id, &a.provider, fields) {
-        Ok(()) => {
-            println!(
-                "Saved API key {} for {} as auth profile \"{id}\" in {}.",
-                Secret::new(key).masked(),
-                a.provider,
-                profiles_location(cx)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    save_secret(cx, &id, &a.provider, fields, "API key", key, "")
 }
 
 fn setup_token(cx: &Context, config: &Config, a: SetupTokenArgs) -> ExitCode {
@@ -458,17 +460,7 @@ fn setup_token(cx: &Context, config: &Config, a: SetupTokenArgs) -> ExitCode {
     let mut fields = Map::new();
     fields.insert("type".into(), json!("token"));
     fields.insert("token".into(), json!(token));
-    match save_profile(cx, &id, "anthropic", fields) {
-        Ok(()) => {
-            println!(
-                "Saved setup-token {} for anthropic as auth profile \"{id}\" in {}.",
-                Secret::new(token).masked(),
-                profiles_location(cx)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    save_secret(cx, &id, "anthropic", fields, "setup-token", token, "")
 }
 
 fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {

@@ -367,6 +367,14 @@ fn pasted(
     Ok((id, secret))
 }
 
+/// A profile's secret fields: `{"type": kind, field: secret}`.
+fn secret_fields(kind: &str, field: &str, secret: &str) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("type".into(), json!(kind));
+    fields.insert(field.into(), json!(secret));
+    fields
+}
+
 /// Saves `fields` (holding `secret`, a `what`) as profile `id` of `provider` and says so,
 /// the secret masked, `note` after the place.
 fn save_secret(
@@ -396,9 +404,7 @@ fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut fields = Map::new();
-    fields.insert("type".into(), json!("token"));
-    fields.insert("token".into(), json!(token));
+    let mut fields = secret_fields("token", "token", &token);
     let expires = a
         .expires_in
         .map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
@@ -414,9 +420,7 @@ fn paste_api_key(cx: &Context, config: &Config, a: PasteKeyArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut fields = Map::new();
-    fields.insert("type".into(), json!("api_key"));
-    fields.insert("key".into(), json!(key));
+    let fields = secret_fields("api_key", "key", &key);
     save_secret(cx, &id, &a.provider, fields, "API key", key, "")
 }
 
@@ -457,9 +461,7 @@ fn setup_token(cx: &Context, config: &Config, a: SetupTokenArgs) -> ExitCode {
             token.chars().count()
         ));
     }
-    let mut fields = Map::new();
-    fields.insert("type".into(), json!("token"));
-    fields.insert("token".into(), json!(token));
+    let fields = secret_fields("token", "token", &token);
     save_secret(cx, &id, "anthropic", fields, "setup-token", token, "")
 }
 

@@ -477,12 +477,7 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
     let dir = store::agent_dir(&cx.state_dir, &cx.agent);
     // Validate the store first: a broken auth-profiles.json must be fixed before the order
     // that refers to it changes.
-    let set = match store::load_agent_profiles(
-        &cx.state_dir,
-        &cx.agent,
-        &cx.env,
-        &config.secret_providers,
-    ) {
+    let set = match agent_profiles(cx, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -600,18 +595,18 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
     }
 }
 
+/// The context agent's profiles as every command sees them ([`store::load_agent_profiles`]).
+fn agent_profiles(cx: &Context, config: &Config) -> Result<store::ProfileSet, StoreError> {
+    store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
+}
+
 fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
     if let Some(p) = &a.provider {
         if config.provider(p).is_none() {
             return unknown_provider(config, p);
         }
     }
-    let set = match store::load_agent_profiles(
-        &cx.state_dir,
-        &cx.agent,
-        &cx.env,
-        &config.secret_providers,
-    ) {
+    let set = match agent_profiles(cx, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

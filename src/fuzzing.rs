@@ -882,7 +882,8 @@ pub fn event_stream_from_spec(spec: &[u8]) -> Vec<u8> {
     out
 }
 
-fn base64(data: &[u8]) -> String {
+/// Standard base64 with padding (also the event-stream tests' encoder).
+pub(crate) fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {

@@ -23,6 +23,29 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// The `Visit` methods the JSON and text line formats share: after the field's key
+/// (`self.key(field)`), an integer in decimal and a boolean as `true`/`false` into
+/// `self.line`. `Visit` is tracing's trait, so each format's impl has to spell these out;
+/// this is the one copy.
+macro_rules! record_bare_scalars {
+    () => {
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            self.key(field);
+            self.line.push_str(itoa::Buffer::new().format(value));
+        }
+
+        fn record_i64(&mut self, field: &Field, value: i64) {
+            self.key(field);
+            self.line.push_str(itoa::Buffer::new().format(value));
+        }
+
+        fn record_bool(&mut self, field: &Field, value: bool) {
+            self.key(field);
+            self.line.push_str(if value { "true" } else { "false" });
+        }
+    };
+}
+
 mod json;
 mod text;
 

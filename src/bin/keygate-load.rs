@@ -550,14 +550,15 @@ fn streaming(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<V
     Ok(lines)
 }
 
-fn open_streams(
+/// Runs `f` against the bare forwarder and then against keygate (its name, its process and a
+/// client), each in a fresh rig with one key, warmed up first by the client (8 workers,
+/// 200 requests at most, for `plan.warmup`).
+fn each_in_a_fresh_rig(
     rt: &tokio::runtime::Runtime,
     args: &Args,
     plan: &Plan,
-) -> Result<Vec<Value>, String> {
-    let mut lines = Vec::new();
-    let mut per_stream = Vec::new();
-    // A fresh rig per target: the mock keeps idle streams open until its process ends.
+    mut f: impl FnMut(&'static str, &Proc, &load::LoadClient) -> Result<(), String>,
+) -> Result<(), String> {
     for with_bare in [true, false] {
         let rig = start(args, with_bare, one_key())?;
         let (name, p) = if with_bare {
@@ -568,12 +569,28 @@ fn open_streams(
         let client = load::client();
         let warm = spec(p.addr, "json", Bytes::from_static(CHAT_BODY.as_bytes()), 0)?;
         rt.block_on(load::closed_loop(&client, &warm, 8, 200, plan.warmup));
+        f(name, p, &client)?;
+        drop(client);
+        drop(rig);
+    }
+    Ok(())
+}
+
+fn open_streams(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    plan: &Plan,
+) -> Result<Vec<Value>, String> {
+    let mut lines = Vec::new();
+    let mut per_stream = Vec::new();
+    // A fresh rig per target: the mock keeps idle streams open until its process ends.
+    each_in_a_fresh_rig(rt, args, plan, |name, p, client| {
         std::thread::sleep(Duration::from_millis(200));
         let base = p.rss_kb();
         let s = spec(p.addr, "idle", Bytes::from_static(CHAT_BODY.as_bytes()), 0)?;
         let (opened, close, rss_open) = rt.block_on(async {
             let (opened, close) =
-                load::open_streams(&client, &s, plan.streams, Duration::from_secs(12)).await;
+                load::open_streams(client, &s, plan.streams, Duration::from_secs(12)).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             (opened, close, p.rss_kb())
         });
@@ -590,9 +607,8 @@ fn open_streams(
             "rss_open_kb": rss_open,
             "rss_per_stream_bytes": round(per, 0),
         }));
-        drop(client);
-        drop(rig);
-    }
+        Ok(())
+    })?;
     if let [bare, kg] = per_stream[..] {
         lines.push(json!({
             "scenario": "open_streams",
@@ -623,20 +639,11 @@ fn big_bodies(
     let body = Bytes::from(body);
     let in_flight_bytes = (plan.bodies * body.len()) as f64;
     // A fresh rig per target, so each peak RSS (VmHWM) is this scenario's alone.
-    for with_bare in [true, false] {
-        let rig = start(args, with_bare, one_key())?;
-        let (name, p) = if with_bare {
-            ("bare", rig.bare.as_ref().ok_or("no bare forwarder")?)
-        } else {
-            ("keygate", &rig.keygate)
-        };
-        let client = load::client();
-        let warm = spec(p.addr, "json", Bytes::from_static(CHAT_BODY.as_bytes()), 0)?;
-        rt.block_on(load::closed_loop(&client, &warm, 8, 200, plan.warmup));
+    each_in_a_fresh_rig(rt, args, plan, |name, p, client| {
         let base = p.rss_kb();
         let s = spec(p.addr, "slow", body.clone(), plan.body_delay_ms)?;
         let (run, max_in_flight) = rt.block_on(load::burst(
-            &client,
+            client,
             &s,
             plan.bodies,
             Duration::from_millis(300),
@@ -661,9 +668,8 @@ fn big_bodies(
             m["first_error"] = json!(e);
         }
         lines.push(m);
-        drop(client);
-        drop(rig);
-    }
+        Ok(())
+    })?;
     if let [_, kg] = ratios[..] {
         lines.push(json!({
             "scenario": "big_bodies",

@@ -325,24 +325,6 @@ pub(crate) mod tests {
         !crc
     }
 
-    fn b64(data: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut s = String::new();
-        for c in data.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                if i <= c.len() {
-                    s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    s.push('=');
-                }
-            }
-        }
-        s
-    }
-
     fn decode_all(bytes: &[u8], step: usize) -> Vec<Frame> {
         let mut d = EventStreamDecoder::new();
         let mut frames = Vec::new();
@@ -357,7 +339,7 @@ pub(crate) mod tests {
         let chunk = |json: &str| {
             let p = format!(
                 "{{\"bytes\":\"{}\",\"p\":\"abcdefgh\"}}",
-                b64(json.as_bytes())
+                crate::fuzzing::base64(json.as_bytes())
             );
             encode_frame(
                 &[

@@ -367,27 +367,30 @@ fn pasted(
     Ok((id, secret))
 }
 
-fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
-    let (id, token) = match pasted(config, &a.provider, a.profile_id, "token") {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
+/// A profile's secret fields: `{"type": kind, field: secret}`.
+fn secret_fields(kind: &str, field: &str, secret: &str) -> Map<String, Value> {
     let mut fields = Map::new();
-    fields.insert("type".into(), json!("token"));
-    fields.insert("token".into(), json!(token));
-    let expires = a
-        .expires_in
-        .map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
-    if let Some(ms) = expires {
-        fields.insert("expires".into(), json!(ms));
-    }
-    match save_profile(cx, &id, &a.provider, fields) {
+    fields.insert("type".into(), json!(kind));
+    fields.insert(field.into(), json!(secret));
+    fields
+}
+
+/// Saves `fields` (holding `secret`, a `what`) as profile `id` of `provider` and says so,
+/// the secret masked, `note` after the place.
+fn save_secret(
+    cx: &Context,
+    id: &str,
+    provider: &str,
+    fields: Map<String, Value>,
+    what: &str,
+    secret: String,
+    note: &str,
+) -> ExitCode {
+    match save_profile(cx, id, provider, fields) {
         Ok(()) => {
-            let exp = expires.map_or_else(String::new, |ms| format!(", expires {}", rfc3339(ms)));
             println!(
-                "Saved token {} for {} as auth profile \"{id}\" in {}{exp}.",
-                Secret::new(token).masked(),
-                a.provider,
+                "Saved {what} {} for {provider} as auth profile \"{id}\" in {}{note}.",
+                Secret::new(secret).masked(),
                 profiles_location(cx)
             );
             ExitCode::SUCCESS
@@ -396,26 +399,29 @@ fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
     }
 }
 
+fn paste_token(cx: &Context, config: &Config, a: PasteTokenArgs) -> ExitCode {
+    let (id, token) = match pasted(config, &a.provider, a.profile_id, "token") {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut fields = secret_fields("token", "token", &token);
+    let expires = a
+        .expires_in
+        .map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    if let Some(ms) = expires {
+        fields.insert("expires".into(), json!(ms));
+    }
+    let exp = expires.map_or_else(String::new, |ms| format!(", expires {}", rfc3339(ms)));
+    save_secret(cx, &id, &a.provider, fields, "token", token, &exp)
+}
+
 fn paste_api_key(cx: &Context, config: &Config, a: PasteKeyArgs) -> ExitCode {
     let (id, key) = match pasted(config, &a.provider, a.profile_id, "API key") {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let mut fields = Map::new();
-    fields.insert("type".into(), json!("api_key"));
-    fields.insert("key".into(), json!(key));
-    match save_profile(cx, &id, &a.provider, fields) {
-        Ok(()) => {
-            println!(
-                "Saved API key {} for {} as auth profile \"{id}\" in {}.",
-                Secret::new(key).masked(),
-                a.provider,
-                profiles_location(cx)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    let fields = secret_fields("api_key", "key", &key);
+    save_secret(cx, &id, &a.provider, fields, "API key", key, "")
 }
 
 fn setup_token(cx: &Context, config: &Config, a: SetupTokenArgs) -> ExitCode {
@@ -455,20 +461,8 @@ fn setup_token(cx: &Context, config: &Config, a: SetupTokenArgs) -> ExitCode {
             token.chars().count()
         ));
     }
-    let mut fields = Map::new();
-    fields.insert("type".into(), json!("token"));
-    fields.insert("token".into(), json!(token));
-    match save_profile(cx, &id, "anthropic", fields) {
-        Ok(()) => {
-            println!(
-                "Saved setup-token {} for anthropic as auth profile \"{id}\" in {}.",
-                Secret::new(token).masked(),
-                profiles_location(cx)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    let fields = secret_fields("token", "token", &token);
+    save_secret(cx, &id, "anthropic", fields, "setup-token", token, "")
 }
 
 fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
@@ -483,12 +477,7 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
     let dir = store::agent_dir(&cx.state_dir, &cx.agent);
     // Validate the store first: a broken auth-profiles.json must be fixed before the order
     // that refers to it changes.
-    let set = match store::load_agent_profiles(
-        &cx.state_dir,
-        &cx.agent,
-        &cx.env,
-        &config.secret_providers,
-    ) {
+    let set = match agent_profiles(cx, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -606,18 +595,18 @@ fn order(cx: &Context, config: &Config, cmd: OrderCommand) -> ExitCode {
     }
 }
 
+/// The context agent's profiles as every command sees them ([`store::load_agent_profiles`]).
+fn agent_profiles(cx: &Context, config: &Config) -> Result<store::ProfileSet, StoreError> {
+    store::load_agent_profiles(&cx.state_dir, &cx.agent, &cx.env, &config.secret_providers)
+}
+
 fn list(cx: &Context, config: &Config, a: ListArgs) -> ExitCode {
     if let Some(p) = &a.provider {
         if config.provider(p).is_none() {
             return unknown_provider(config, p);
         }
     }
-    let set = match store::load_agent_profiles(
-        &cx.state_dir,
-        &cx.agent,
-        &cx.env,
-        &config.secret_providers,
-    ) {
+    let set = match agent_profiles(cx, config) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -9,6 +9,7 @@
 //! parsing (`validate`), whose messages never quote values either.
 
 use toml::de::{DeArray, DeTable, DeValue};
+use toml::Spanned;
 
 /// Longest key name shown; longer ones (and names with other characters) are not echoed.
 const MAX_SHOWN_KEY: usize = 64;
@@ -95,35 +96,34 @@ fn walk_table(t: &DeTable<'_>, offset: usize, path: &mut Vec<Seg>) -> bool {
             path.push(name);
             return true;
         }
-        path.push(name);
-        // A table's entries can lie outside its own span (`[header]` tables): look inside
-        // first, whatever the span says.
-        let inside = match v.get_ref() {
-            DeValue::Table(inner) => walk_table(inner, offset, path),
-            DeValue::Array(arr) => walk_array(arr, offset, path),
-            _ => false,
-        };
-        if inside || holds(v.span(), offset) {
+        if walk_entry(name, v, offset, path) {
             return true;
         }
-        path.pop();
     }
     false
 }
 
 fn walk_array(a: &DeArray<'_>, offset: usize, path: &mut Vec<Seg>) -> bool {
-    for (i, v) in a.iter().enumerate() {
-        path.push(Seg::Index(i));
-        let inside = match v.get_ref() {
-            DeValue::Table(inner) => walk_table(inner, offset, path),
-            DeValue::Array(arr) => walk_array(arr, offset, path),
-            _ => false,
-        };
-        if inside || holds(v.span(), offset) {
-            return true;
-        }
-        path.pop();
+    a.iter()
+        .enumerate()
+        .any(|(i, v)| walk_entry(Seg::Index(i), v, offset, path))
+}
+
+/// Whether the error lies in `v`, the entry `seg` of a table or array; `seg` then stays
+/// on `path`, with the path inside `v`.
+fn walk_entry(seg: Seg, v: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Seg>) -> bool {
+    path.push(seg);
+    // A table's entries can lie outside its own span (`[header]` tables): look inside
+    // first, whatever the span says.
+    let inside = match v.get_ref() {
+        DeValue::Table(inner) => walk_table(inner, offset, path),
+        DeValue::Array(arr) => walk_array(arr, offset, path),
+        _ => false,
+    };
+    if inside || holds(v.span(), offset) {
+        return true;
     }
+    path.pop();
     false
 }
 

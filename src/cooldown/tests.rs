@@ -29,19 +29,29 @@ fn v(reason: Reason, hint: Option<u64>) -> Verdict {
 
 const FP: u64 = 7;
 
+/// A credential (fingerprint `FP`) and model in a store.
+struct Key<'a>(&'a Cooldowns, &'a str, Option<&'a str>);
+
+impl Key<'_> {
+    /// Records a failure with `reason` and a hint of `hint` seconds, as the proxy does.
+    fn fail(
+        &self,
+        reason: Reason,
+        hint: Option<u64>,
+        status: Option<u16>,
+        now: Instant,
+    ) -> Option<(Instant, Cow<'static, str>)> {
+        self.0
+            .record_failure(self.1, FP, self.2, &v(reason, hint), status, now)
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_is_model_scoped_and_honours_the_hint() {
     let c = store();
     let now = Instant::now();
-    let (until, src) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m1"),
-            &v(Reason::RateLimit, Some(20)),
-            Some(429),
-            now,
-        )
+    let (until, src) = Key(&c, "a", Some("m1"))
+        .fail(Reason::RateLimit, Some(20), Some(429), now)
         .expect("window");
     assert_eq!(until, now + Duration::from_secs(20));
     assert_eq!(src, "retry-after");
@@ -64,83 +74,45 @@ async fn rate_limit_is_model_scoped_and_honours_the_hint() {
 async fn ladder_climbs_and_active_windows_are_never_extended() {
     let c = store();
     let t0 = Instant::now();
-    let (u1, s1) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, None),
-            Some(429),
-            t0,
-        )
-        .expect("w1");
+    let am = Key(&c, "a", Some("m"));
+    let (u1, s1) = am.fail(Reason::RateLimit, None, Some(429), t0).expect("w1");
     assert_eq!(
         (u1 - t0, s1.as_ref()),
         (Duration::from_secs(30), "backoff[0]")
     );
     // A failure inside the window (an in-flight burst) changes nothing.
-    assert!(c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, Some(3600)),
+    assert!(am
+        .fail(
+            Reason::RateLimit,
+            Some(3600),
             Some(429),
             t0 + Duration::from_secs(1)
         )
         .is_none());
     assert_eq!(c.blocked_until("a", FP, Some("m"), t0), Some(u1));
     tokio::time::advance(Duration::from_secs(31)).await;
-    let (u2, s2) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, None),
-            Some(429),
-            Instant::now(),
-        )
+    let (u2, s2) = am
+        .fail(Reason::RateLimit, None, Some(429), Instant::now())
         .expect("w2");
     assert_eq!(
         (u2 - Instant::now(), s2.as_ref()),
         (Duration::from_secs(60), "backoff[1]")
     );
     tokio::time::advance(Duration::from_secs(61)).await;
-    let (_, s3) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, None),
-            None,
-            Instant::now(),
-        )
+    let (_, s3) = am
+        .fail(Reason::RateLimit, None, None, Instant::now())
         .expect("w3");
     assert_eq!(s3, "backoff[2]");
     tokio::time::advance(Duration::from_secs(301)).await;
-    let (_, s4) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, None),
-            None,
-            Instant::now(),
-        )
+    let (_, s4) = am
+        .fail(Reason::RateLimit, None, None, Instant::now())
         .expect("w4");
     assert_eq!(s4, "backoff[2]", "the last step repeats");
     // A success after the window resets the counter.
     tokio::time::advance(Duration::from_secs(301)).await;
     c.record_success("a", FP, Some("m"), Instant::now());
-    let (_, s5) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, None),
-            None,
-            Instant::now(),
-        )
+    let (_, s5) = am
+        .fail(Reason::RateLimit, None, None, Instant::now())
         .expect("w5");
     assert_eq!(s5, "backoff[0]");
 }
@@ -148,36 +120,16 @@ async fn ladder_climbs_and_active_windows_are_never_extended() {
 #[tokio::test(start_paused = true)]
 async fn counters_reset_after_a_day_without_failures() {
     let c = store();
-    c.record_failure(
-        "a",
-        FP,
-        None,
-        &v(Reason::Auth, None),
-        Some(401),
-        Instant::now(),
-    );
+    let a = Key(&c, "a", None);
+    a.fail(Reason::Auth, None, Some(401), Instant::now());
     tokio::time::advance(Duration::from_secs(31)).await;
-    let (_, s) = c
-        .record_failure(
-            "a",
-            FP,
-            None,
-            &v(Reason::Auth, None),
-            Some(401),
-            Instant::now(),
-        )
+    let (_, s) = a
+        .fail(Reason::Auth, None, Some(401), Instant::now())
         .expect("w");
     assert_eq!(s, "backoff[1]");
     tokio::time::advance(COUNTER_RESET + Duration::from_secs(1)).await;
-    let (_, s) = c
-        .record_failure(
-            "a",
-            FP,
-            None,
-            &v(Reason::Auth, None),
-            Some(401),
-            Instant::now(),
-        )
+    let (_, s) = a
+        .fail(Reason::Auth, None, Some(401), Instant::now())
         .expect("w");
     assert_eq!(s, "backoff[0]");
 }
@@ -186,15 +138,8 @@ async fn counters_reset_after_a_day_without_failures() {
 async fn billing_and_auth_permanent_disable_every_model() {
     let c = store();
     let now = Instant::now();
-    let (u, s) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m1"),
-            &v(Reason::Billing, Some(10)),
-            Some(402),
-            now,
-        )
+    let (u, s) = Key(&c, "a", Some("m1"))
+        .fail(Reason::Billing, Some(10), Some(402), now)
         .expect("w");
     assert_eq!(
         (u - now, s.as_ref()),
@@ -203,30 +148,17 @@ async fn billing_and_auth_permanent_disable_every_model() {
     );
     assert!(c.blocked_until("a", FP, Some("other"), now).is_some());
     assert!(c.blocked_until("a", FP, None, now).is_some());
-    let (u, s) = c
-        .record_failure(
-            "b",
-            FP,
-            None,
-            &v(Reason::AuthPermanent, None),
-            Some(403),
-            now,
-        )
+    let b = Key(&c, "b", None);
+    let (u, s) = b
+        .fail(Reason::AuthPermanent, None, Some(403), now)
         .expect("w");
     assert_eq!(
         (u - now, s.as_ref()),
         (Duration::from_secs(600), "auth_permanent[0]")
     );
     tokio::time::advance(Duration::from_secs(601)).await;
-    let (u, _) = c
-        .record_failure(
-            "b",
-            FP,
-            None,
-            &v(Reason::AuthPermanent, None),
-            Some(403),
-            Instant::now(),
-        )
+    let (u, _) = b
+        .fail(Reason::AuthPermanent, None, Some(403), Instant::now())
         .expect("w");
     assert_eq!(u - Instant::now(), Duration::from_secs(1200));
 }
@@ -234,6 +166,7 @@ async fn billing_and_auth_permanent_disable_every_model() {
 #[tokio::test(start_paused = true)]
 async fn reasons_that_mark_nothing() {
     let c = store();
+    let am = Key(&c, "a", Some("m"));
     for r in [
         Reason::Overloaded,
         Reason::ModelNotFound,
@@ -241,16 +174,7 @@ async fn reasons_that_mark_nothing() {
         Reason::Format,
         Reason::Unknown,
     ] {
-        assert!(c
-            .record_failure(
-                "a",
-                FP,
-                Some("m"),
-                &v(r, Some(60)),
-                Some(500),
-                Instant::now()
-            )
-            .is_none());
+        assert!(am.fail(r, Some(60), Some(500), Instant::now()).is_none());
     }
     assert!(c.is_empty());
 }
@@ -259,15 +183,8 @@ async fn reasons_that_mark_nothing() {
 async fn hints_are_capped_at_a_day() {
     let c = store();
     let now = Instant::now();
-    let (u, _) = c
-        .record_failure(
-            "a",
-            FP,
-            Some("m"),
-            &v(Reason::RateLimit, Some(10 * 86_400)),
-            Some(429),
-            now,
-        )
+    let (u, _) = Key(&c, "a", Some("m"))
+        .fail(Reason::RateLimit, Some(10 * 86_400), Some(429), now)
         .expect("w");
     assert_eq!(u - now, MAX_COOLDOWN);
 }
@@ -276,14 +193,7 @@ async fn hints_are_capped_at_a_day() {
 async fn a_changed_secret_clears_the_state() {
     let c = store();
     let now = Instant::now();
-    c.record_failure(
-        "a",
-        FP,
-        Some("m"),
-        &v(Reason::RateLimit, Some(60)),
-        Some(429),
-        now,
-    );
+    Key(&c, "a", Some("m")).fail(Reason::RateLimit, Some(60), Some(429), now);
     assert!(c.blocked_until("a", FP, Some("m"), now).is_some());
     assert!(c.blocked_until("a", FP + 1, Some("m"), now).is_none());
     c.record_failure(
@@ -325,14 +235,7 @@ async fn distinct_model_names_cannot_grow_the_map_past_its_cap() {
     let now = Instant::now();
     for i in 0..100_000u32 {
         let model = format!("model-{i}");
-        c.record_failure(
-            "a",
-            FP,
-            Some(&model),
-            &v(Reason::RateLimit, Some(60)),
-            Some(429),
-            now,
-        );
+        Key(&c, "a", Some(&model)).fail(Reason::RateLimit, Some(60), Some(429), now);
         assert!(c.len() <= MAX_ENTRIES, "grew to {} at {i}", c.len());
     }
     assert!(c.len() > MAX_ENTRIES / 2);

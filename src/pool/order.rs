@@ -329,9 +329,30 @@ impl<'a> Plan<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::credentials::env::EnvSnapshot;
+
+    /// A state dir whose agent `main` has `profiles` as its auth-profiles.json, and
+    /// `state` as its auth-state.json and `openclaw` as the openclaw.json when given (the
+    /// pool's tests build theirs here too).
+    pub(crate) fn state_dir(
+        profiles: &str,
+        state: Option<&str>,
+        openclaw: Option<&str>,
+    ) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agents/main/agent");
+        std::fs::create_dir_all(&agent).expect("agent dir");
+        std::fs::write(agent.join("auth-profiles.json"), profiles).expect("profiles");
+        if let Some(s) = state {
+            std::fs::write(agent.join("auth-state.json"), s).expect("state");
+        }
+        if let Some(o) = openclaw {
+            std::fs::write(dir.path().join("openclaw.json"), o).expect("openclaw.json");
+        }
+        dir
+    }
 
     const PROFILES: &str = r#"{"version":1,"profiles":{
       "anthropic:key":{"type":"api_key","provider":"anthropic","key":"sk-test-key-1111"},
@@ -347,17 +368,10 @@ mod tests {
 
     impl Files {
         fn new(state: Option<&str>, openclaw: Option<&str>) -> Self {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let agent = dir.path().join("agents/main/agent");
-            std::fs::create_dir_all(&agent).expect("agent dir");
-            std::fs::write(agent.join("auth-profiles.json"), PROFILES).expect("profiles");
-            if let Some(s) = state {
-                std::fs::write(agent.join("auth-state.json"), s).expect("state");
+            Self {
+                dir: state_dir(PROFILES, state, openclaw),
+                env: vec![],
             }
-            if let Some(o) = openclaw {
-                std::fs::write(dir.path().join("openclaw.json"), o).expect("openclaw.json");
-            }
-            Self { dir, env: vec![] }
         }
 
         fn env(mut self, vars: &[(&'static str, &'static str)]) -> Self {

@@ -498,13 +498,7 @@ mod tests {
 
     /// The pool of agent `main` for these files and `ANTHROPIC_API_KEYS`.
     fn pool(state: Option<&str>, env_keys: &str) -> (AgentPool, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = dir.path().join("agents/main/agent");
-        std::fs::create_dir_all(&agent).expect("agent dir");
-        std::fs::write(agent.join("auth-profiles.json"), PROFILES).expect("profiles");
-        if let Some(s) = state {
-            std::fs::write(agent.join("auth-state.json"), s).expect("state");
-        }
+        let dir = order::tests::state_dir(PROFILES, state, None);
         let env = EnvSnapshot::from_pairs([("ANTHROPIC_API_KEYS".to_owned(), env_keys.to_owned())]);
         let pool = build_pool(&Config::defaults(), dir.path(), "main", &env);
         (pool, dir)

@@ -180,20 +180,7 @@ impl Visit for Fields<'_> {
         string(self.line, value);
     }
 
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.line.push_str(if value { "true" } else { "false" });
-    }
+    record_bare_scalars!();
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);

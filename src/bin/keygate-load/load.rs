@@ -282,6 +282,12 @@ pub(crate) async fn paced(
             r
         });
     }
+    gather(set, t0).await
+}
+
+/// Every request in `set`, as they finish, in one run timed from `t0` (a task that did
+/// not finish counts as a failed request).
+async fn gather(mut set: JoinSet<Result<Done, String>>, t0: Instant) -> Run {
     let mut run = Run::default();
     while let Some(r) = set.join_next().await {
         match r {
@@ -318,14 +324,7 @@ pub(crate) async fn burst(
             r
         });
     }
-    let mut run = Run::default();
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(r) => run.push(r),
-            Err(e) => run.push(Err(format!("task: {e}"))),
-        }
-    }
-    run.elapsed = t0.elapsed();
+    let run = gather(set, t0).await;
     (run, max_in_flight.load(Ordering::Relaxed))
 }
 

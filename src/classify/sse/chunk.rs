@@ -307,7 +307,7 @@ impl<'de> Members<'de> for Parts {
 /// `$other` for numbers and booleans, `false` for `null`, and the given bodies for arrays
 /// and objects (which must consume what they visit).
 macro_rules! any_value {
-    ($name:ident, $what:literal, |$s:ident| $string:expr, $other:expr,
+    ($name:ident, |$s:ident| $string:expr, $other:expr,
      |$seq:ident| $array:expr, |$map:ident| $object:expr) => {
         struct $name(bool);
 
@@ -317,7 +317,7 @@ macro_rules! any_value {
                 impl<'de> Visitor<'de> for V {
                     type Value = $name;
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($what)
+                        f.write_str("any value")
                     }
                     fn visit_unit<E: de::Error>(self) -> Result<$name, E> {
                         Ok($name(false))
@@ -353,16 +353,16 @@ macro_rules! any_value {
     };
 }
 
-/// Drains what is left of an array.
-fn drain_seq<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<(), A::Error> {
+/// Drains what is left of an array, which then reads as `answer`.
+fn drain_seq<'de, A: SeqAccess<'de>>(seq: &mut A, answer: bool) -> Result<bool, A::Error> {
     while seq.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
+    Ok(answer)
 }
 
-/// Drains what is left of an object.
-fn drain_map<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+/// Drains what is left of an object, which then reads as `answer`.
+fn drain_map<'de, A: MapAccess<'de>>(map: &mut A, answer: bool) -> Result<bool, A::Error> {
     while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
+    Ok(answer)
 }
 
 /// Whether any of an object's values (each key once) reads `true` through `T`, skipping
@@ -390,7 +390,6 @@ where
 // are; an object when some member value counts.
 any_value!(
     NonEmpty,
-    "any value",
     |s| !s.is_empty(),
     true,
     |seq| {
@@ -406,50 +405,34 @@ any_value!(
 // `finish_reason == "error"`.
 any_value!(
     IsError,
-    "any value",
     |s| s == "error",
     false,
-    |seq| {
-        drain_seq(&mut seq)?;
-        false
-    },
-    |map| {
-        drain_map(&mut map)?;
-        false
-    }
+    |seq| drain_seq(&mut seq, false)?,
+    |map| drain_map(&mut map, false)?
 );
 
 // The `Value` reading's `delta_has_content`: an object with a non-empty field other than
 // `role`.
 any_value!(
     DeltaContent,
-    "any value",
     |_s| false,
     false,
-    |seq| {
-        drain_seq(&mut seq)?;
-        false
-    },
+    |seq| drain_seq(&mut seq, false)?,
     |map| any_member(&mut map, Some("role"), |NonEmpty(v)| v)?
 );
 
 // `content.parts` is an array with a non-empty element.
 any_value!(
     PartsContent,
-    "any value",
     |_s| false,
     false,
-    |seq| {
-        drain_seq(&mut seq)?;
-        false
-    },
+    |seq| drain_seq(&mut seq, false)?,
     |map| read_object::<_, Parts>(&mut map)?.0
 );
 
 // An array with a non-empty element.
 any_value!(
     PartsArray,
-    "any value",
     |_s| false,
     false,
     |seq| {
@@ -459,26 +442,16 @@ any_value!(
         }
         any
     },
-    |map| {
-        drain_map(&mut map)?;
-        false
-    }
+    |map| drain_map(&mut map, false)?
 );
 
 // Not `null`.
 any_value!(
     NotNull,
-    "any value",
     |_s| true,
     true,
-    |seq| {
-        drain_seq(&mut seq)?;
-        true
-    },
-    |map| {
-        drain_map(&mut map)?;
-        true
-    }
+    |seq| drain_seq(&mut seq, true)?,
+    |map| drain_map(&mut map, true)?
 );
 
 #[cfg(test)]

@@ -159,39 +159,24 @@ fn bedrock_event_stream_exception() {
         assert_eq!(errors[0].verdict.reason, Reason::RateLimit);
         assert!(errors[0].after_content);
     }
-    let other = encode_frame(
-        &[
-            (":message-type", "exception"),
-            (":exception-type", "serviceUnavailableException"),
-        ],
-        br#"{"message":"x"}"#,
-    );
-    assert_eq!(
-        scan("bedrock", &other, 3).1[0].verdict.reason,
-        Reason::Overloaded
-    );
-    let other = encode_frame(
-        &[
-            (":message-type", "exception"),
-            (":exception-type", "modelStreamErrorException"),
-        ],
-        br#"{"message":"x"}"#,
-    );
-    assert_eq!(
-        scan("bedrock", &other, 3).1[0].verdict.reason,
-        Reason::Unknown
-    );
-    let other = encode_frame(
-        &[
-            (":message-type", "exception"),
-            (":exception-type", "validationException"),
-        ],
-        br#"{"message":"x"}"#,
-    );
-    assert_eq!(
-        scan("bedrock", &other, 3).1[0].verdict.reason,
-        Reason::Format
-    );
+    for (exception, reason) in [
+        ("serviceUnavailableException", Reason::Overloaded),
+        ("modelStreamErrorException", Reason::Unknown),
+        ("validationException", Reason::Format),
+    ] {
+        let other = encode_frame(
+            &[
+                (":message-type", "exception"),
+                (":exception-type", exception),
+            ],
+            br#"{"message":"x"}"#,
+        );
+        assert_eq!(
+            scan("bedrock", &other, 3).1[0].verdict.reason,
+            reason,
+            "{exception}"
+        );
+    }
 }
 
 #[test]

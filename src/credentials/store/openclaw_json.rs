@@ -559,16 +559,16 @@ mod tests {
             serde_json::to_string_pretty(&serde_json::from_str::<Value>(FIXTURE).unwrap()).unwrap()
                 + "\n";
         std::fs::write(&path, &canonical).unwrap();
-        assert_eq!(
+        let remove = || {
             update(
                 &path,
                 Edit::Remove {
-                    id: "openai:default"
-                }
+                    id: "openai:default",
+                },
             )
-            .unwrap(),
-            Outcome::Written
-        );
+            .unwrap()
+        };
+        assert_eq!(remove(), Outcome::Written);
         let after = std::fs::read_to_string(&path).unwrap();
         let mut expected: Value = serde_json::from_str(&canonical).unwrap();
         expected["auth"]["profiles"]
@@ -585,16 +585,7 @@ mod tests {
         );
         assert!(after.contains("\"meta\""));
         assert!(!path.with_file_name("openclaw.json.lock").exists());
-        assert_eq!(
-            update(
-                &path,
-                Edit::Remove {
-                    id: "openai:default"
-                }
-            )
-            .unwrap(),
-            Outcome::Unchanged
-        );
+        assert_eq!(remove(), Outcome::Unchanged);
     }
 
     #[test]

@@ -206,3 +206,100 @@ fn durations_past_a_century_are_refused() {
         .checked_add(c.server.request_timeout)
         .is_some());
 }
+
+#[test]
+fn cluster_is_off_without_its_section_and_takes_its_url_from_the_environment() {
+    let env = env_of(&[("KEYGATE_REDIS_URL", "redis://:sk-pass-9999@10.0.0.5:6379/2")]);
+    assert!(Config::from_toml("", None, &env)
+        .expect("valid")
+        .cluster
+        .is_none());
+
+    let c = Config::from_toml("[cluster]\n", None, &env).expect("valid");
+    let cl = c.cluster.expect("on");
+    assert_eq!(
+        cl.redis_url.expose(),
+        "redis://:sk-pass-9999@10.0.0.5:6379/2"
+    );
+    assert_eq!(cl.redis_url_from, "KEYGATE_REDIS_URL");
+    assert_eq!(cl.key_prefix, "keygate:");
+    assert!(cl.secret_key.is_none());
+    assert!(!format!("{cl:?}").contains("sk-pass-9999"));
+
+    let text = "[cluster]\nredis_url = \"rediss://cache.internal:6380/0\"\nkey_prefix = \"team-a:\"\nsecret_key_env = \"CK\"\n";
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let c = Config::from_toml(text, None, &|k| (k == "CK").then(|| key.to_owned())).expect("valid");
+    let cl = c.cluster.expect("on");
+    assert_eq!(cl.key_prefix, "team-a:");
+    assert_eq!(cl.secret_key.as_ref().map(|k| k.expose().len()), Some(64));
+}
+
+#[test]
+fn a_bad_cluster_section_names_the_key_and_never_echoes_a_secret() {
+    let cases: &[(&str, &str, &str)] = &[
+        // (file, key named, a phrase of the reason)
+        (
+            "[cluster]\nredis_url = \"redis://:hunter2-secret@h:6379\"\n",
+            "cluster.redis_url",
+            "password does not belong",
+        ),
+        (
+            "[cluster]\nredis_url = \"http://h:6379\"\n",
+            "cluster.redis_url",
+            "redis:// or rediss://",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://\"\n",
+            "cluster.redis_url",
+            "no host",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://h\"\nredis_url_env = \"X\"\n",
+            "cluster.redis_url_env",
+            "not both",
+        ),
+        (
+            "[cluster]\nredis_url_env = \"UNSET_URL\"\n",
+            "cluster.redis_url_env",
+            "UNSET_URL is not set",
+        ),
+        ("[cluster]\n", "cluster.redis_url_env", "KEYGATE_REDIS_URL"),
+        (
+            "[cluster]\nredis_url = \"redis://h\"\nkey_prefix = \"a*\"\n",
+            "cluster.key_prefix",
+            "without * or ?",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://h\"\nsecret_key_env = \"SHORTKEY\"\n",
+            "cluster.secret_key_env",
+            "64 hex",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://h\"\nport = 3\n",
+            "port",
+            "line 3",
+        ),
+    ];
+    let env = |k: &str| match k {
+        "SHORTKEY" => Some("abc123-not-hex-secret".to_owned()),
+        "BADURL" => Some("ftp://:pw-secret-77@h".to_owned()),
+        _ => None,
+    };
+    for (text, key, why) in cases {
+        let msg = Config::from_toml(text, None, &env)
+            .expect_err(text)
+            .to_string();
+        assert!(msg.contains(key) && msg.contains(why), "{text}: {msg}");
+        for secret in ["hunter2-secret", "abc123-not-hex-secret"] {
+            assert!(!msg.contains(secret), "{msg}");
+        }
+    }
+    let msg = Config::from_toml("[cluster]\nredis_url_env = \"BADURL\"\n", None, &env)
+        .expect_err("bad url in env")
+        .to_string();
+    assert!(
+        msg.contains("BADURL") && msg.contains("redis:// or rediss://"),
+        "{msg}"
+    );
+    assert!(!msg.contains("pw-secret-77"), "{msg}");
+}

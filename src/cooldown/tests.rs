@@ -240,3 +240,55 @@ async fn distinct_model_names_cannot_grow_the_map_past_its_cap() {
     }
     assert!(c.len() > MAX_ENTRIES / 2);
 }
+
+fn learned(scope: Scope, until: Instant, failures: u32) -> Learned {
+    Learned {
+        scope,
+        until,
+        reason: Reason::RateLimit,
+        source: Cow::Borrowed("retry-after"),
+        failures,
+        last_status: Some(429),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn learned_windows_merge_by_their_end_and_are_not_reported_back() {
+    let c = store();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    c.observe(Box::new(move |o| {
+        sink.lock()
+            .unwrap()
+            .push((o.credential.to_owned(), o.until))
+    }));
+    let now = Instant::now();
+    let m = || Scope::Model(Arc::from("m1"));
+    // A local window is reported to the observer.
+    let (local, _) = Key(&c, "a", Some("m1"))
+        .fail(Reason::RateLimit, Some(20), Some(429), now)
+        .expect("window");
+    assert_eq!(*seen.lock().unwrap(), [("a".to_owned(), local)]);
+
+    // An earlier end from another replica loses; a later one wins and is not echoed.
+    assert!(!c.learn("a", FP, learned(m(), now + Duration::from_secs(10), 1), now));
+    assert_eq!(c.blocked_until("a", FP, Some("m1"), now), Some(local));
+    let later = now + Duration::from_secs(40);
+    assert!(c.learn("a", FP, learned(m(), later, 3), now));
+    assert_eq!(c.blocked_until("a", FP, Some("m1"), now), Some(later));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a learned window went back out"
+    );
+    // The ladder position is the larger count; other models stay free.
+    assert_eq!(c.windows(now)[0].failures, 3);
+    assert_eq!(c.blocked_until("a", FP, Some("m2"), now), None);
+    // Another value of the credential (fingerprint) is not blocked; an ended window is ignored.
+    assert_eq!(c.blocked_until("a", FP + 1, Some("m1"), now), None);
+    assert!(!c.learn("b", FP, learned(Scope::Disabled, now, 1), now));
+
+    // It expires with its end like any window.
+    tokio::time::advance(Duration::from_secs(41)).await;
+    assert_eq!(c.blocked_until("a", FP, Some("m1"), Instant::now()), None);
+}

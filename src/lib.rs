@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Layers, each importing only those below it (no cycles between files): `cli` ▸ `server`
-//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `pool` ▸ `inject` ▸ `credentials` ▸ `inbound`,
+//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `cluster` ▸ `pool` ▸ `inject` ▸ `credentials` ▸ `inbound`,
 //! `upstream`, `telemetry`, `redact` ▸ `config`, `cooldown`, `metrics` ▸ `classify`,
 //! `provider`, `pin`, `secret`, `budget`.
 

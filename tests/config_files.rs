@@ -82,5 +82,20 @@ fn cargo_run_picks_the_keygate_binary() {
         first_block[0].starts_with("cargo run --release -- serve"),
         "{first_block:?}"
     );
-    assert!(first_block[1].starts_with("cargo test"), "{first_block:?}");
+    // The test command installs what the tests need (redis-server), then runs cargo test.
+    assert!(
+        first_block[1].starts_with("scripts/test"),
+        "{first_block:?}"
+    );
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test"))
+            .expect("scripts/test");
+    assert!(
+        script.contains("apt-get install -y") && script.contains("redis-server"),
+        "{script}"
+    );
+    assert!(
+        script.trim_end().ends_with("exec cargo test \"$@\""),
+        "{script}"
+    );
 }

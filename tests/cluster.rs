@@ -291,22 +291,20 @@ async fn cluster_status_lists_the_replicas_and_the_shared_windows_masked() {
     let (a, sa) = replica(&mock, &redis).await;
     assert_eq!(ask(&a).await.status, 200);
     let cfg = sa.path().join("keygate-test.toml");
-    let env = [("ANTHROPIC_API_KEYS", format!("{LIMITED},{OK}"))];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let keys = format!("{LIMITED},{OK}");
+    let cluster_status = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "cluster",
+            "status",
+        ];
+        args.extend_from_slice(extra);
+        support::cli::keygate(sa.path(), &args, &[("ANTHROPIC_API_KEYS", &keys)], "")
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     let run = loop {
-        let run = support::cli::keygate(
-            sa.path(),
-            &[
-                "--config",
-                cfg.to_str().expect("utf-8"),
-                "cluster",
-                "status",
-                "--json",
-            ],
-            &env,
-            "",
-        );
+        let run = cluster_status(&["--json"]);
         let done = run.code == 0
             && run.json()["cooldowns"]
                 .as_array()
@@ -326,17 +324,7 @@ async fn cluster_status_lists_the_replicas_and_the_shared_windows_masked() {
     assert_eq!(w["reason"], "rate_limit");
     assert_eq!(w["model"], "claude-sonnet-4-5");
 
-    let text = support::cli::keygate(
-        sa.path(),
-        &[
-            "--config",
-            cfg.to_str().expect("utf-8"),
-            "cluster",
-            "status",
-        ],
-        &env,
-        "",
-    );
+    let text = cluster_status(&[]);
     text.ok().assert_no_secret(&[LIMITED, OK]);
     assert!(
         text.stdout.contains("replicas seen in the last 60 s: 1"),
@@ -352,17 +340,7 @@ async fn cluster_status_lists_the_replicas_and_the_shared_windows_masked() {
     // Redis away: exit 1 and a message that names the URL without a password.
     drop(a);
     drop(redis);
-    let down = support::cli::keygate(
-        sa.path(),
-        &[
-            "--config",
-            cfg.to_str().expect("utf-8"),
-            "cluster",
-            "status",
-        ],
-        &env,
-        "",
-    );
+    let down = cluster_status(&[]);
     assert_eq!(down.code, 1, "{down:?}");
     assert!(
         down.stderr

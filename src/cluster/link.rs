@@ -96,13 +96,7 @@ async fn session(
 ) -> Result<End, String> {
     let prefix = cluster.config.key_prefix.as_str();
     let channel = format!("{prefix}events");
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(COMMAND_TIMEOUT));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut conn = connect(client).await?;
     let mut pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| "connect timed out".to_owned())?
@@ -185,6 +179,17 @@ async fn share(
 }
 
 const SLOW: &str = "Redis did not answer in time";
+
+/// A command connection whose connect and every answer are bounded by [`COMMAND_TIMEOUT`].
+async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(|e| e.to_string())
+}
 
 /// Runs one command within [`COMMAND_TIMEOUT`].
 async fn query<T: redis::FromRedisValue>(
@@ -303,13 +308,7 @@ pub async fn inspect(config: &crate::config::ClusterConfig) -> Result<Inspection
     let redact = Scrub::new(config.redis_url.expose());
     let fail = |e: String| redact.text(&e);
     let client = redis::Client::open(config.redis_url.expose()).map_err(|e| fail(e.to_string()))?;
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(COMMAND_TIMEOUT));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let mut conn = connect(&client).await.map_err(fail)?;
     let replicas = read_replicas(&mut conn, &config.key_prefix)
         .await
         .map_err(fail)?;

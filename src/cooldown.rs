@@ -85,23 +85,14 @@ pub struct Opened<'a> {
     pub credential: &'a str,
     /// Fingerprint of its secret.
     pub fp: u64,
-    /// What it covers.
-    pub scope: &'a Scope,
-    /// When it ends.
-    pub until: Instant,
-    /// Why.
-    pub reason: Reason,
-    /// Where its length came from.
-    pub source: &'a str,
-    /// Consecutive failures counted (the position on the ladder).
-    pub failures: u32,
-    /// The status that opened it.
-    pub last_status: Option<u16>,
+    /// The window.
+    pub window: Window,
 }
 
-/// A window learned from elsewhere (another replica), merged by its end.
+/// A window as it travels between replicas: opened here (in [`Opened`]) or learned from
+/// another replica ([`Cooldowns::learn`]), where windows merge by their end.
 #[derive(Clone, Debug)]
-pub struct Learned {
+pub struct Window {
     /// What it covers.
     pub scope: Scope,
     /// When it ends.
@@ -110,7 +101,7 @@ pub struct Learned {
     pub reason: Reason,
     /// Where its length came from.
     pub source: Cow<'static, str>,
-    /// Consecutive failures counted where it was opened.
+    /// Consecutive failures counted (the position on the ladder).
     pub failures: u32,
     /// The status that opened it.
     pub last_status: Option<u16>,
@@ -158,6 +149,21 @@ pub fn fingerprint(secret: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     secret.hash(&mut h);
     h.finish()
+}
+
+// === impl Entry ===
+
+impl Entry {
+    fn window(&self, scope: Scope) -> Window {
+        Window {
+            scope,
+            until: self.until,
+            reason: self.reason,
+            source: self.source.clone(),
+            failures: self.failures,
+            last_status: self.last_status,
+        }
+    }
 }
 
 // === impl CredState ===
@@ -260,7 +266,7 @@ impl Cooldowns {
     /// Merges a window learned from another replica: the later end wins; an ended one is
     /// ignored. Failure counters keep the larger count. Not reported to the observer.
     /// Returns whether it changed anything.
-    pub fn learn(&self, credential: &str, fp: u64, w: Learned, now: Instant) -> bool {
+    pub fn learn(&self, credential: &str, fp: u64, w: Window, now: Instant) -> bool {
         if w.until <= now {
             return false;
         }
@@ -298,12 +304,7 @@ impl Cooldowns {
                 f(&Opened {
                     credential: c,
                     fp: s.fingerprint,
-                    scope: &scope,
-                    until: e.until,
-                    reason: e.reason,
-                    source: &e.source,
-                    failures: e.failures,
-                    last_status: e.last_status,
+                    window: e.window(scope),
                 });
             }
         }
@@ -523,12 +524,7 @@ impl Cooldowns {
             observe(&Opened {
                 credential,
                 fp,
-                scope: &scope,
-                until: entry.until,
-                reason: entry.reason,
-                source: &entry.source,
-                failures: entry.failures,
-                last_status: entry.last_status,
+                window: entry.window(scope.clone()),
             });
         }
         self.store(cur, credential, fp, scope, entry, now);

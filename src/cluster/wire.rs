@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::classify::Reason;
-use crate::cooldown::{Learned, Opened, Scope};
+use crate::cooldown::{Opened, Scope, Window};
 
 /// Longest model name shared (longer ones stay local: a client picks model names).
 pub const MAX_MODEL: usize = 256;
@@ -92,13 +92,14 @@ impl WindowMsg {
     /// The message for a window this replica opened; `None` for a model name too long to
     /// share or a window already over.
     pub fn from_opened(from: &str, shared: &[u8; 16], o: &Opened<'_>) -> Option<Self> {
-        let (scope, model) = match o.scope {
+        let w = &o.window;
+        let (scope, model) = match &w.scope {
             Scope::Model(m) if m.len() > MAX_MODEL => return None,
             Scope::Model(m) => ("model", Some(m.to_string())),
             Scope::Credential => ("credential", None),
             Scope::Disabled => ("disabled", None),
         };
-        let left = o.until.checked_duration_since(Instant::now())?;
+        let left = w.until.checked_duration_since(Instant::now())?;
         let left = i64::try_from(left.as_millis()).ok()?;
         if left == 0 {
             return None;
@@ -109,10 +110,10 @@ impl WindowMsg {
             scope: scope.to_owned(),
             model,
             end: now_ms().saturating_add(left),
-            reason: o.reason.as_str().to_owned(),
-            source: o.source.chars().take(64).collect(),
-            failures: o.failures,
-            status: o.last_status,
+            reason: w.reason.as_str().to_owned(),
+            source: w.source.chars().take(64).collect(),
+            failures: w.failures,
+            status: w.last_status,
         })
     }
 
@@ -146,7 +147,7 @@ impl WindowMsg {
     }
 
     /// The window as the local cooldowns take it; `None` once it has ended.
-    pub fn learned(&self, now: Instant) -> Option<Learned> {
+    pub fn learned(&self, now: Instant) -> Option<Window> {
         let left = self.end.checked_sub(now_ms()).filter(|l| *l > 0)?;
         let scope = match (self.scope.as_str(), &self.model) {
             ("model", Some(m)) => Scope::Model(m.as_str().into()),
@@ -154,7 +155,7 @@ impl WindowMsg {
             ("disabled", _) => Scope::Disabled,
             _ => return None,
         };
-        Some(Learned {
+        Some(Window {
             scope,
             until: now + Duration::from_millis(left as u64).min(crate::cooldown::MAX_COOLDOWN),
             reason: Reason::parse(&self.reason)?,
@@ -212,16 +213,18 @@ fn hostname() -> String {
 mod tests {
     use super::*;
 
-    fn opened<'a>(scope: &'a Scope, left: Duration) -> Opened<'a> {
+    fn opened(scope: &Scope, left: Duration) -> Opened<'static> {
         Opened {
             credential: "anthropic:work",
             fp: 7,
-            scope,
-            until: Instant::now() + left,
-            reason: Reason::RateLimit,
-            source: "retry-after",
-            failures: 2,
-            last_status: Some(429),
+            window: Window {
+                scope: scope.clone(),
+                until: Instant::now() + left,
+                reason: Reason::RateLimit,
+                source: Cow::Borrowed("retry-after"),
+                failures: 2,
+                last_status: Some(429),
+            },
         }
     }
 

@@ -241,8 +241,8 @@ async fn distinct_model_names_cannot_grow_the_map_past_its_cap() {
     assert!(c.len() > MAX_ENTRIES / 2);
 }
 
-fn learned(scope: Scope, until: Instant, failures: u32) -> Learned {
-    Learned {
+fn learned(scope: Scope, until: Instant, failures: u32) -> Window {
+    Window {
         scope,
         until,
         reason: Reason::RateLimit,
@@ -260,7 +260,7 @@ async fn learned_windows_merge_by_their_end_and_are_not_reported_back() {
     c.observe(Box::new(move |o| {
         sink.lock()
             .unwrap()
-            .push((o.credential.to_owned(), o.until))
+            .push((o.credential.to_owned(), o.window.until))
     }));
     let now = Instant::now();
     let m = || Scope::Model(Arc::from("m1"));

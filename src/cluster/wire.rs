@@ -301,6 +301,16 @@ mod tests {
     }
 
     #[test]
+    fn budget_keys_name_the_shared_id_only() {
+        let id = [0xcd; 16];
+        assert_eq!(rpm_key("kg:", &id), format!("kg:rpm:{}", "cd".repeat(16)));
+        assert_eq!(
+            slots_key("kg:", &id),
+            format!("kg:slots:{}", "cd".repeat(16))
+        );
+    }
+
+    #[test]
     fn what_is_not_a_window_is_refused() {
         let scope = Scope::Model("m".repeat(MAX_MODEL + 1).into());
         assert!(

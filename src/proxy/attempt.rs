@@ -4,7 +4,10 @@
 //! `[rotation]` (`rotate_on`, `max_attempts`, `on_all_cooling`, `max_wait`) says whether to
 //! go on, and [`inspect`] reads each answer. One attempt refreshes an expiring OAuth token,
 //! injects the credential, sends the same request `Bytes` and turns the answer into an
-//! [`Attempt`]. It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
+//! [`Attempt`]. In cluster mode a pick the selector allows is then asked of the cluster's
+//! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one; this is also
+//! where `max_in_flight` (SPEC §11) will take a `Cluster::lease` around the send.
+//! It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -515,4 +518,30 @@ fn needs_oauth_refresh(cand: &Candidate) -> bool {
         && cand.cred.source == Source::Profile
         && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
         && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn refused_candidates_are_skipped_until_a_wait_and_report_the_soonest() {
+        let tried = [true, false, false];
+        let mut r = Refused::default();
+        assert_eq!(r.mask(&tried), &tried, "nothing refused: `tried` as is");
+        let now = Instant::now();
+        r.refuse(2, 3, now + Duration::from_secs(40));
+        r.refuse(1, 3, now + Duration::from_secs(20));
+        assert_eq!(r.mask(&tried), &[true, true, true]);
+        assert_eq!(r.soonest(None), Some(now + Duration::from_secs(20)));
+        assert_eq!(
+            r.soonest(Some(now + Duration::from_secs(5))),
+            Some(now + Duration::from_secs(5))
+        );
+        r.clear();
+        assert_eq!(r.mask(&tried), &tried);
+        assert_eq!(r.soonest(None), None);
+    }
 }

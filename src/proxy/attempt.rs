@@ -150,7 +150,9 @@ impl Exchange<'_> {
             if let Some((cluster, rpm)) = cluster_rpm {
                 // The local limiter said yes (a cheap first filter: a replica over the rpm
                 // alone is over it cluster-wide); the cluster has the last word.
-                if let Slot::Refused(wait) = cluster.rpm_slot(cand, rpm).await {
+                // Boxed, like the OAuth refresh: a Redis call's future would otherwise
+                // enlarge every request's future, cluster or not.
+                if let Slot::Refused(wait) = Box::pin(cluster.rpm_slot(cand, rpm)).await {
                     tracing::debug!(credential = %cand.cred.id, "at its rpm across the cluster: skipped");
                     refused.refuse(i, candidates.len(), Instant::now() + wait);
                     continue;

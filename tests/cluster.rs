@@ -30,9 +30,10 @@ fn limited_mock(mock: &MockProvider) {
     );
 }
 
-fn config(mock: &MockProvider, redis: &Redis) -> String {
+/// `provider` lines go to `[providers.anthropic]`.
+fn config_with(mock: &MockProvider, redis: &Redis, provider: &str) -> String {
     format!(
-        "{}\n[cluster]\nredis_url = \"{}\"\nkey_prefix = \"kgtest:\"\n",
+        "{}{provider}\n[cluster]\nredis_url = \"{}\"\nkey_prefix = \"kgtest:\"\n",
         providers_at(&mock.url(), &["anthropic"]),
         redis.url()
     )
@@ -40,10 +41,19 @@ fn config(mock: &MockProvider, redis: &Redis) -> String {
 
 /// A replica with the two env keys (limited first) and an admin token.
 async fn replica(mock: &MockProvider, redis: &Redis) -> (Served, tempfile::TempDir) {
+    replica_with(mock, redis, "").await
+}
+
+/// A replica whose `[providers.anthropic]` also has these lines.
+async fn replica_with(
+    mock: &MockProvider,
+    redis: &Redis,
+    provider: &str,
+) -> (Served, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("tempdir");
     let kg = Served::start_with(
         state.path(),
-        &config(mock, redis),
+        &config_with(mock, redis, provider),
         &[
             ("ANTHROPIC_API_KEYS", &format!("{LIMITED},{OK}")),
             ("KEYGATE_ADMIN_TOKEN", ADMIN),
@@ -347,4 +357,251 @@ async fn cluster_status_lists_the_replicas_and_the_shared_windows_masked() {
             .contains("cannot reach Redis at redis://127.0.0.1:"),
         "{down:?}"
     );
+}
+
+/// `n` requests spread round-robin over `replicas`, `parallel` at a time; the answers'
+/// statuses in order of completion.
+async fn burst(replicas: &[&Served], n: usize, parallel: usize) -> Vec<support::keygate::Answer> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter((0..n).map(|i| ask(replicas[i % replicas.len()])))
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+/// A 429 of keygate's own (every credential at its rpm), not a provider's answer.
+fn is_all_cooling(a: &support::keygate::Answer) -> bool {
+    a.status == 429
+        && a.header("retry-after").is_some()
+        && a.header("x-keygate-credential").is_none()
+        && a.text().contains("No available credential")
+}
+
+#[tokio::test]
+async fn rpm_counts_across_the_replicas_and_every_request_still_gets_an_answer() {
+    let redis = Redis::start();
+    let mock = MockProvider::start().await;
+    let (a, _sa) = replica_with(&mock, &redis, "rpm = 60\n").await;
+    let (b, _sb) = replica_with(&mock, &redis, "rpm = 60\n").await;
+    let (c, _sc) = replica_with(&mock, &redis, "rpm = 60\n").await;
+    for kg in [&a, &b, &c] {
+        assert_eq!(status(kg).await["cluster"]["connected"], true);
+    }
+
+    // 150 requests within a few seconds: each replica alone would send 50 on the first key
+    // (under its local 60); across the cluster the first key takes 60, the second the next
+    // 60, and the rest are keygate's own 429s.
+    let answers = burst(&[&a, &b, &c], 150, 12).await;
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    for r in &answers {
+        assert!(
+            r.status == 200 || is_all_cooling(r),
+            "{} {:?} {}",
+            r.status,
+            r.headers,
+            r.text()
+        );
+    }
+    let (first, second) = (mock.requests_for_key(LIMITED), mock.requests_for_key(OK));
+    assert!(
+        first <= 60,
+        "the first key got {first} requests in a minute"
+    );
+    assert!(
+        second <= 60,
+        "the second key got {second} requests in a minute"
+    );
+    assert_eq!(first + second, ok, "an answer that is no upstream's");
+    assert!(
+        ok >= 110,
+        "the cluster budget was mostly lost: {ok} served ({first} + {second})"
+    );
+
+    // The logs are in Redis under shared ids, with the window's TTL, and name no secret.
+    let logs = redis.keys("kgtest:rpm:*");
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    for k in &logs {
+        let ttl: i64 = redis
+            .command(&["PTTL", k])
+            .and_then(|r| r.trim().trim_start_matches(':').parse().ok())
+            .expect("pttl");
+        assert!((1..=60_000).contains(&ttl), "{k}: {ttl}");
+    }
+    assert_no_secret_in(&redis, &[LIMITED, OK, GW, ADMIN]);
+    assert!(!redis.dump().contains("ANTHROPIC_API_KEYS"));
+}
+
+#[tokio::test]
+async fn with_redis_stopped_rpm_holds_per_replica_and_no_request_fails() {
+    let mut redis = Redis::start();
+    let mock = MockProvider::start().await;
+    let (a, _sa) = replica_with(&mock, &redis, "rpm = 5\n").await;
+    let (b, _sb) = replica_with(&mock, &redis, "rpm = 5\n").await;
+    let (c, _sc) = replica_with(&mock, &redis, "rpm = 5\n").await;
+    redis.stop();
+
+    // Each replica on its own: two keys at 5 a minute serve 10 of its 15 requests.
+    for kg in [&a, &b, &c] {
+        let before = mock.requests().len();
+        let mut ok = 0;
+        for _ in 0..15 {
+            let r = ask(kg).await;
+            assert!(
+                r.status == 200 || is_all_cooling(&r),
+                "{} {}",
+                r.status,
+                r.text()
+            );
+            ok += usize::from(r.status == 200);
+        }
+        assert_eq!(ok, 10, "the local rpm did not hold");
+        assert_eq!(mock.requests().len() - before, 10);
+    }
+    assert_eq!(mock.requests_for_key(LIMITED), 15);
+    assert_eq!(mock.requests_for_key(OK), 15);
+}
+
+/// A multiplexed connection to `redis` and slot calls for replica `me` on it.
+async fn slots(redis: &Redis, me: &str) -> std::sync::Arc<keygate::cluster::Slots> {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let s = keygate::cluster::Slots::new("kgtest:", me);
+    s.attach(Some(conn));
+    s
+}
+
+#[tokio::test]
+async fn the_rpm_window_admits_its_limit_and_a_slow_or_absent_redis_decides_locally() {
+    use keygate::cluster::{Slot, Slots};
+    let redis = Redis::start();
+    let (a, b) = (slots(&redis, "a").await, slots(&redis, "b").await);
+    let cred = [7u8; 16];
+    for s in [&a, &b, &a] {
+        assert_eq!(s.rpm(&cred, 3).await, Slot::Granted);
+    }
+    match b.rpm(&cred, 3).await {
+        Slot::Refused(wait) => assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        ),
+        other => panic!("a fourth request in a minute: {other:?}"),
+    }
+    // Another credential has its own window.
+    assert_eq!(a.rpm(&[8u8; 16], 3).await, Slot::Granted);
+
+    // Not connected: local.
+    let away = Slots::new("kgtest:", "c");
+    assert_eq!(away.rpm(&cred, 3).await, Slot::Local);
+
+    // Slow: local after the slot timeout, then local at once while Redis is left alone.
+    redis
+        .command(&["CLIENT", "PAUSE", "700", "ALL"])
+        .expect("pause");
+    let t = Instant::now();
+    assert_eq!(a.rpm(&[9u8; 16], 3).await, Slot::Local);
+    let waited = t.elapsed();
+    assert!(
+        waited >= keygate::cluster::slots::SLOT_TIMEOUT && waited < Duration::from_millis(400),
+        "{waited:?}"
+    );
+    let t = Instant::now();
+    assert_eq!(a.rpm(&[9u8; 16], 3).await, Slot::Local);
+    assert!(t.elapsed() < Duration::from_millis(20));
+    tokio::time::sleep(keygate::cluster::slots::QUIET + Duration::from_millis(100)).await;
+    assert_eq!(a.rpm(&[9u8; 16], 3).await, Slot::Granted);
+
+    // The added latency of a slot call on loopback (measured, reported, bounded).
+    let mut took: Vec<Duration> = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        assert_eq!(b.rpm(&[10u8; 16], 100_000).await, Slot::Granted);
+        took.push(t.elapsed());
+    }
+    took.sort();
+    let (p50, p99) = (took[500], took[990]);
+    eprintln!(
+        "rpm slot call on loopback: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        took[999]
+    );
+    assert!(p99 < keygate::cluster::slots::SLOT_TIMEOUT, "p99 {p99:?}");
+}
+
+#[tokio::test]
+async fn in_flight_leases_hold_while_refreshed_and_a_dead_replicas_free_within_their_ttl() {
+    use keygate::cluster::Leased;
+    let redis = Redis::start();
+    let (a, b) = (slots(&redis, "a").await, slots(&redis, "b").await);
+    let cred = [3u8; 16];
+    let ttl = Duration::from_millis(300);
+    let take = |s: &std::sync::Arc<keygate::cluster::Slots>| {
+        let s = s.clone();
+        async move { s.lease(&cred, 2, ttl).await }
+    };
+    let (Leased::Held(l1), Leased::Held(l2)) = (take(&a).await, take(&a).await) else {
+        panic!("two slots of two")
+    };
+    assert!(matches!(take(&b).await, Leased::Refused), "a third slot");
+
+    // Refreshed while held: still taken well past the TTL.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        matches!(take(&b).await, Leased::Refused),
+        "a held lease expired"
+    );
+    // (Asked without blocking the runtime, which runs the refreshes.)
+    let pttl = |key: String| {
+        let url = redis.url();
+        async move {
+            let client = redis::Client::open(url).expect("client");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connection");
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .expect("pttl")
+        }
+    };
+    let left = pttl(format!("kgtest:slots:{}", "03".repeat(16))).await;
+    assert!((1..=300).contains(&left), "{left}");
+
+    // A replica that dies stops refreshing: its slot frees within the TTL.
+    l1.abandon();
+    let t = Instant::now();
+    let l3 = loop {
+        if let Leased::Held(l) = take(&b).await {
+            break l;
+        }
+        assert!(t.elapsed() < ttl * 2, "a dead replica's slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        t.elapsed() >= ttl / 2,
+        "freed before it expired: {:?}",
+        t.elapsed()
+    );
+
+    // A lease given back frees at once.
+    l2.release().await;
+    let Leased::Held(l4) = take(&b).await else {
+        panic!("a released slot is still taken")
+    };
+    assert!(matches!(take(&a).await, Leased::Refused));
+    // Dropped: released in the background.
+    drop((l3, l4));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(take(&a).await, Leased::Held(_)));
+
+    // A TTL past 30 s is cut to 30 s.
+    let Leased::Held(long) = a.lease(&[4u8; 16], 1, Duration::from_secs(600)).await else {
+        panic!("free slot")
+    };
+    let left = pttl(format!("kgtest:slots:{}", "04".repeat(16))).await;
+    assert!((29_000..=30_000).contains(&left), "{left}");
+    long.release().await;
 }

@@ -112,6 +112,7 @@ async fn session(
     push_local(cluster, &mut conn, script, &channel).await?;
     sync(cluster, &mut conn).await?;
     beat(cluster, &mut conn).await?;
+    cluster.slots.attach(Some(conn.clone()));
     cluster.set_connected(true);
     cluster.ready.send_replace(true);
     tracing::info!(replica = %cluster.me.id, "cluster: connected to Redis, shared state loaded");

@@ -9,6 +9,9 @@
 //! merged into the local [`Cooldowns`], which the request path reads as before; a window
 //! this process opens reaches the link through a bounded queue that never blocks.
 //!
+//! Cluster-wide `rpm` and in-flight leases (`slots`) are the exception: asked on the request
+//! path, each call bounded by a short timeout, and decided locally when Redis cannot answer.
+//!
 //! It does not own the windows' rules (`cooldown`) nor the pools (`pool`).
 
 use std::collections::HashMap;
@@ -27,9 +30,11 @@ use crate::metrics::ClusterSeries;
 use crate::pool::{Candidate, Registry};
 
 mod link;
+pub mod slots;
 pub mod wire;
 
 pub use link::{inspect, Inspection};
+pub use slots::{Lease, Leased, Slot, Slots};
 use wire::{Replica, WindowMsg};
 
 /// Windows waiting for the link; past it, the next connection re-syncs instead.
@@ -69,6 +74,8 @@ pub struct Cluster {
     replicas: Mutex<Vec<Replica>>,
     /// Turns true once the first connection attempt has synced or failed.
     ready: watch::Sender<bool>,
+    /// Cluster-wide `rpm` and in-flight leases, on the link's connection.
+    slots: Arc<Slots>,
 }
 
 #[derive(Default)]
@@ -88,8 +95,11 @@ impl Cluster {
     ) -> Arc<Self> {
         let (queue, inbox) = mpsc::channel(QUEUE);
         let fp_key = hmac::Key::new(hmac::HMAC_SHA256, &fingerprint_key(&config));
+        let me = Replica::me();
+        let slots = Slots::new(&config.key_prefix, &me.id);
         let cluster = Arc::new(Self {
-            me: Replica::me(),
+            me,
+            slots,
             fp_key,
             cooldowns: cooldowns.clone(),
             registry: Arc::downgrade(registry),
@@ -145,7 +155,22 @@ impl Cluster {
         (self.series.sent.get(), self.series.received.get())
     }
 
+    /// One request of `cand` under its provider's `rpm`, counted across the cluster
+    /// ([`Slot::Local`]: Redis could not say; the local limiter alone decides).
+    pub async fn rpm_slot(&self, cand: &Candidate, rpm: u32) -> Slot {
+        self.slots.rpm(&self.shared_id(cand), rpm).await
+    }
+
+    /// One of `cand`'s `cap` in-flight slots across the cluster, for `ttl` (≤ 30 s),
+    /// refreshed while the lease lives: the hook `max_in_flight` (SPEC §11) takes.
+    pub async fn lease(&self, cand: &Candidate, cap: u32, ttl: Duration) -> Leased {
+        self.slots.lease(&self.shared_id(cand), cap, ttl).await
+    }
+
     fn set_connected(&self, up: bool) {
+        if !up {
+            self.slots.attach(None);
+        }
         self.connected.store(up, Ordering::Relaxed);
         self.series.connected.set(i64::from(up));
     }

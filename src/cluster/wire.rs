@@ -6,6 +6,10 @@
 //!   the TTL its remaining time. `<cred>` is the credential's shared id (hex of a keyed
 //!   fingerprint), `<scope>` is `model`, `credential` or `disabled`.
 //! - `P replica:<id>` — a heartbeat ([`Replica`], JSON), TTL 60 s.
+//! - `P rpm:<cred>` — the credential's requests of the last 60 s (a ZSET of one member per
+//!   request, scored by Redis's own clock), TTL 60 s; see [`RPM_SCRIPT`].
+//! - `P slots:<cred>` — the credential's in-flight leases (a ZSET of one member per lease,
+//!   scored by its expiry), TTL the longest lease; see [`LEASE_SCRIPT`].
 //! - channel `P events` — every window written, as its message.
 
 use std::borrow::Cow;
@@ -41,6 +45,55 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 "#;
+
+/// The sliding window of `rpm` (SPEC §10): drops the entries older than the window, admits
+/// when fewer than the limit remain, records the admission and keeps the key for one window.
+/// Times are Redis's clock (`TIME`), so replicas with skewed clocks agree.
+/// KEYS[1] the credential's log; ARGV: limit, window (ms), a unique member.
+/// Returns 0 when admitted, else the milliseconds until the oldest entry leaves (≥ 1).
+pub const RPM_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = 1
+if oldest[2] then wait = math.max(1, tonumber(oldest[2]) + window - now) end
+return wait
+"#;
+
+/// Takes or refreshes an in-flight lease (SPEC §10/§11 `max_in_flight`): drops the leases
+/// that expired (their replica stopped refreshing them: it died or lost Redis), then keeps
+/// this one for `ttl` if it is already held or fewer than `cap` are. The key lives as long
+/// as its longest lease. KEYS[1] the credential's leases; ARGV: cap, ttl (ms), the lease's
+/// member. Returns 1 when held, 0 when the credential is at its cap.
+pub const LEASE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+  return 1
+end
+return 0
+"#;
+
+/// The key of a credential's rpm log under `prefix`.
+pub fn rpm_key(prefix: &str, shared: &[u8; 16]) -> String {
+    format!("{prefix}rpm:{}", hex::encode(shared))
+}
+
+/// The key of a credential's in-flight leases under `prefix`.
+pub fn slots_key(prefix: &str, shared: &[u8; 16]) -> String {
+    format!("{prefix}slots:{}", hex::encode(shared))
+}
 
 /// One window, as stored and published.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +300,16 @@ mod tests {
         assert_eq!(
             (w.reason, w.failures, w.last_status),
             (Reason::RateLimit, 2, Some(429))
+        );
+    }
+
+    #[test]
+    fn budget_keys_name_the_shared_id_only() {
+        let id = [0xcd; 16];
+        assert_eq!(rpm_key("kg:", &id), format!("kg:rpm:{}", "cd".repeat(16)));
+        assert_eq!(
+            slots_key("kg:", &id),
+            format!("kg:slots:{}", "cd".repeat(16))
         );
     }
 

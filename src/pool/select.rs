@@ -5,8 +5,9 @@
 //! in attempt order, the first candidate not yet tried that is neither cooling for this
 //! model nor disabled and is under its rpm — or, when none is, the soonest moment one will
 //! be. A pinned request skips the cooldown and rpm checks (the caller asked for that key).
-//! It does not own the order (`registry`), the cooldown windows (`cooldown`) nor the wait
-//! (`proxy::attempt`).
+//! It does not own the order (`registry`), the cooldown windows (`cooldown`), the
+//! cluster-wide rpm (`cluster::slots`, asked by the attempt loop after a pick, so this stays
+//! pure) nor the wait (`proxy::attempt`).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

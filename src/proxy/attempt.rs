@@ -4,7 +4,10 @@
 //! `[rotation]` (`rotate_on`, `max_attempts`, `on_all_cooling`, `max_wait`) says whether to
 //! go on, and [`inspect`] reads each answer. One attempt refreshes an expiring OAuth token,
 //! injects the credential, sends the same request `Bytes` and turns the answer into an
-//! [`Attempt`]. It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
+//! [`Attempt`]. In cluster mode a pick the selector allows is then asked of the cluster's
+//! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one; this is also
+//! where `max_in_flight` (SPEC §11) will take a `Cluster::lease` around the send.
+//! It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use super::inspect::{self, Peek, StreamKind, StreamWatch};
 use super::route::upstream_uri;
 use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
 use crate::classify::{self, Reason, SseScanner, Verdict};
+use crate::cluster::Slot;
 use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
@@ -88,6 +92,13 @@ impl Exchange<'_> {
         let mut last: Option<Attempt> = None;
         let mut skipped: Option<ProxyError> = None;
         let mut tried = vec![false; candidates.len()];
+        // Candidates the cluster said are at their rpm (SPEC §10): skipped like `tried`
+        // until a wait, then asked again.
+        let mut refused = Refused::default();
+        let cluster_rpm = match (&st.cluster, self.provider.rpm) {
+            (Some(c), Some(rpm)) if !self.pinned => Some((c, rpm)),
+            _ => None,
+        };
         let select = Selector::new(
             &st.cooldowns,
             &st.limits,
@@ -98,9 +109,10 @@ impl Exchange<'_> {
         loop {
             // Who may serve now: not cooling for this model, not disabled, under its rpm.
             let now = Instant::now();
-            let i = match select.next(&candidates, &tried, now) {
+            let i = match select.next(&candidates, refused.mask(&tried), now) {
                 Pick::Use(i) => i,
                 Pick::Blocked { soonest } => {
+                    let soonest = refused.soonest(soonest);
                     if let Some(done) = last {
                         // Every candidate has had its attempt: the last answer goes back.
                         return finish(done, attempts);
@@ -118,6 +130,7 @@ impl Exchange<'_> {
                             "all credentials cooling: waiting"
                         );
                         tokio::time::sleep_until(soonest).await;
+                        refused.clear();
                         continue;
                     }
                     tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is cooling down");
@@ -133,8 +146,19 @@ impl Exchange<'_> {
                     |d| finish(d, attempts),
                 );
             }
-            tried[i] = true;
             let cand = &candidates[i];
+            if let Some((cluster, rpm)) = cluster_rpm {
+                // The local limiter said yes (a cheap first filter: a replica over the rpm
+                // alone is over it cluster-wide); the cluster has the last word.
+                // Boxed, like the OAuth refresh: a Redis call's future would otherwise
+                // enlarge every request's future, cluster or not.
+                if let Slot::Refused(wait) = Box::pin(cluster.rpm_slot(cand, rpm)).await {
+                    tracing::debug!(credential = %cand.cred.id, "at its rpm across the cluster: skipped");
+                    refused.refuse(i, candidates.len(), Instant::now() + wait);
+                    continue;
+                }
+            }
+            tried[i] = true;
             attempts += 1;
             access.attempts = attempts;
             access.credential = Some(Arc::clone(cand));
@@ -425,6 +449,51 @@ impl Exchange<'_> {
     }
 }
 
+/// The candidates the cluster refused for their rpm in this round, and when the first frees
+/// up. Allocates only once a refusal happens.
+#[derive(Default)]
+struct Refused {
+    /// `tried` or refused, per candidate (empty until a refusal).
+    skip: Vec<bool>,
+    refused: Vec<bool>,
+    soonest: Option<Instant>,
+}
+
+impl Refused {
+    /// What the selector skips: `tried`, plus the refused.
+    fn mask<'a>(&'a mut self, tried: &'a [bool]) -> &'a [bool] {
+        if self.refused.is_empty() {
+            return tried;
+        }
+        self.skip.clear();
+        self.skip
+            .extend(tried.iter().zip(&self.refused).map(|(t, r)| *t || *r));
+        &self.skip
+    }
+
+    fn refuse(&mut self, i: usize, n: usize, until: Instant) {
+        if self.refused.is_empty() {
+            self.refused = vec![false; n];
+        }
+        self.refused[i] = true;
+        self.soonest = Some(self.soonest.map_or(until, |s| s.min(until)));
+    }
+
+    /// The soonest of the selector's and the refusals'.
+    fn soonest(&self, selector: Option<Instant>) -> Option<Instant> {
+        match (selector, self.soonest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// After a wait, every candidate is asked again.
+    fn clear(&mut self) {
+        self.refused.iter_mut().for_each(|r| *r = false);
+        self.soonest = None;
+    }
+}
+
 fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> {
     match a {
         Attempt::Done(mut r) | Attempt::Failed(mut r, _) => {
@@ -451,4 +520,30 @@ fn needs_oauth_refresh(cand: &Candidate) -> bool {
         && cand.cred.source == Source::Profile
         && cand.cred.id.as_str() != store::CLAUDE_CLI_PROFILE
         && oauth::needs_refresh(cand.cred.expires_ms, oauth::now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn refused_candidates_are_skipped_until_a_wait_and_report_the_soonest() {
+        let tried = [true, false, false];
+        let mut r = Refused::default();
+        assert_eq!(r.mask(&tried), &tried, "nothing refused: `tried` as is");
+        let now = Instant::now();
+        r.refuse(2, 3, now + Duration::from_secs(40));
+        r.refuse(1, 3, now + Duration::from_secs(20));
+        assert_eq!(r.mask(&tried), &[true, true, true]);
+        assert_eq!(r.soonest(None), Some(now + Duration::from_secs(20)));
+        assert_eq!(
+            r.soonest(Some(now + Duration::from_secs(5))),
+            Some(now + Duration::from_secs(5))
+        );
+        r.clear();
+        assert_eq!(r.mask(&tried), &tried);
+        assert_eq!(r.soonest(None), None);
+    }
 }

@@ -48,8 +48,10 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     let conn_stop = watch_rx.clone();
     let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx.clone()));
     // Cluster mode: the shared state is loaded before the first request (SPEC §10).
+    // The link stops after the drain, so windows opened by the last streams are shared.
+    let (link_stop, link_rx) = tokio::sync::watch::channel(false);
     let link = state.cluster.clone().map(|c| {
-        let task = tokio::spawn(c.clone().run(watch_rx.clone()));
+        let task = tokio::spawn(c.clone().run(link_rx));
         (c, task)
     });
     if let Some((c, _)) = &link {
@@ -80,14 +82,16 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     drop(admin);
     let _ = stop_watch.send(true);
     let _ = watcher.await;
-    if let Some((_, task)) = link {
-        // It says goodbye (drops its heartbeat) within one command timeout.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
-    }
     tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: draining connections");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "shutdown grace elapsed; closing remaining connections"),
+    }
+    if let Some((_, task)) = link {
+        let _ = link_stop.send(true);
+        // It says goodbye (drops its heartbeat) within one command timeout; past 2 s it is
+        // abandoned with the runtime.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
     }
 }
 

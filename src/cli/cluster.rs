@@ -11,6 +11,15 @@ use serde_json::{json, Value};
 use super::{config_or_exit, fail, Context};
 use crate::cluster::{self, wire};
 
+/// A string from Redis as printed: control characters (a terminal's escape sequences) are
+/// shown as `?`, and it is cut to 64 characters.
+fn shown(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// `keygate cluster ...`.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
@@ -132,9 +141,9 @@ pub(super) fn run(cx: &Context, command: ClusterCommand) -> ExitCode {
         for r in &seen.replicas {
             println!(
                 "  {:<40} {:<24} {:<10} {}s ago",
-                r.id,
-                r.host,
-                r.version,
+                shown(&r.id),
+                shown(&r.host),
+                shown(&r.version),
                 (now - r.beat).max(0) / 1000
             );
         }
@@ -160,11 +169,11 @@ pub(super) fn run(cx: &Context, command: ClusterCommand) -> ExitCode {
             println!(
                 "  {:<32} {:<28} {:<10} {:<15} {:>9}  {}",
                 cred,
-                w["model"].as_str().unwrap_or(""),
+                shown(w["model"].as_str().unwrap_or("")),
                 w["lane"].as_str().unwrap_or(""),
-                w["reason"].as_str().unwrap_or(""),
+                shown(w["reason"].as_str().unwrap_or("")),
                 crate::status::short_duration(left),
-                w["source"].as_str().unwrap_or(""),
+                shown(w["source"].as_str().unwrap_or("")),
             );
         }
     }

@@ -61,6 +61,11 @@ pub(super) async fn run(
             }
             Err(e) => End::Lost(e),
         };
+        // A session that got connected ends an outage: the next failure is a new one.
+        if cluster.connected() {
+            in_outage = false;
+            backoff = BACKOFF_MIN;
+        }
         cluster.set_connected(false);
         cluster.ready.send_replace(true);
         match end {
@@ -79,9 +84,6 @@ pub(super) async fn run(
             () = stopped(&mut stop) => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
-        if cluster.connected() {
-            in_outage = false;
-        }
     }
 }
 
@@ -161,19 +163,22 @@ async fn share(
     m: &WindowMsg,
 ) -> Result<(), String> {
     let text = serde_json::to_string(m).map_err(|e| e.to_string())?;
+    let key = m.key(&cluster.config.key_prefix);
     let mut call = script.prepare_invoke();
-    call.key(m.key(&cluster.config.key_prefix))
-        .arg(m.end)
-        .arg(text)
-        .arg(channel)
-        .arg(wire::now_ms());
-    match tokio::time::timeout(COMMAND_TIMEOUT, call.invoke_async::<i64>(conn)).await {
-        Ok(Ok(written)) => {
-            if written == 1 {
-                cluster.note_event(true);
+    call.key(&key).arg(m.end).arg(text).arg(channel);
+    match tokio::time::timeout(COMMAND_TIMEOUT, call.invoke_async::<redis::Value>(conn)).await {
+        Ok(Ok(redis::Value::Int(1))) => {
+            cluster.note_event(true);
+            Ok(())
+        }
+        // Another replica's window ends later: keep that one here too.
+        Ok(Ok(redis::Value::BulkString(stored))) => {
+            if let Some(other) = WindowMsg::parse(&stored) {
+                cluster.learn(key, other);
             }
             Ok(())
         }
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(SLOW.into()),
     }

@@ -80,7 +80,9 @@ pub struct Cluster {
 
 #[derive(Default)]
 struct Index {
-    by_local: HashMap<(Arc<str>, u64), [u8; 16]>,
+    /// Credential id → (local fingerprint, shared id): one secret per id, as the local
+    /// cooldowns keep it.
+    by_local: HashMap<Arc<str>, (u64, [u8; 16])>,
     by_shared: HashMap<[u8; 16], Vec<(Arc<str>, u64)>>,
 }
 
@@ -115,6 +117,9 @@ impl Cluster {
             ready: watch::channel(false).0,
             config,
         });
+        if cluster.config.secret_key.is_none() {
+            tracing::warn!("cluster: no secret_key_env: credential fingerprints in Redis are keyed by the key prefix only, so whoever reads Redis can test a guessed key against them; set secret_key_env (64 hex characters) on every replica");
+        }
         let weak = Arc::downgrade(&cluster);
         cooldowns.observe(Box::new(move |o| {
             if let Some(c) = weak.upgrade() {
@@ -170,6 +175,11 @@ impl Cluster {
     fn set_connected(&self, up: bool) {
         if !up {
             self.slots.attach(None);
+            // Unknown while away: only this replica is seen.
+            self.replicas
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
         self.connected.store(up, Ordering::Relaxed);
         self.series.connected.set(i64::from(up));
@@ -195,29 +205,39 @@ impl Cluster {
         c.shared_id(|secret| sign(&self.fp_key, secret))
     }
 
+    /// Indexes a credential by its shared id (replacing what its id held before: a new
+    /// secret, e.g. a refreshed token); returns the shared id.
+    fn index(&self, cand: &Candidate) -> [u8; 16] {
+        let shared = self.shared_id(cand);
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let id = cand.cred.id.as_str();
+        match index.by_local.get(id).copied() {
+            Some((fp, _)) if fp == cand.fp => return shared,
+            Some((_, old)) => {
+                if let Some(v) = index.by_shared.get_mut(&old) {
+                    v.retain(|(i, _)| &**i != id);
+                    if v.is_empty() {
+                        index.by_shared.remove(&old);
+                    }
+                }
+            }
+            // Bounded: past the cap a credential is served but not shared.
+            None if index.by_local.len() >= MAX_KNOWN => return shared,
+            None => {}
+        }
+        let id: Arc<str> = Arc::from(id);
+        index.by_local.insert(id.clone(), (cand.fp, shared));
+        index
+            .by_shared
+            .entry(shared)
+            .or_default()
+            .push((id, cand.fp));
+        shared
+    }
+
     /// A pool was built: index its credentials and apply the shared windows known for them.
     fn built(&self, cand: &Arc<Candidate>) {
-        let shared = self.shared_id(cand);
-        let id: Arc<str> = Arc::from(cand.cred.id.as_str());
-        {
-            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            if index.by_local.len() >= MAX_KNOWN {
-                // Stale entries (secrets since replaced) pile up only across many reloads:
-                // start over; the pools being served re-register as they are rebuilt.
-                *index = Index::default();
-            }
-            if index
-                .by_local
-                .insert((id.clone(), cand.fp), shared)
-                .is_none()
-            {
-                index
-                    .by_shared
-                    .entry(shared)
-                    .or_default()
-                    .push((id.clone(), cand.fp));
-            }
-        }
+        let shared = self.index(cand);
         let hex = hex::encode(shared);
         let known: Vec<WindowMsg> = self
             .known
@@ -230,7 +250,7 @@ impl Cluster {
         let now = Instant::now();
         for m in known {
             if let Some(w) = m.learned(now) {
-                self.cooldowns.learn(&id, cand.fp, w, now);
+                self.cooldowns.learn(cand.cred.id.as_str(), cand.fp, w, now);
             }
         }
     }
@@ -241,8 +261,9 @@ impl Cluster {
             let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
             index
                 .by_local
-                .get(&(Arc::from(o.credential), o.fp))
-                .copied()
+                .get(o.credential)
+                .filter(|(fp, _)| *fp == o.fp)
+                .map(|(_, shared)| *shared)
         };
         let Some(shared) = shared.or_else(|| self.lookup(o.credential, o.fp)) else {
             return;
@@ -256,7 +277,8 @@ impl Cluster {
     }
 
     /// The shared id of a credential the index does not hold yet (its pool was built before
-    /// the hook, e.g. in tests).
+    /// the hook). Only indexes: it runs under the cooldowns' write lock (the observer), so
+    /// it must not merge windows into them.
     fn lookup(&self, credential: &str, fp: u64) -> Option<[u8; 16]> {
         let registry = self.registry.upgrade()?;
         let mut found = None;
@@ -265,9 +287,8 @@ impl Cluster {
                 found = Some(c.clone());
             }
         });
-        let c = found?;
-        self.built(&c);
-        Some(self.shared_id(&c))
+        let found = found?;
+        Some(self.index(&found))
     }
 
     /// A window from Redis (pub/sub or sync): remember it and merge it into the local
@@ -293,7 +314,10 @@ impl Cluster {
                 return;
             }
         }
-        known.insert(key, msg);
+        // Later end wins here too.
+        if known.get(&key).is_none_or(|m| m.end < msg.end) {
+            known.insert(key, msg);
+        }
     }
 
     /// Every window this process holds, as messages (pushed after a reconnect).
@@ -302,8 +326,12 @@ impl Cluster {
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let mut missing = Vec::new();
         self.cooldowns.each_active(Instant::now(), |o| {
-            match index.by_local.get(&(Arc::from(o.credential), o.fp)) {
-                Some(shared) => out.extend(WindowMsg::from_opened(&self.me.id, shared, o)),
+            match index
+                .by_local
+                .get(o.credential)
+                .filter(|(fp, _)| *fp == o.fp)
+            {
+                Some((_, shared)) => out.extend(WindowMsg::from_opened(&self.me.id, shared, o)),
                 None => missing.push(o.credential.to_owned()),
             }
         });
@@ -361,8 +389,13 @@ pub fn shown_url(url: &str) -> String {
 fn fingerprint_key(config: &ClusterConfig) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(b"keygate cluster credential fingerprint v1\0");
-    match &config.secret_key {
-        Some(k) => ctx.update(k.expose().as_bytes()),
+    // The key's 32 bytes, so its hex spelling (upper or lower case) does not matter.
+    match config
+        .secret_key
+        .as_ref()
+        .and_then(|k| hex::decode(k.expose()).ok())
+    {
+        Some(k) => ctx.update(&k),
         None => ctx.update(config.key_prefix.as_bytes()),
     }
     let mut out = [0; 32];

@@ -29,17 +29,20 @@ pub const MAX_MESSAGE: usize = 2048;
 pub const REPLICA_TTL: Duration = Duration::from_secs(60);
 
 /// Sets a window unless one with a later (or equal) end is there, then publishes it.
-/// KEYS[1] window key; ARGV: end (epoch ms), message, channel, now (epoch ms).
-/// Returns 1 when written, 0 when an existing window ends later.
+/// KEYS[1] window key; ARGV: end (epoch ms), message, channel. The TTL is taken on Redis's
+/// clock. Returns 1 when written, 0 for a window already over, and the stored message when
+/// it ends later (the sender then merges it, so it keeps the later end too).
 pub const MERGE_SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, old = pcall(cjson.decode, cur)
   if ok and type(old) == 'table' and tonumber(old['end']) and tonumber(old['end']) >= tonumber(ARGV[1]) then
-    return 0
+    return cur
   end
 end
-local ttl = tonumber(ARGV[1]) - tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1]) - now
 if ttl <= 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('PUBLISH', ARGV[3], ARGV[2])

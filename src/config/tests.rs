@@ -267,7 +267,7 @@ fn a_bad_cluster_section_names_the_key_and_never_echoes_a_secret() {
         (
             "[cluster]\nredis_url = \"redis://h\"\nkey_prefix = \"a*\"\n",
             "cluster.key_prefix",
-            "without * or ?",
+            "without * ? [ ]",
         ),
         (
             "[cluster]\nredis_url = \"redis://h\"\nsecret_key_env = \"SHORTKEY\"\n",

@@ -406,12 +406,12 @@ impl Ctx<'_> {
                     || v.len() > 64
                     || !v
                         .bytes()
-                        .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'?')
+                        .all(|b| b.is_ascii_graphic() && !b"*?[]\\".contains(&b))
                 {
                     return Err(self.bad(
                         "cluster.key_prefix",
                         p,
-                        "expected 1 to 64 visible ASCII characters without * or ? (e.g. \"keygate:\")",
+                        "expected 1 to 64 visible ASCII characters without * ? [ ] or \\ (e.g. \"keygate:\")",
                     ));
                 }
                 v.clone()

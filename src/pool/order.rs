@@ -236,6 +236,11 @@ pub fn plan<'a>(
             }
         }
     }
+    // A candidate the explicit order reached under no id of its own (an earlier entry with
+    // the same id shadowed it, e.g. a profile named `env:…`) is not in the order.
+    for e in entries.iter_mut().filter(|e| e.fate == PENDING) {
+        e.fate = Fate::ExcludedByOrder;
+    }
     Plan {
         entries,
         order,

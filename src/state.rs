@@ -86,6 +86,11 @@ impl AppState {
             .filter_map(|r| Reason::parse(r))
             .collect();
         let limits = Limits::new(&config);
+        // Cluster mode with a cluster key: one replica refreshes, the others use its result.
+        let refresher = match cluster.as_ref().and_then(Cluster::refresh_coordinator) {
+            Some(c) => Refresher::default().with_coordinator(c),
+            None => Refresher::default(),
+        };
         Self {
             body_budget: BodyBudget::new(config.server.max_buffered_bodies),
             config,
@@ -99,7 +104,7 @@ impl AppState {
             rotate_on,
             limits,
             metrics,
-            refresher: Refresher::default(),
+            refresher,
         }
     }
 }

@@ -18,7 +18,7 @@ use super::wire::{self, Replica, WindowMsg, MERGE_SCRIPT, REPLICA_TTL};
 use super::{Cluster, Outbound};
 
 /// Budget of one connection attempt and of each command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Heartbeat period (the heartbeat lives [`REPLICA_TTL`]).
 const BEAT: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds.
@@ -67,6 +67,7 @@ pub(super) async fn run(
             backoff = BACKOFF_MIN;
         }
         cluster.set_connected(false);
+        cluster.set_conn(None);
         cluster.ready.send_replace(true);
         match end {
             End::Stop => return,
@@ -115,6 +116,7 @@ async fn session(
     sync(cluster, &mut conn).await?;
     beat(cluster, &mut conn).await?;
     cluster.slots.attach(Some(conn.clone()));
+    cluster.set_conn(Some(conn.clone()));
     cluster.set_connected(true);
     cluster.ready.send_replace(true);
     tracing::info!(replica = %cluster.me.id, "cluster: connected to Redis, shared state loaded");
@@ -184,7 +186,7 @@ async fn share(
     }
 }
 
-const SLOW: &str = "Redis did not answer in time";
+pub(super) const SLOW: &str = "Redis did not answer in time";
 
 /// A command connection whose connect and every answer are bounded by [`COMMAND_TIMEOUT`].
 async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String> {
@@ -198,7 +200,7 @@ async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, String
 }
 
 /// Runs one command within [`COMMAND_TIMEOUT`].
-async fn query<T: redis::FromRedisValue>(
+pub(super) async fn query<T: redis::FromRedisValue>(
     conn: &mut MultiplexedConnection,
     cmd: redis::Cmd,
 ) -> Result<T, String> {

@@ -14,7 +14,7 @@
 //!
 //! It does not own the windows' rules (`cooldown`) nor the pools (`pool`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -31,6 +31,7 @@ use crate::pool::{Candidate, Registry};
 
 mod link;
 pub mod slots;
+pub mod oauth;
 pub mod wire;
 
 pub use link::{inspect, Inspection};
@@ -76,6 +77,10 @@ pub struct Cluster {
     ready: watch::Sender<bool>,
     /// Cluster-wide `rpm` and in-flight leases, on the link's connection.
     slots: Arc<Slots>,
+    /// The link's command connection while it is up (OAuth leases use it too).
+    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// OAuth profiles already warned about (no cluster key: their tokens are not shared).
+    warned: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -115,6 +120,8 @@ impl Cluster {
             known: Mutex::new(HashMap::new()),
             replicas: Mutex::new(Vec::new()),
             ready: watch::channel(false).0,
+            conn: Mutex::new(None),
+            warned: Mutex::new(HashSet::new()),
             config,
         });
         if cluster.config.secret_key.is_none() {
@@ -185,6 +192,28 @@ impl Cluster {
         self.series.connected.set(i64::from(up));
     }
 
+    /// Keeps (or, with `None`, forgets) the link's command connection.
+    fn set_conn(&self, conn: Option<redis::aio::MultiplexedConnection>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
+
+    /// The command connection, while the link is up.
+    fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        if !self.connected() {
+            return None;
+        }
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What coordinates this replica's OAuth refreshes with the others: `None` without a
+    /// cluster key (tokens are then never shared, SPEC §10).
+    pub fn refresh_coordinator(
+        self: &Arc<Self>,
+    ) -> Option<Arc<dyn crate::credentials::oauth::RefreshCoordinator>> {
+        let share = oauth::OAuthShare::new(self.clone())?;
+        Some(Arc::new(share))
+    }
+
     /// The `cluster` block of `/_keygate/status`.
     pub fn status_json(&self) -> Value {
         let last = self.last_event_ms.load(Ordering::Relaxed);
@@ -237,6 +266,12 @@ impl Cluster {
 
     /// A pool was built: index its credentials and apply the shared windows known for them.
     fn built(&self, cand: &Arc<Candidate>) {
+        if cand.cred.kind == crate::credentials::Kind::OAuth
+            && cand.cred.source == crate::credentials::Source::Profile
+            && self.config.secret_key.is_none()
+        {
+            self.warn_unshared(cand.cred.id.as_str());
+        }
         let shared = self.index(cand);
         let hex = hex::encode(shared);
         let known: Vec<WindowMsg> = self
@@ -252,6 +287,15 @@ impl Cluster {
             if let Some(w) = m.learned(now) {
                 self.cooldowns.learn(cand.cred.id.as_str(), cand.fp, w, now);
             }
+        }
+    }
+
+    /// Without a cluster key an oauth profile's refreshes stay local: said once per profile
+    /// (at start, for the served agent's store; later for pools built after).
+    fn warn_unshared(&self, id: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.len() < MAX_KNOWN && warned.insert(id.to_owned()) {
+            tracing::warn!(profile = id, "cluster: no cluster.secret_key_env, so OAuth tokens are not shared through Redis: every replica refreshes this oauth profile on its own");
         }
     }
 

@@ -7,9 +7,16 @@
 //! atomic write-back through the store. Credentials managed by another tool (the Claude
 //! Code sync, `anthropic:claude-cli`) are never refreshed here. It does not own when a
 //! refresh failure cools the credential (the proxy classifies it as `auth`).
+//!
+//! Between processes that do not share a state dir (cluster replicas, SPEC §10) a
+//! [`RefreshCoordinator`], set at startup, decides who refreshes: this module only asks it
+//! before spending a refresh token and tells it the result; how it coordinates is not known
+//! here (credentials sit below the cluster).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +33,8 @@ use crate::upstream::UpstreamClient;
 
 /// Refresh when the access token expires within this margin.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// Budget for one token-endpoint exchange.
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Budget for one token-endpoint exchange (also what a replica waits for another's).
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest token-endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 
@@ -43,11 +50,51 @@ pub struct Fresh {
 /// One profile's refresh slot: held during a refresh, caching its result.
 type Slot = Arc<tokio::sync::Mutex<Option<Fresh>>>;
 
+/// The outcome of a refresh: what is written back (and what a coordinator shares).
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    /// The new access token.
+    pub access: Secret,
+    /// The refresh token to use next (the new one, or the old one kept).
+    pub refresh: Secret,
+    /// The access token's expiry (epoch ms).
+    pub expires_ms: i64,
+}
+
+/// A boxed, sendable future (the coordinator is a trait object).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a coordinator says before a refresh token is spent.
+#[derive(Debug)]
+pub enum Turn {
+    /// Refresh here; nobody else is told (no coordination available right now).
+    Alone,
+    /// Refresh here, and report the result through [`RefreshCoordinator::finish`].
+    Lead,
+    /// Another process refreshed it: use this.
+    Shared(Tokens),
+    /// Another process holds the refresh and did not finish in time (no secret in it).
+    Failed(String),
+}
+
+/// Decides which of several processes spends a refresh token (cluster mode). Calls are
+/// bounded by the implementation; a coordinator that cannot reach its peers answers
+/// [`Turn::Alone`].
+pub trait RefreshCoordinator: Send + Sync {
+    /// Before refreshing `profile` with `refresh`: the right to refresh, or another
+    /// process's result.
+    fn begin<'a>(&'a self, profile: &'a str, refresh: &'a str) -> BoxFuture<'a, Turn>;
+    /// After a refresh this process led: `Some` shares the result, `None` (it failed) hands
+    /// the turn to the next process.
+    fn finish<'a>(&'a self, refresh: &'a str, result: Option<&'a Tokens>) -> BoxFuture<'a, ()>;
+}
+
 /// Refreshes oauth profiles, one refresh at a time per profile.
 #[derive(Default)]
 pub struct Refresher {
     // Keyed by (agent dir, profile id): bounded by the oauth profiles on disk.
     locks: Mutex<HashMap<(PathBuf, String), Slot>>,
+    coordinator: Option<Arc<dyn RefreshCoordinator>>,
 }
 
 /// Whether a token expiring at `expires_ms` needs a refresh at `now_ms`.
@@ -65,6 +112,12 @@ pub fn now_ms() -> i64 {
 // === impl Refresher ===
 
 impl Refresher {
+    /// Coordinates refreshes with other processes through `c` (cluster mode).
+    pub fn with_coordinator(mut self, c: Arc<dyn RefreshCoordinator>) -> Self {
+        self.coordinator = Some(c);
+        self
+    }
+
     /// A fresh access token for `profile` of `agent` in `state_dir` (in whichever store
     /// the dir uses, SPEC §6b), refreshing it if needed. The error is the reason, without
     /// any secret; the caller words the SPEC message.
@@ -123,11 +176,52 @@ impl Refresher {
             .ok_or("the profile has no refresh token")?
             .to_owned();
         let cfg = cfg.ok_or("no [providers.<p>.oauth] token_url is configured")?;
-        let (access, new_refresh, expires_in) = exchange(client, cfg, &refresh, access).await?;
-        let expires_ms = expiry_after(now_ms(), expires_in);
+        let coordinator = self.coordinator.as_deref();
+        let turn = match coordinator {
+            Some(c) => c.begin(profile, &refresh).await,
+            None => Turn::Alone,
+        };
+        let tokens = match turn {
+            Turn::Shared(t) => {
+                tracing::info!(profile, "oauth token refreshed by another replica");
+                t
+            }
+            Turn::Failed(why) => return Err(why),
+            t @ (Turn::Alone | Turn::Lead) => {
+                let lead = if matches!(t, Turn::Lead) {
+                    coordinator
+                } else {
+                    None
+                };
+                match exchange(client, cfg, &refresh, access).await {
+                    Ok((access, new_refresh, expires_in)) => {
+                        let t = Tokens {
+                            access: Secret::new(access),
+                            refresh: Secret::new(new_refresh.unwrap_or(refresh.clone())),
+                            expires_ms: expiry_after(now_ms(), expires_in),
+                        };
+                        // Shared before the write-back: the old refresh token is spent
+                        // either way.
+                        if let Some(c) = lead {
+                            c.finish(&refresh, Some(&t)).await;
+                        }
+                        t
+                    }
+                    Err(e) => {
+                        if let Some(c) = lead {
+                            c.finish(&refresh, None).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let expires_ms = tokens.expires_ms;
         let (state_dir, agent) = (state_dir.to_owned(), agent.to_owned());
         let id = profile.to_owned();
-        let access_value = access.clone();
+        let access_value = tokens.access.expose().to_owned();
+        let new_refresh =
+            (tokens.refresh.expose() != refresh).then(|| tokens.refresh.expose().to_owned());
         tokio::task::spawn_blocking(move || {
             store::AgentStore::open(&state_dir, &agent)?.update_profiles_for(
                 &id.clone(),
@@ -148,7 +242,7 @@ impl Refresher {
         .map_err(|e| format!("cannot write the refreshed token: {e}"))?;
         tracing::info!(profile, "oauth token refreshed");
         let f = Fresh {
-            access: Secret::new(access),
+            access: tokens.access,
             expires_ms,
         };
         *cached = Some(f.clone());

@@ -231,13 +231,36 @@ pub(crate) async fn closed_loop(
     max: u64,
     dur: Duration,
 ) -> Run {
+    spread(
+        client,
+        std::slice::from_ref(spec),
+        conc,
+        max,
+        dur,
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// [`closed_loop`] over several targets: worker `i` sends to `specs[i % specs.len()]` and
+/// starts `stagger × i` after the first (the run's `dur` counts from the first).
+pub(crate) async fn spread(
+    client: &LoadClient,
+    specs: &[Spec],
+    conc: usize,
+    max: u64,
+    dur: Duration,
+    stagger: Duration,
+) -> Run {
     let started = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let end = t0 + dur;
     let mut set = JoinSet::new();
-    for _ in 0..conc {
+    for (i, spec) in specs.iter().cycle().take(conc).enumerate() {
         let (client, spec, started) = (client.clone(), spec.clone(), started.clone());
+        let at = t0 + stagger * u32::try_from(i).unwrap_or(u32::MAX);
         set.spawn(async move {
+            tokio::time::sleep_until(at).await;
             let mut run = Run::default();
             while Instant::now() < end && started.fetch_add(1, Ordering::Relaxed) < max {
                 run.push(one(&client, &spec).await);

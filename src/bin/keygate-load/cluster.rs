@@ -3,8 +3,9 @@
 //!
 //! - `cluster_rotation`: 1, 2 and 4 replicas (and 4 without `[cluster]`, for contrast) on 4
 //!   keys of which 2 always answer 429 with `retry-after: 30`; a closed-loop load spread
-//!   over the replicas, workers started one by one. Reports 429s per limited key and window
-//!   against the requests already sent to that key when its first 429 left the mock.
+//!   over the replicas, replica `k` joining `k × 100 ms` after the first, its workers 1 ms
+//!   apart. Reports 429s per limited key and window against the requests that had reached
+//!   that key when its first 429 left the mock.
 //! - `cluster_propagation`: per trial a fresh model (a fresh model-scoped window); the
 //!   limited request goes to replica A while the harness polls replica B's
 //!   `/_keygate/status`; the time from the mock sending the 429 (wall clock) to B's status
@@ -137,6 +138,7 @@ pub(crate) fn rotation(
     let env = vec![("OPENAI_API_KEYS".to_owned(), ROTATION_KEYS.to_owned())];
     let conc = plan.cluster_conc;
     let stagger = Duration::from_millis(1);
+    let join = Duration::from_millis(100);
     let mut lines = Vec::new();
     let mut by_n = serde_json::Map::new();
     for (n, clustered) in [(1, true), (2, true), (4, true), (4, false)] {
@@ -164,8 +166,13 @@ pub(crate) fn rotation(
             .iter()
             .map(|r| spec(r.addr, "json", body_for("gpt-load"), ROTATION_DELAY_MS))
             .collect::<Result<Vec<_>, _>>()?;
+        // Worker i: replica i % n, joining with its replica, 1 ms after the previous one.
+        let start_of = |i: usize| {
+            let (k, j) = (i % n, i / n);
+            join * k as u32 + stagger * j as u32
+        };
         let run = rt.block_on(load::spread(
-            &client, &specs, conc, plan.max, plan.dur, stagger,
+            &client, &specs, conc, plan.max, plan.dur, start_of,
         ));
         let stats = rt.block_on(mock_stats(&client, &mock))?;
         let mut limited = serde_json::Map::new();
@@ -204,6 +211,7 @@ pub(crate) fn rotation(
             "mock_delay_ms": ROTATION_DELAY_MS,
             "concurrency": conc,
             "stagger_ms": stagger.as_millis() as u64,
+            "replica_join_ms": join.as_millis() as u64,
             "requests": run.total(),
             "success_rate": run.success_rate(),
             "rps": round(run.rps(), 1),

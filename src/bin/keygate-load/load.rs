@@ -231,26 +231,21 @@ pub(crate) async fn closed_loop(
     max: u64,
     dur: Duration,
 ) -> Run {
-    spread(
-        client,
-        std::slice::from_ref(spec),
-        conc,
-        max,
-        dur,
-        Duration::ZERO,
-    )
+    spread(client, std::slice::from_ref(spec), conc, max, dur, |_| {
+        Duration::ZERO
+    })
     .await
 }
 
 /// [`closed_loop`] over several targets: worker `i` sends to `specs[i % specs.len()]` and
-/// starts `stagger × i` after the first (the run's `dur` counts from the first).
+/// starts `start_of(i)` after the run began (`dur` counts from there).
 pub(crate) async fn spread(
     client: &LoadClient,
     specs: &[Spec],
     conc: usize,
     max: u64,
     dur: Duration,
-    stagger: Duration,
+    start_of: impl Fn(usize) -> Duration,
 ) -> Run {
     let started = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
@@ -258,7 +253,7 @@ pub(crate) async fn spread(
     let mut set = JoinSet::new();
     for (i, spec) in specs.iter().cycle().take(conc).enumerate() {
         let (client, spec, started) = (client.clone(), spec.clone(), started.clone());
-        let at = t0 + stagger * u32::try_from(i).unwrap_or(u32::MAX);
+        let at = t0 + start_of(i);
         set.spawn(async move {
             tokio::time::sleep_until(at).await;
             let mut run = Run::default();

@@ -1,10 +1,30 @@
 //! Smoke test of the load harness: `keygate-load --quick` over every scenario, against the
 //! real `keygate` binary. Checks that every JSON line carries its fields and that every
 //! success rate is 100 %. Performance is never asserted here (see BENCHMARKS.md).
+//!
+//! The cluster scenarios start a real `redis-server`; without one they fail, saying how to
+//! install it.
 
 use std::process::Command;
 
 use serde_json::Value;
+
+/// Runs the harness with `args` (and the real keygate) and returns its JSON lines.
+fn run(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate-load"))
+        .args(args)
+        .arg("--keygate-bin")
+        .arg(env!("CARGO_BIN_EXE_keygate"))
+        .output()
+        .expect("harness runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "harness failed: {stderr}\n{stdout}");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
 
 fn has(line: &Value, fields: &[&str]) {
     for f in fields {
@@ -14,24 +34,13 @@ fn has(line: &Value, fields: &[&str]) {
 
 #[test]
 fn quick_run_reports_every_scenario_with_full_success() {
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate-load"))
-        .args(["--quick", "--scenario", "all", "--keygate-bin"])
-        .arg(env!("CARGO_BIN_EXE_keygate"))
-        .output()
-        .expect("harness runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "harness failed: {stderr}\n{stdout}");
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
+    let lines = run(&["--quick", "--scenario", "all"]);
 
     let find = |scenario: &str, target: &str| -> &Value {
         lines
             .iter()
             .find(|l| l["scenario"] == scenario && l["target"] == target)
-            .unwrap_or_else(|| panic!("no line for {scenario}/{target}:\n{stdout}"))
+            .unwrap_or_else(|| panic!("no line for {scenario}/{target}:\n{lines:?}"))
     };
     for target in ["bare", "keygate"] {
         let l = find("overhead", target);
@@ -119,5 +128,84 @@ fn quick_run_reports_every_scenario_with_full_success() {
     assert!(
         l["attempts_per_request"].as_f64().is_some_and(|a| a > 1.0),
         "some requests rotated: {l}"
+    );
+}
+
+#[test]
+fn quick_cluster_run_reports_rotation_propagation_and_cpu_with_full_success() {
+    let lines = run(&["--quick", "--scenario", "cluster"]);
+    let all = |scenario: &str| -> Vec<&Value> {
+        lines.iter().filter(|l| l["scenario"] == scenario).collect()
+    };
+
+    let rot = all("cluster_rotation");
+    let cases: Vec<(u64, bool)> = rot
+        .iter()
+        .filter(|l| l["target"] == "keygate")
+        .map(|l| (l["replicas"].as_u64().unwrap_or(0), l["cluster"] == true))
+        .collect();
+    assert_eq!(
+        cases,
+        [(1, true), (2, true), (4, true), (4, false)],
+        "{rot:?}"
+    );
+    for l in rot.iter().filter(|l| l["target"] == "keygate") {
+        has(
+            l,
+            &[
+                "requests",
+                "attempts_per_success",
+                "max_429_per_key_window",
+                "max_excess_429",
+                "bound_met",
+            ],
+        );
+        assert_eq!(l["success_rate"], 1.0, "cluster_rotation: {l}");
+        let limited = l["limited"].as_object().expect("limited keys");
+        assert_eq!(limited.len(), 2, "{l}");
+        for (k, v) in limited {
+            // Every limited key was tried and answered 429 at least once, in one window.
+            assert!(v["r429"].as_u64().is_some_and(|n| n >= 1), "{k}: {l}");
+            assert_eq!(v["windows"], 1, "{k}: {l}");
+            assert!(
+                v["in_flight_at_first_429"].as_u64().is_some_and(|n| n >= 1),
+                "{k}: {l}"
+            );
+        }
+    }
+    assert!(rot.iter().any(|l| l["target"] == "summary"), "{rot:?}");
+
+    let prop = all("cluster_propagation");
+    let [p] = prop[..] else {
+        panic!("one propagation line: {prop:?}")
+    };
+    has(p, &["p50_ms", "p99_ms", "status_poll_p50_ms"]);
+    assert!(p["trials"].as_u64().is_some_and(|n| n >= 3), "{p}");
+    assert_eq!(p["seen"], p["trials"], "B saw every window: {p}");
+    assert_eq!(p["failed"], 0, "{p}");
+    assert_eq!(p["b_sent_limited_key_after_seeing"], 0, "{p}");
+
+    let cpu = all("cluster_overhead");
+    for target in ["bare", "keygate", "keygate_cluster"] {
+        let l = cpu
+            .iter()
+            .find(|l| l["target"] == target)
+            .unwrap_or_else(|| panic!("no cluster_overhead/{target}: {cpu:?}"));
+        has(l, &["cpu_s_per_1k", "paced_cpu_s_per_1k", "peak_rss_kb"]);
+        for f in ["success_rate", "paced_success_rate", "paced_q_success_rate"] {
+            assert_eq!(l[f], 1.0, "cluster_overhead/{target} {f}: {l}");
+        }
+    }
+    let ratio = cpu
+        .iter()
+        .find(|l| l["target"] == "keygate_cluster/keygate")
+        .expect("cluster ratio line");
+    has(
+        ratio,
+        &[
+            "cpu_per_request_ratio",
+            "cpu_per_request_ratio_saturated",
+            "redis_cpu_s_per_1k",
+        ],
     );
 }

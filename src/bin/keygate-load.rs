@@ -13,7 +13,9 @@
 //! whether each target of issue 5 is met. CPU and memory are read from `/proc` per
 //! process. Every child is killed when its scenario ends (also on panic).
 //!
-//! Scenarios: `overhead`, `streaming`, `open_streams`, `big_bodies`, `rotation`, `all`.
+//! Scenarios: `overhead`, `streaming`, `open_streams`, `big_bodies`, `rotation`, `all`; and
+//! the cluster scenarios (SPEC §10, they start a `redis-server`): `cluster_rotation`,
+//! `cluster_propagation`, `cluster_overhead`, or `cluster` for the three.
 //! `--quick` shrinks every scenario to a smoke test (tests/load_smoke.rs).
 
 use std::net::SocketAddr;
@@ -25,6 +27,8 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 
+#[path = "keygate-load/cluster.rs"]
+mod cluster;
 #[path = "keygate-load/forwarder.rs"]
 mod forwarder;
 #[path = "keygate-load/load.rs"]
@@ -33,6 +37,8 @@ mod load;
 mod mock;
 #[path = "keygate-load/procs.rs"]
 mod procs;
+#[path = "keygate-load/redis.rs"]
+mod redis;
 
 use load::{Run, Spec};
 use procs::{KeygateOpts, Proc};
@@ -83,6 +89,9 @@ struct Args {
     /// Upstream `host:port` of --bare-forwarder.
     #[arg(long)]
     upstream: Option<String>,
+    /// `retry-after` (seconds) of the limited keys' 429s, for --mock.
+    #[arg(long, default_value_t = 2)]
+    retry_after: u64,
 }
 
 /// Scenarios.
@@ -95,6 +104,11 @@ enum Scenario {
     BigBodies,
     Rotation,
     All,
+    ClusterRotation,
+    ClusterPropagation,
+    ClusterOverhead,
+    /// The three cluster scenarios.
+    Cluster,
 }
 
 /// Sizes of one run.
@@ -108,6 +122,10 @@ struct Plan {
     body_size: usize,
     body_delay_ms: u64,
     rotation_conc: usize,
+    /// Concurrency of `cluster_rotation`.
+    cluster_conc: usize,
+    /// Trials of `cluster_propagation`.
+    trials: usize,
 }
 
 /// The processes of one scenario.
@@ -136,6 +154,8 @@ fn main() -> ExitCode {
             body_size: 150_000,
             body_delay_ms: 100,
             rotation_conc: 8,
+            cluster_conc: 8,
+            trials: 6,
         }
     } else {
         Plan {
@@ -148,6 +168,8 @@ fn main() -> ExitCode {
             body_size: 150_000,
             body_delay_ms: 1000,
             rotation_conc: 64,
+            cluster_conc: 32,
+            trials: 200,
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -168,10 +190,14 @@ fn main() -> ExitCode {
         Scenario::BigBodies,
         Scenario::Rotation,
     ];
-    let chosen: Vec<Scenario> = if args.scenario == Scenario::All {
-        all.to_vec()
-    } else {
-        vec![args.scenario]
+    let chosen: Vec<Scenario> = match args.scenario {
+        Scenario::All => all.to_vec(),
+        Scenario::Cluster => vec![
+            Scenario::ClusterRotation,
+            Scenario::ClusterPropagation,
+            Scenario::ClusterOverhead,
+        ],
+        s => vec![s],
     };
     for s in chosen {
         let lines = match s {
@@ -180,7 +206,10 @@ fn main() -> ExitCode {
             Scenario::OpenStreams => open_streams(&rt, &args, &plan),
             Scenario::BigBodies => big_bodies(&rt, &args, &plan),
             Scenario::Rotation => rotation(&rt, &args, &plan),
-            Scenario::All => unreachable!("expanded above"),
+            Scenario::ClusterRotation => cluster::rotation(&rt, &args, &plan),
+            Scenario::ClusterPropagation => cluster::propagation(&rt, &args, &plan),
+            Scenario::ClusterOverhead => cluster_overhead(&rt, &args, &plan),
+            Scenario::All | Scenario::Cluster => unreachable!("expanded above"),
         };
         match lines {
             Ok(lines) => {
@@ -234,7 +263,7 @@ fn helper(args: &Args) -> ExitCode {
         };
         println!("LISTEN {addr}");
         if args.mock {
-            mock::run(listener).await;
+            mock::run(listener, args.retry_after).await;
         } else {
             let Some(up) = args.upstream.clone() else {
                 eprintln!("error: --bare-forwarder needs --upstream HOST:PORT");
@@ -373,11 +402,58 @@ fn latency_fields(run: &mut Run, prefix: &str, out: &mut serde_json::Map<String,
 }
 
 fn overhead(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<Vec<Value>, String> {
+    overhead_with(rt, args, plan, None)
+}
+
+/// `overhead` with a third target: keygate with a `[cluster]` section on a Redis of its own
+/// (same mock, same key), interleaved with the other two.
+fn cluster_overhead(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    plan: &Plan,
+) -> Result<Vec<Value>, String> {
+    let redis = redis::Redis::start()?;
+    let lines = overhead_with(rt, args, plan, Some(&redis))?;
+    drop(redis);
+    Ok(lines)
+}
+
+fn overhead_with(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    plan: &Plan,
+    redis: Option<&redis::Redis>,
+) -> Result<Vec<Value>, String> {
+    let scenario = if redis.is_some() {
+        "cluster_overhead"
+    } else {
+        "overhead"
+    };
     let rig = start(args, true, one_key())?;
+    let clustered = match redis {
+        Some(r) => {
+            let toml = r.cluster_toml(&format!("kgload-{}-cpu:", std::process::id()));
+            let p = Proc::keygate(&KeygateOpts {
+                bin: args.keygate_bin.as_deref(),
+                log: &args.keygate_log,
+                log_format: &args.keygate_log_format,
+                upstream: rig.mock.addr,
+                extra_toml: &toml,
+                env: one_key(),
+            })?;
+            p.wait_log("cluster: connected to Redis", Duration::from_secs(5))?;
+            Some(p)
+        }
+        None => None,
+    };
+    let redis_cpu0 = redis.map(|r| procs::cpu_secs(r.pid()));
     let client = load::client();
     let body = Bytes::from_static(CHAT_BODY.as_bytes());
     let mut lines = Vec::new();
-    let targets = targets(&rig);
+    let mut targets = targets(&rig);
+    if let Some(p) = &clustered {
+        targets.push(("keygate_cluster", p));
+    }
     let specs = targets
         .iter()
         .map(|(_, p)| spec(p.addr, "json", body.clone(), 0))
@@ -404,7 +480,7 @@ fn overhead(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<Ve
     let mut bare_rps = None;
     for ((name, _), (mut run, cpu)) in targets.iter().zip(sat) {
         let mut m = serde_json::Map::new();
-        m.insert("scenario".into(), json!("overhead"));
+        m.insert("scenario".into(), json!(scenario));
         m.insert("target".into(), json!(name));
         m.insert("concurrency".into(), json!(plan.conc));
         m.insert("requests".into(), json!(run.total()));
@@ -469,11 +545,37 @@ fn overhead(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<Ve
         get("keygate", "paced_q_cpu_s_per_1k") / get("bare", "paced_q_cpu_s_per_1k").max(1e-9);
     let rss_ratio = get("keygate", "peak_rss_kb") / get("bare", "peak_rss_kb").max(1.0);
     let rps_ratio = get("keygate", "rps") / get("bare", "rps").max(1e-9);
+    let cluster_line = clustered.as_ref().map(|_| {
+        let on = |k: &str| get("keygate_cluster", k) / get("keygate", k).max(1e-9);
+        let ratio = on("paced_cpu_s_per_1k");
+        let ok: f64 = ["requests", "paced_requests", "paced_q_requests"]
+            .iter()
+            .map(|k| get("keygate_cluster", k))
+            .sum();
+        let redis_cpu = redis
+            .zip(redis_cpu0)
+            .map_or(0.0, |(r, c0)| procs::cpu_secs(r.pid()) - c0);
+        json!({
+            "scenario": scenario,
+            "target": "keygate_cluster/keygate",
+            "cpu_per_request_ratio": round(ratio, 3),
+            "cpu_per_request_ratio_quarter_rate": round(on("paced_q_cpu_s_per_1k"), 3),
+            "cpu_per_request_ratio_saturated": round(on("cpu_s_per_1k"), 3),
+            "cpu_target": 1.05,
+            "cpu_met": ratio <= 1.05,
+            "p99_added_ms": round(get("keygate_cluster", "paced_p99_ms") - get("keygate", "paced_p99_ms"), 3),
+            "peak_rss_ratio": round(on("peak_rss_kb"), 3),
+            // Redis's CPU over the whole run (warm-up included), per 1 000 requests the
+            // clustered replica was sent in the measured phases.
+            "redis_cpu_s_per_1k": round(redis_cpu * 1000.0 / ok.max(1.0), 5),
+        })
+    });
     for (_, m) in paced {
         lines.push(Value::Object(m));
     }
+    lines.extend(cluster_line);
     lines.push(json!({
-        "scenario": "overhead",
+        "scenario": scenario,
         "target": "keygate/bare",
         "cpu_per_request_ratio": round(cpu_ratio, 3),
         "cpu_per_request_ratio_saturated": round(sat_cpu_ratio, 3),
@@ -487,6 +589,7 @@ fn overhead(rt: &tokio::runtime::Runtime, args: &Args, plan: &Plan) -> Result<Ve
         "rps_ratio_saturated": round(rps_ratio, 3),
         "peak_rss_ratio": round(rss_ratio, 3),
     }));
+    drop(clustered);
     drop(rig);
     Ok(lines)
 }

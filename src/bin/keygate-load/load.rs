@@ -231,13 +231,31 @@ pub(crate) async fn closed_loop(
     max: u64,
     dur: Duration,
 ) -> Run {
+    spread(client, std::slice::from_ref(spec), conc, max, dur, |_| {
+        Duration::ZERO
+    })
+    .await
+}
+
+/// [`closed_loop`] over several targets: worker `i` sends to `specs[i % specs.len()]` and
+/// starts `start_of(i)` after the run began (`dur` counts from there).
+pub(crate) async fn spread(
+    client: &LoadClient,
+    specs: &[Spec],
+    conc: usize,
+    max: u64,
+    dur: Duration,
+    start_of: impl Fn(usize) -> Duration,
+) -> Run {
     let started = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let end = t0 + dur;
     let mut set = JoinSet::new();
-    for _ in 0..conc {
+    for (i, spec) in specs.iter().cycle().take(conc).enumerate() {
         let (client, spec, started) = (client.clone(), spec.clone(), started.clone());
+        let at = t0 + start_of(i);
         set.spawn(async move {
+            tokio::time::sleep_until(at).await;
             let mut run = Run::default();
             while Instant::now() < end && started.fetch_add(1, Ordering::Relaxed) < max {
                 run.push(one(&client, &spec).await);

@@ -4,7 +4,8 @@
 //!
 //! Owns: draining every request body without keeping it, answering by the `x-load-mode`
 //! header (`json`, `sse`, `idle`, `slow`), rate-limiting keys that start with `sk-lim`
-//! (429 + `retry-after`), and counting what it saw (`GET /__stats`, `POST /__reset`).
+//! (429 + `retry-after`, `--retry-after` seconds; `x-load-delay-ms` delays it too), and
+//! counting what it saw (`GET /__stats`, `POST /__reset`).
 //! Every answer is prebuilt `Bytes` (a refcount bump per request), so the mock costs far
 //! less CPU than what it measures. It does not own the load or the measurements.
 
@@ -50,7 +51,12 @@ struct Answers {
 #[derive(Default)]
 struct KeyStats {
     requests: u64,
+    /// When each 429 was sent.
     r429: Vec<Duration>,
+    /// When each request of a limited key was taken (its body read).
+    arrived: Vec<Duration>,
+    /// Wall clock (µs since the epoch) of the last 429 sent, for cross-process timing.
+    last_429_epoch_us: u64,
 }
 
 struct Stats {
@@ -65,6 +71,7 @@ struct Stats {
 struct Mock {
     answers: Answers,
     stats: Stats,
+    retry_after: HeaderValue,
 }
 
 // === impl MockBody ===
@@ -190,31 +197,35 @@ impl Mock {
         }
         st.body_bytes.fetch_add(n, Ordering::Relaxed);
 
-        if let Some(key) = key {
-            let limited = key.starts_with("sk-lim");
-            {
-                let mut keys = st.keys.lock().unwrap_or_else(|e| e.into_inner());
-                let k = keys.entry(key).or_default();
-                k.requests += 1;
-                if limited {
-                    k.r429.push(st.start.elapsed());
-                }
-            }
+        let limited = key.as_deref().is_some_and(|k| k.starts_with("sk-lim"));
+        if let Some(key) = &key {
+            let mut keys = st.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let k = keys.entry(key.clone()).or_default();
+            k.requests += 1;
             if limited {
-                st.in_flight.fetch_sub(1, Ordering::Relaxed);
-                let mut r = Response::new(MockBody::full(self.answers.limited.clone()));
-                *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                let hs = r.headers_mut();
-                hs.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                hs.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-                return Ok(r);
+                k.arrived.push(st.start.elapsed());
             }
         }
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
+        }
+        if let (Some(key), true) = (&key, limited) {
+            {
+                let mut keys = st.keys.lock().unwrap_or_else(|e| e.into_inner());
+                let k = keys.entry(key.clone()).or_default();
+                k.r429.push(st.start.elapsed());
+                k.last_429_epoch_us = epoch_us();
+            }
+            st.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let mut r = Response::new(MockBody::full(self.answers.limited.clone()));
+            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            let hs = r.headers_mut();
+            hs.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            hs.insert(header::RETRY_AFTER, self.retry_after.clone());
+            return Ok(r);
         }
         st.in_flight.fetch_sub(1, Ordering::Relaxed);
         let resp = match mode.as_slice() {
@@ -247,6 +258,12 @@ impl Mock {
                 max_per_burst = max_per_burst.max(cur);
                 last = Some(*t);
             }
+            // Requests sent to the key before its first 429 left: already in flight when the
+            // first 429 arrived anywhere (the first one included).
+            let before_first = s
+                .r429
+                .first()
+                .map_or(0, |first| s.arrived.iter().filter(|t| *t <= first).count());
             per_key.insert(
                 k.clone(),
                 serde_json::json!({
@@ -254,6 +271,8 @@ impl Mock {
                     "r429": s.r429.len(),
                     "bursts": bursts,
                     "max_429_per_burst": max_per_burst,
+                    "arrived_before_first_429": before_first,
+                    "last_429_epoch_us": s.last_429_epoch_us,
                 }),
             );
         }
@@ -295,9 +314,17 @@ fn sse_response(body: MockBody) -> Response<MockBody> {
     r
 }
 
-/// Serves the mock on `listener` forever.
-pub(crate) async fn run(listener: TcpListener) {
+/// Microseconds since the Unix epoch (the wall clock every process on the host shares).
+pub(crate) fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Serves the mock on `listener` forever; limited keys get `retry-after: retry_after_s`.
+pub(crate) async fn run(listener: TcpListener, retry_after_s: u64) {
     let mock = Arc::new(Mock {
+        retry_after: HeaderValue::from(retry_after_s),
         answers: Answers::new(),
         stats: Stats {
             start: Instant::now(),

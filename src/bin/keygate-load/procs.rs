@@ -68,6 +68,26 @@ impl Proc {
         status_kb(self.pid(), "VmHWM:")
     }
 
+    /// Waits (at most `limit`) until keygate's log has a line containing `needle`.
+    pub(crate) fn wait_log(&self, needle: &str, limit: Duration) -> Result<(), String> {
+        let Some(dir) = &self.dir else {
+            return Err("not a keygate process".to_owned());
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read_to_string(dir.join("keygate.log")).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "keygate did not log {needle:?} within {limit:?}: {text}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Spawns this binary in a helper mode (`--mock` / `--bare-forwarder`) and reads the
     /// address it prints.
     pub(crate) fn helper(name: &'static str, args: &[String]) -> Result<Proc, String> {

@@ -147,9 +147,9 @@ async fn session(
                 beat(cluster, &mut conn).await?;
             }
             () = stopped(stop) => {
-                let mut del = redis::cmd("DEL");
-                del.arg(cluster.me.key(prefix));
-                let _ = query::<()>(&mut conn, del).await;
+                let mut gone = redis::cmd("ZREM");
+                gone.arg(Replica::key(prefix)).arg(cluster.me.member());
+                let _ = query::<()>(&mut conn, gone).await;
                 return Ok(End::Stop);
             }
         }
@@ -234,34 +234,55 @@ async fn sync(cluster: &Cluster, conn: &mut MultiplexedConnection) -> Result<(),
     Ok(())
 }
 
-/// Writes this replica's heartbeat and reads the others'.
+/// Writes this replica's heartbeat and reads the others' (one atomic round trip).
 async fn beat(cluster: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), String> {
-    let prefix = &cluster.config.key_prefix;
-    let mut me = cluster.me.clone();
-    me.beat = wire::now_ms();
-    let text = serde_json::to_string(&me).map_err(|e| e.to_string())?;
-    let mut set = redis::cmd("SET");
-    set.arg(me.key(prefix))
-        .arg(text)
-        .arg("PX")
-        .arg(REPLICA_TTL.as_millis() as u64);
-    query::<()>(conn, set).await?;
-    let replicas = read_replicas(conn, prefix).await?;
+    let replicas = beats(conn, &cluster.config.key_prefix, Some(&cluster.me)).await?;
     *cluster.replicas.lock().unwrap_or_else(|e| e.into_inner()) = replicas;
     Ok(())
 }
 
-async fn read_replicas(
+/// The replicas that beat in the last 60 s (at most [`MAX_REPLICAS`]), after recording
+/// `me`'s beat when given.
+async fn beats(
     conn: &mut MultiplexedConnection,
     prefix: &str,
+    me: Option<&Replica>,
 ) -> Result<Vec<Replica>, String> {
-    let pattern = format!("{prefix}replica:*");
+    let key = Replica::key(prefix);
     let now = wire::now_ms();
-    let mut out: Vec<Replica> = scan_values(conn, &pattern, MAX_REPLICAS)
-        .await?
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<Replica>(&v).ok())
-        .filter(|r| now - r.beat <= REPLICA_TTL.as_millis() as i64)
+    let ttl = REPLICA_TTL.as_millis() as i64;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if let Some(me) = me {
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg(now)
+            .arg(me.member())
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+    }
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now - ttl)
+        .ignore();
+    pipe.cmd("ZREVRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(MAX_REPLICAS - 1)
+        .arg("WITHSCORES");
+    let (flat,): (Vec<String>,) = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async(conn))
+        .await
+        .map_err(|_| SLOW.to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut out: Vec<Replica> = flat
+        .chunks(2)
+        .filter_map(|pair| {
+            let [member, score] = pair else { return None };
+            let mut r: Replica = serde_json::from_str(member).ok()?;
+            r.beat = score.parse::<f64>().ok()? as i64;
+            Some(r)
+        })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
@@ -317,7 +338,7 @@ pub async fn inspect(config: &crate::config::ClusterConfig) -> Result<Inspection
     let fail = |e: String| redact.text(&e);
     let client = redis::Client::open(config.redis_url.expose()).map_err(|e| fail(e.to_string()))?;
     let mut conn = connect(&client).await.map_err(fail)?;
-    let replicas = read_replicas(&mut conn, &config.key_prefix)
+    let replicas = beats(&mut conn, &config.key_prefix, None)
         .await
         .map_err(fail)?;
     let pattern = format!("{}cd:*", config.key_prefix);

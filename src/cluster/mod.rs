@@ -30,8 +30,8 @@ use crate::metrics::ClusterSeries;
 use crate::pool::{Candidate, Registry};
 
 mod link;
-pub mod slots;
 pub mod oauth;
+pub mod slots;
 pub mod wire;
 
 pub use link::{inspect, Inspection};

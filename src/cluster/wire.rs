@@ -5,7 +5,9 @@
 //! - `P cd:<cred>:<scope>[:<model>]` — one window; the value is its [`WindowMsg`] (JSON),
 //!   the TTL its remaining time. `<cred>` is the credential's shared id (hex of a keyed
 //!   fingerprint), `<scope>` is `model`, `credential` or `disabled`.
-//! - `P replica:<id>` — a heartbeat ([`Replica`], JSON), TTL 60 s.
+//! - `P replicas` — the heartbeats: a sorted set of [`Replica`]s (JSON, `beat` 0) scored by
+//!   their last beat (epoch ms); beats older than 60 s are dropped at every beat, and the
+//!   key expires 60 s after the last one.
 //! - `P rpm:<cred>` — the credential's requests of the last 60 s (a ZSET of one member per
 //!   request, scored by Redis's own clock), TTL 60 s; see [`RPM_SCRIPT`].
 //! - `P slots:<cred>` — the credential's in-flight leases (a ZSET of one member per lease,
@@ -239,9 +241,16 @@ impl Replica {
         }
     }
 
-    /// Its heartbeat key under `prefix`.
-    pub fn key(&self, prefix: &str) -> String {
-        format!("{prefix}replica:{}", self.id)
+    /// The heartbeats' key under `prefix`.
+    pub fn key(prefix: &str) -> String {
+        format!("{prefix}replicas")
+    }
+
+    /// Its member in that set: itself with `beat` 0 (the score carries the beat).
+    pub fn member(&self) -> String {
+        let mut m = self.clone();
+        m.beat = 0;
+        serde_json::to_string(&m).unwrap_or_default()
     }
 }
 

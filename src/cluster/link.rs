@@ -224,11 +224,20 @@ async fn push_local(
 }
 
 /// Loads every shared window.
+///
+/// Credential-wide windows and disabled lanes first, so that model windows (whose names
+/// clients pick) can never crowd them out of the bound on one pass.
 async fn sync(cluster: &Cluster, conn: &mut MultiplexedConnection) -> Result<(), String> {
-    let pattern = format!("{}cd:*", cluster.config.key_prefix);
-    for (key, value) in scan_values(conn, &pattern, MAX_SYNC_KEYS).await? {
-        if let Some(m) = WindowMsg::parse(&value) {
-            cluster.learn(key, m);
+    let prefix = &cluster.config.key_prefix;
+    let mut budget = MAX_SYNC_KEYS;
+    for scope in ["disabled", "credential", "model:*"] {
+        let pattern = format!("{prefix}cd:*:{scope}");
+        let found = scan_values(conn, &pattern, budget).await?;
+        budget = budget.saturating_sub(found.len());
+        for (key, value) in found {
+            if let Some(m) = WindowMsg::parse(&value) {
+                cluster.learn(key, m);
+            }
         }
     }
     Ok(())

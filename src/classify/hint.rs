@@ -242,7 +242,7 @@ fn exhausted(headers: &HeaderMap, base: SystemTime) -> Option<Spent> {
 
 /// Parses a `retry-after` value: delay seconds (`"37"`; a fraction such as `"1.5"` is
 /// accepted) or an HTTP date, taken relative to `base` (the answer's `Date`, else now).
-/// Capped at [`MAX_HINT`]. `"0"` gives zero (which [`hint_from`] treats as no hint).
+/// Capped at [`MAX_HINT`]. `"0"` gives zero (which the hint order treats as no hint).
 ///
 /// Returns `None` for: empty, negative, garbage, a malformed date, a date not after `base`,
 /// or one more than [`ABSURD_RESET`] after it.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::classify::{Reason, Verdict};
+use crate::classify::{Reason, RetryHint, Verdict};
 
 /// Bound on remembered (credential, scope) entries.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -375,7 +375,9 @@ impl Cooldowns {
         };
         let step = (failures - 1) as usize;
         let (len, source): (Duration, Cow<'static, str>) = match verdict.reason {
-            Reason::RateLimit => match verdict.hint {
+            // A zero hint cannot be right (the classifier gives none; this guards every
+            // other caller): never a zero-length window.
+            Reason::RateLimit => match verdict.hint.filter(|h| !h.after.is_zero()) {
                 Some(h) => (h.after, Cow::Borrowed(h.source)),
                 None => ladder_step("backoff", &self.ladders.backoff, step),
             },
@@ -397,32 +399,44 @@ impl Cooldowns {
     }
 
     /// Steering before 429: a success that says the credential is spent cools (credential,
-    /// model) until the advertised reset, without counting a failure.
+    /// model) until the advertised reset, without counting a failure. Without a reset that
+    /// can be right (`hint` is `None` or zero) it cools on the `backoff` ladder at the step
+    /// the next failure would take: a spent credential never stays usable. Returns the
+    /// window's length and source, `None` when an active window was left as it is.
     pub fn steer(
         &self,
         credential: &str,
         fp: u64,
         model: Option<&str>,
-        after: Duration,
-        source: &'static str,
+        hint: Option<RetryHint>,
         now: Instant,
-    ) {
+    ) -> Option<(Duration, Cow<'static, str>)> {
         let scope = model.map_or(Scope::Credential, |m| Scope::Model(Arc::from(m)));
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snap.load_full();
         let prev = cur.get(credential, fp).and_then(|s| s.slot(&scope));
         if prev.is_some_and(|e| e.until > now) {
-            return;
+            return None;
         }
+        let (after, source) = match hint.filter(|h| !h.after.is_zero()) {
+            Some(h) => (h.after, Cow::Borrowed(h.source)),
+            None => {
+                let step = prev
+                    .filter(|e| now.saturating_duration_since(e.last_failure) < COUNTER_RESET)
+                    .map_or(0, |e| e.failures as usize);
+                ladder_step("backoff", &self.ladders.backoff, step)
+            }
+        };
         let entry = Entry {
             until: now + after.min(MAX_COOLDOWN),
             reason: Reason::RateLimit,
-            source: Cow::Borrowed(source),
+            source: source.clone(),
             failures: prev.map_or(0, |e| e.failures),
             last_failure: prev.map_or(now, |e| e.last_failure),
             last_status: Some(200),
         };
         self.publish(&cur, credential, fp, scope, entry, now);
+        Some((after, source))
     }
 
     /// A success: forgets the ended windows (and so the failure counters) of (credential,

@@ -312,8 +312,8 @@ pub fn hint(data: &[u8]) {
     capped(parse_retry_after(s, now));
     capped(parse_go_duration(s));
     capped(parse_message_hint(&s.to_lowercase()));
-    capped(parse_reset(s, now, now));
-    capped(parse_reset(s, now - Duration::from_secs(3600), now));
+    capped(parse_reset(s, now));
+    capped(parse_reset(s, now - Duration::from_secs(3600)));
     let _ = parse_rfc3339(s);
     if let Some(n) = parse_number(s) {
         assert!(n.is_finite() && n >= 0.0, "parse_number gave {n}");
@@ -323,7 +323,7 @@ pub fn hint(data: &[u8]) {
         );
     }
     if let Some(d) = parse_go_duration(s) {
-        assert_eq!(parse_reset(s, now, now), Some(d), "Go duration as a reset");
+        assert_eq!(parse_reset(s, now), Some(d), "Go duration as a reset");
         if s == s.trim() {
             let msg = format!("rate limited. please try again in {s}.");
             assert_eq!(
@@ -354,8 +354,12 @@ pub fn hint(data: &[u8]) {
             spent.insert(reset, v.clone());
         }
     }
+    // Every hint is within the cap and never zero (a zero wait is the ladder's).
     let hinted = |h: Option<classify::RetryHint>| {
-        assert!(h.is_none_or(|h| h.after <= MAX_HINT), "{h:?} > cap");
+        assert!(
+            h.is_none_or(|h| h.after <= MAX_HINT && !h.after.is_zero()),
+            "{h:?} zero or > cap"
+        );
     };
     hinted(steering_hint(&spent, now));
     hinted(classify::retry_hint("openai", &spent, b"", now));

@@ -154,6 +154,7 @@ const OVERLOADED: &str = "sk-probe-overloaded-00000006";
 const EXCLUDED: &str = "sk-probe-excluded-00000007";
 const EXPIRED: &str = "sk-probe-expired-00000008";
 const CUSTOM: &str = "sk-probe-custom-00000009";
+const BADEXP: &str = "sk-probe-badexp-00000010";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_reports_each_status_and_reason() {
@@ -190,7 +191,8 @@ async fn probe_reports_each_status_and_reason() {
         &config,
         &format!(
             "[providers.anthropic]\nbase_url = \"{url}\"\nprobe_model = \"claude-probe\"\n\n\
-             [providers.custom]\nbase_url = \"{url}\"\nauth = \"bearer\"\n",
+             [providers.custom]\nbase_url = \"{url}\"\nauth = \"bearer\"\n\n\
+             [providers.openai]\nbase_url = \"{url}\"\nprobe_model = \"gpt-probe\"\n",
             url = mock.url()
         ),
         0o600,
@@ -207,7 +209,9 @@ async fn probe_reports_each_status_and_reason() {
             "anthropic:overloaded": key(OVERLOADED),
             "anthropic:excluded": key(EXCLUDED),
             "anthropic:expired": {"type": "token", "provider": "anthropic", "token": EXPIRED, "expires": ms_from_now(-HOUR)},
-            "anthropic:unresolved": {"type": "api_key", "provider": "anthropic", "keyRef": {"source": "env", "id": "NOT_SET_ANYWHERE"}}
+            "anthropic:unresolved": {"type": "api_key", "provider": "anthropic", "keyRef": {"source": "env", "id": "NOT_SET_ANYWHERE"}},
+            "anthropic:nokey": {"type": "api_key", "provider": "anthropic"},
+            "anthropic:badexp": {"type": "token", "provider": "anthropic", "token": BADEXP, "expires": -5}
         }})
         .to_string(),
         0o600,
@@ -215,7 +219,8 @@ async fn probe_reports_each_status_and_reason() {
     write_file(
         &state_file(&s),
         &json!({"order": {"anthropic": ["anthropic:ok", "anthropic:auth", "anthropic:rl", "anthropic:billing",
-            "anthropic:hang", "anthropic:overloaded", "anthropic:expired", "anthropic:unresolved"]}})
+            "anthropic:hang", "anthropic:overloaded", "anthropic:expired", "anthropic:unresolved",
+            "anthropic:nokey", "anthropic:badexp"]}})
         .to_string(),
         0o600,
     );
@@ -245,7 +250,7 @@ async fn probe_reports_each_status_and_reason() {
                 "--probe-provider",
                 "anthropic",
                 "--probe-profile",
-                "anthropic:ok,anthropic:excluded",
+                "anthropic:ok,anthropic:excluded,anthropic:expired,anthropic:nokey",
                 "--probe-timeout",
                 "1s",
             ],
@@ -256,7 +261,7 @@ async fn probe_reports_each_status_and_reason() {
     });
     let (r, text) = run.await.unwrap();
     let secrets = [
-        OK, AUTH, RL, BILLING, HANG, OVERLOADED, EXCLUDED, EXPIRED, CUSTOM,
+        OK, AUTH, RL, BILLING, HANG, OVERLOADED, EXCLUDED, EXPIRED, CUSTOM, BADEXP,
     ];
     r.ok().assert_no_secret(&secrets);
     text.ok().assert_no_secret(&secrets);
@@ -280,8 +285,11 @@ async fn probe_reports_each_status_and_reason() {
             "unknown",
             json!("excluded_by_auth_order"),
         ),
-        ("anthropic:expired", "auth", json!("expired")),
-        ("anthropic:unresolved", "auth", json!("unresolved_ref")),
+        // No call was made for these: `unknown`, with the reason (OpenClaw's semantics).
+        ("anthropic:expired", "unknown", json!("expired")),
+        ("anthropic:unresolved", "unknown", json!("unresolved_ref")),
+        ("anthropic:nokey", "unknown", json!("missing_credential")),
+        ("anthropic:badexp", "unknown", json!("invalid_expires")),
         ("env:CUSTOM_API_KEY", "no_model", json!("no_model")),
     ];
     for (id, status, reason) in expect {
@@ -300,6 +308,24 @@ async fn probe_reports_each_status_and_reason() {
     );
     assert_eq!(row("anthropic:excluded")["latencyMs"], Value::Null);
     assert_eq!(row("env:CUSTOM_API_KEY")["source"], "env");
+    for id in ["anthropic:expired", "anthropic:nokey", "anthropic:badexp"] {
+        assert_eq!(row(id)["latencyMs"], Value::Null, "{id}");
+    }
+    // A configured provider without any credential: one row, no call, `unknown`.
+    let openai: Vec<&Value> = probes
+        .iter()
+        .filter(|p| p["provider"] == "openai")
+        .collect();
+    assert_eq!(openai.len(), 1, "{doc}");
+    assert_eq!(openai[0]["status"], "unknown", "{doc}");
+    assert_eq!(openai[0]["reasonCode"], "missing_credential", "{doc}");
+    assert_eq!(openai[0]["credentialId"], Value::Null, "{doc}");
+    assert!(
+        !probes.iter().any(|p| p["reasonCode"].is_string()
+            && p["latencyMs"].is_null()
+            && p["status"] == "auth"),
+        "no row without a call says auth: {doc}"
+    );
 
     // One request per called credential, none for the rows without a call; the request is
     // the minimal Messages call.
@@ -308,7 +334,14 @@ async fn probe_reports_each_status_and_reason() {
         let want = if k == OK { 2 } else { 1 };
         assert_eq!(mock.requests_for_key(k), want, "{k}");
     }
-    for k in [EXCLUDED, EXPIRED, CUSTOM] {
+    assert!(
+        !mock
+            .requests()
+            .iter()
+            .any(|r| r.path().contains("chat/completions")),
+        "no call for the provider without a credential"
+    );
+    for k in [EXCLUDED, EXPIRED, CUSTOM, BADEXP] {
         assert_eq!(mock.requests_for_key(k), 0, "{k}");
     }
     let req = mock
@@ -329,6 +362,20 @@ async fn probe_reports_each_status_and_reason() {
         "{text:?}"
     );
     assert!(!text.stdout.contains("env:CUSTOM_API_KEY"), "{text:?}");
+    // Text columns: PROVIDER MODEL CREDENTIAL SOURCE STATUS REASON …
+    for (id, reason) in [
+        ("anthropic:expired", "expired"),
+        ("anthropic:nokey", "missing_credential"),
+        ("anthropic:excluded", "excluded_by_auth_order"),
+    ] {
+        let line = text
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(id))
+            .unwrap_or_else(|| panic!("no text row for {id}: {text:?}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((cols[4], cols[5]), ("unknown", reason), "{line}");
+    }
 }
 
 #[test]

@@ -346,6 +346,89 @@ async fn remaining_zero_on_a_success_steers_the_next_request() {
     );
 }
 
+/// SPEC §11: the upstream's clock two hours behind ours. OpenRouter's epoch-millisecond
+/// `X-RateLimit-Reset` one minute after its `Date` is already past by the local clock: the
+/// window is taken relative to `Date`, so the spent key cools and the third request (whose
+/// least recently used key is A) still goes to B.
+#[tokio::test]
+async fn a_spent_key_with_a_reset_past_by_the_local_clock_still_cools() {
+    let upstream_now = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let date = httpdate::fmt_http_date(upstream_now);
+    let reset = (upstream_now + Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().to_string())
+        .unwrap_or_default();
+    // And the same with a reset before its own `Date`: no usable reset, the ladder.
+    let before = (upstream_now - Duration::from_secs(5))
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().to_string())
+        .unwrap_or_default();
+    for reset in [reset, before] {
+        let mock = MockProvider::start().await;
+        mock.on_key(
+            A,
+            Behaviour::Sequence(vec![
+                Behaviour::status_with(
+                    200,
+                    &[
+                        ("date", date.as_str()),
+                        ("x-ratelimit-remaining", "0"),
+                        ("x-ratelimit-reset", reset.as_str()),
+                    ],
+                    r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#,
+                ),
+                Behaviour::Normal,
+            ]),
+        );
+        let kg = keygate(&mock, "", "OPENAI", &[A, B]).await;
+        let url = kg.url("/openai/v1/chat/completions");
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            let a = post_json(&url, &[("x-api-key", GW)], &json!({"model": "gpt-4o"})).await;
+            assert_eq!(a.status, StatusCode::OK);
+            served.push(a.header("x-keygate-credential").map(str::to_owned));
+        }
+        let b = Some("env:OPENAI_API_KEYS#2".to_owned());
+        assert_eq!(
+            served,
+            [Some("env:OPENAI_API_KEYS#1".to_owned()), b.clone(), b],
+            "reset {reset}"
+        );
+        assert_eq!(mock.requests_for_key(A), 1, "A stayed cooling");
+    }
+}
+
+/// A 429 whose `retry-after` is an HTTP date already past by the upstream's `Date` cannot
+/// be right: the key cools on the ladder (30 s) instead of a zero-length window.
+#[tokio::test]
+async fn a_429_with_a_past_retry_after_date_cools_on_the_ladder() {
+    let upstream_now = std::time::SystemTime::now() + Duration::from_secs(7200);
+    let date = httpdate::fmt_http_date(upstream_now);
+    let past = httpdate::fmt_http_date(upstream_now - Duration::from_secs(10));
+    let mock = MockProvider::start().await;
+    mock.on_key(
+        A,
+        Behaviour::Sequence(vec![
+            Behaviour::status_with(
+                429,
+                &[("date", date.as_str()), ("retry-after", past.as_str())],
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"rate limited"}}"#,
+            ),
+            Behaviour::Normal,
+        ]),
+    );
+    let kg = keygate(&mock, "", "ANTHROPIC", &[A, B]).await;
+    let url = kg.url("/anthropic/v1/messages");
+    for _ in 0..3 {
+        let a = post_json(&url, &[("x-api-key", GW)], &json!({"model": "m"})).await;
+        assert_eq!(
+            (a.status, a.header("x-keygate-credential")),
+            (StatusCode::OK, Some("env:ANTHROPIC_API_KEYS#2"))
+        );
+    }
+    assert_eq!(mock.requests_for_key(A), 1, "A stayed cooling");
+}
+
 #[tokio::test]
 async fn pinned_requests_never_rotate() {
     let mock = MockProvider::start().await;

@@ -17,6 +17,11 @@ use super::RetryHint;
 /// Longest hint ever reported: daily allowances are real, anything longer is capped.
 pub const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// An absolute reset (epoch, RFC 3339, HTTP date) further than this beyond the answer's
+/// `Date` cannot be right (epoch microseconds or nanoseconds read as milliseconds, a year
+/// typo): it is no hint at all, and the cooldown falls back to the `backoff` ladder.
+pub const ABSURD_RESET: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
 /// Rate-limit dimensions: a `remaining` header and the reset headers that go with it (the
 /// first one present is used). Azure spells one reset header `x-rate-limit-reset-tokens`.
 static DIMENSIONS: [(HeaderName, &[&str]); 12] = [
@@ -111,23 +116,27 @@ pub(crate) fn hint_from(
 ) -> Option<RetryHint> {
     // The `Date` header is parsed only for a value that is read relative to it.
     let base = || date_header(headers).unwrap_or(now);
-    if let Some(after) = headers
+    // A value that cannot be right (zero, in the past, absurd) counts as absent: the next
+    // source is consulted, and without one the cooldown uses the `backoff` ladder.
+    if let Some(h) = headers
         .get(&RETRY_AFTER_MS)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after_ms)
+        .and_then(|after| hint(after, "retry-after-ms"))
     {
-        return Some(hint(after, "retry-after-ms"));
+        return Some(h);
     }
-    if let Some(after) = headers
+    if let Some(h) = headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, base()))
+        .and_then(|after| hint(after, "retry-after"))
     {
-        return Some(hint(after, "retry-after"));
+        return Some(h);
     }
     body_hint(f).or_else(|| {
         may_be_spent(headers)
-            .then(|| exhausted_reset(headers, base(), now))
+            .then(|| exhausted(headers, base()).and_then(|s| s.hint))
             .flatten()
     })
 }
@@ -143,9 +152,19 @@ pub(crate) fn body_hint(f: &ErrorFields) -> Option<RetryHint> {
             Some(m) if m >= ri && m < ri + Duration::from_secs(1) => m,
             _ => ri,
         };
-        return Some(hint(after, "RetryInfo"));
+        if let Some(h) = hint(after, "RetryInfo") {
+            return Some(h);
+        }
     }
-    from_message.map(|after| hint(after, "message"))
+    from_message.and_then(|after| hint(after, "message"))
+}
+
+/// A success answer whose headers say its credential is spent (some `remaining` at 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spent {
+    /// Until the advertised reset; `None` when no reset can be right (missing, unparsable,
+    /// in the past, absurd): the credential still cools, on the `backoff` ladder.
+    pub hint: Option<RetryHint>,
 }
 
 /// Steering before 429 (SPEC §7): on a success answer, the reset of the dimension whose
@@ -154,15 +173,24 @@ pub(crate) fn body_hint(f: &ErrorFields) -> Option<RetryHint> {
 /// / `-output-tokens-remaining`, OpenRouter `X-RateLimit-Remaining`), the longest when
 /// several are spent. RFC 3339 resets are read relative to the `Date` header when present.
 ///
-/// Returns `None` for: no dimension at 0, or a spent dimension without a reset that parses.
-pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> {
+/// Returns `None` when no dimension is at 0. A spent dimension whose reset cannot be right
+/// (missing, unparsable, zero, before `Date`, absurd) is still spent: `Spent { hint: None }`.
+pub fn steering(headers: &HeaderMap, now: SystemTime) -> Option<Spent> {
     // This runs on every successful answer: look for a spent dimension (pre-parsed header
     // names) before parsing any date.
     if !may_be_spent(headers) {
         return None;
     }
     let base = date_header(headers).unwrap_or(now);
-    exhausted_reset(headers, base, now)
+    exhausted(headers, base)
+}
+
+/// The advertised reset of [`steering`] alone.
+///
+/// Returns `None` for: no dimension at 0, or a spent dimension without a reset that can be
+/// right (the caller of [`steering`] still cools that one on the ladder).
+pub fn steering_hint(headers: &HeaderMap, now: SystemTime) -> Option<RetryHint> {
+    steering(headers, now).and_then(|s| s.hint)
 }
 
 /// Whether some `remaining` header of [`DIMENSIONS`] has a value at 0 (any of its values:
@@ -182,7 +210,10 @@ fn may_be_spent(headers: &HeaderMap) -> bool {
     })
 }
 
-fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Option<RetryHint> {
+/// The spent dimensions of `headers` and the latest of their resets that can be right;
+/// `None` when no dimension is at 0.
+fn exhausted(headers: &HeaderMap, base: SystemTime) -> Option<Spent> {
+    let mut spent = false;
     let mut best: Option<RetryHint> = None;
     for (remaining, resets) in &DIMENSIONS {
         let Some(left) = headers
@@ -195,9 +226,10 @@ fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Op
         if left > 0.0 {
             continue;
         }
+        spent = true;
         let found = resets.iter().find_map(|name| {
             let v = header_str(headers, name)?;
-            parse_reset(v, base, now).map(|d| hint(d, name))
+            parse_reset(v, base).and_then(|d| hint(d, name))
         });
         if let Some(h) = found {
             if best.is_none_or(|b| h.after > b.after) {
@@ -205,21 +237,22 @@ fn exhausted_reset(headers: &HeaderMap, base: SystemTime, now: SystemTime) -> Op
             }
         }
     }
-    best
+    spent.then_some(Spent { hint: best })
 }
 
 /// Parses a `retry-after` value: delay seconds (`"37"`; a fraction such as `"1.5"` is
-/// accepted) or an HTTP date, taken relative to `base` (the answer's `Date`, else now); a
-/// date in the past gives zero. Capped at [`MAX_HINT`].
+/// accepted) or an HTTP date, taken relative to `base` (the answer's `Date`, else now).
+/// Capped at [`MAX_HINT`]. `"0"` gives zero (which the hint order treats as no hint).
 ///
-/// Returns `None` for: empty, negative, garbage, or a malformed date.
+/// Returns `None` for: empty, negative, garbage, a malformed date, a date not after `base`,
+/// or one more than [`ABSURD_RESET`] after it.
 pub fn parse_retry_after(value: &str, base: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Some(secs) = parse_number(v) {
         return Some(secs_to_duration(secs));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(until(at, base))
+    until(at, base)
 }
 
 /// Parses a `retry-after-ms` value (milliseconds, fractions accepted). Capped.
@@ -272,26 +305,30 @@ pub(crate) fn parse_message_hint(msg: &str) -> Option<Duration> {
     best.map(|(_, d)| d)
 }
 
-/// A reset header value: RFC 3339 (relative to `base`), epoch milliseconds or seconds
-/// (relative to `now`), delay seconds, or a Go duration. Capped; the past gives zero.
-pub(crate) fn parse_reset(value: &str, base: SystemTime, now: SystemTime) -> Option<Duration> {
+/// A reset header value: RFC 3339, epoch milliseconds (OpenRouter) or seconds, or an HTTP
+/// date, all relative to `base` (the answer's `Date`, else now: the upstream's clock, not
+/// ours); delay seconds or a Go duration. Capped at [`MAX_HINT`].
+///
+/// Returns `None` for: garbage, an absolute time not after `base` or more than
+/// [`ABSURD_RESET`] after it (the caller falls back to the ladder).
+pub(crate) fn parse_reset(value: &str, base: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if let Some(at) = parse_rfc3339(v) {
-        return Some(until(at, base));
+        return until(at, base);
     }
     if let Some(n) = parse_number(v) {
-        return Some(if n >= 1e12 {
-            until_epoch(n / 1000.0, now)
+        return if n >= 1e12 {
+            until_epoch(n / 1000.0, base)
         } else if n >= 1e9 {
-            until_epoch(n, now)
+            until_epoch(n, base)
         } else {
-            secs_to_duration(n)
-        });
+            Some(secs_to_duration(n))
+        };
     }
     if let Some(d) = parse_go_duration(v) {
         return Some(d);
     }
-    httpdate::parse_http_date(v).ok().map(|at| until(at, base))
+    until(httpdate::parse_http_date(v).ok()?, base)
 }
 
 /// RFC 3339 timestamp (`2024-03-26T20:00:00Z`, fractions, `+hh:mm` / `-hh:mm` offsets).
@@ -402,26 +439,27 @@ fn secs_to_duration(secs: f64) -> Duration {
     Duration::try_from_secs_f64(secs.min(MAX_HINT.as_secs_f64())).unwrap_or(MAX_HINT)
 }
 
-/// The wait until `secs` after the epoch. A reset past what `Duration` or `SystemTime` can
-/// hold is far in the future: the cap, never a panic (the value is the upstream's).
-fn until_epoch(secs: f64, now: SystemTime) -> Duration {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .and_then(|d| UNIX_EPOCH.checked_add(d))
-        .map_or(MAX_HINT, |at| until(at, now))
+/// The wait from `base` until `secs` after the epoch. A reset past what `Duration` or
+/// `SystemTime` can hold is absurd: `None`, never a panic (the value is the upstream's).
+fn until_epoch(secs: f64, base: SystemTime) -> Option<Duration> {
+    let at = UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
+    until(at, base)
 }
 
-fn until(at: SystemTime, base: SystemTime) -> Duration {
-    at.duration_since(base)
-        .unwrap_or(Duration::ZERO)
-        .min(MAX_HINT)
+/// The wait from `base` until `at`, capped at [`MAX_HINT`]; `None` when `at` is not after
+/// `base` (a reset already past cannot be right) or more than [`ABSURD_RESET`] after it.
+fn until(at: SystemTime, base: SystemTime) -> Option<Duration> {
+    let d = at.duration_since(base).ok()?;
+    (!d.is_zero() && d <= ABSURD_RESET).then(|| d.min(MAX_HINT))
 }
 
-fn hint(after: Duration, source: &'static str) -> RetryHint {
-    RetryHint {
+/// A hint, or `None` for a zero wait: a failed or spent answer that says "no wait" cannot
+/// be right, and the cooldown then uses the `backoff` ladder, never a zero-length window.
+fn hint(after: Duration, source: &'static str) -> Option<RetryHint> {
+    (!after.is_zero()).then_some(RetryHint {
         after: after.min(MAX_HINT),
         source,
-    }
+    })
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -33,7 +33,9 @@ mod needle;
 mod rules;
 mod sse;
 
-pub use hint::{parse_go_duration, parse_retry_after, steering_hint, MAX_HINT};
+pub use hint::{
+    parse_go_duration, parse_retry_after, steering, steering_hint, Spent, ABSURD_RESET, MAX_HINT,
+};
 pub use sse::{ScanResult, SseScanner, StreamError, LINE_LIMIT};
 // For `crate::fuzzing`, which checks these parsers directly.
 pub(crate) use hint::{parse_message_hint, parse_number, parse_reset, parse_rfc3339};

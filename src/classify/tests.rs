@@ -220,7 +220,7 @@ fn garbage_never_panics() {
         let _ = classify_response("google", status, &h, &body, now());
         let _ = fields::mask_quoted(&String::from_utf8_lossy(&body));
         let _ = hint::parse_message_hint(&String::from_utf8_lossy(&body));
-        let _ = hint::parse_reset(&String::from_utf8_lossy(&body), now(), now());
+        let _ = hint::parse_reset(&String::from_utf8_lossy(&body), now());
         let mut s = SseScanner::new("openai");
         for c in body.chunks(1 + (next() % 9) as usize) {
             let _ = s.feed(c);

@@ -12,9 +12,11 @@
 //! Row `status`: `ok`, `auth` (incl. `auth_permanent`), `rate_limit` (incl. `overloaded`),
 //! `billing`, `timeout`, `format` (incl. `model_not_found`), `unknown`, `no_model`. A call
 //! that failed carries the classifier's reason as `reasonCode` (`rate_limit`, `overloaded`,
-//! …). Rows without a call: `excluded_by_auth_order` (status `unknown`), `missing_credential`,
-//! `expired`, `invalid_expires`, `unresolved_ref` (status `auth`: the credential cannot
-//! authenticate as stored), `no_model` (status `no_model`), `no_base_url` (`unknown`).
+//! …). A row for which no call was made has status `unknown` (nothing was learned from the
+//! provider; OpenClaw's semantics) and says why in its `reasonCode`:
+//! `excluded_by_auth_order`, `missing_credential` (incl. a provider with no credential at
+//! all), `expired`, `invalid_expires`, `unresolved_ref`, `no_base_url`; the one exception is
+//! `no_model`, which is its own status (SPEC §1).
 //! JSON fields: `provider`, `model`, `credentialId`, `source`, `status`, `reasonCode`,
 //! `detail`, `latencyMs`. The detail of a failed call is `HTTP <status>` only: provider
 //! error bodies sometimes quote part of the key.
@@ -109,7 +111,7 @@ pub(super) fn run(
         };
         if p.rows.is_empty() && args.probe_profile.is_empty() {
             plans.push(Plan::Done(base(
-                "auth",
+                "unknown",
                 Some("missing_credential"),
                 Some(format!(
                     "No credentials found for provider \"{}\"; run `keygate models auth paste-api-key --provider {}`",
@@ -148,9 +150,9 @@ pub(super) fn run(
                 code @ ("unresolved_ref" | "missing_credential" | "expired" | "invalid_expires"),
             ) = r.reason_code
             {
-                no_call(row, "auth", code, r.detail.clone())
+                no_call(row, "unknown", code, r.detail.clone())
             } else if matches!(r.health, Health::Missing) || r.cred.is_none() {
-                no_call(row, "auth", "missing_credential", r.detail.clone())
+                no_call(row, "unknown", "missing_credential", r.detail.clone())
             } else if model.is_none() {
                 no_call(
                     row,
@@ -171,7 +173,7 @@ pub(super) fn run(
             } else {
                 match &r.cred {
                     Some(c) => Plan::Call(row, c.clone(), pc.clone()),
-                    None => no_call(row, "auth", "missing_credential", None),
+                    None => no_call(row, "unknown", "missing_credential", None),
                 }
             };
             plans.push(plan);

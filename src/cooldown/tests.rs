@@ -215,8 +215,10 @@ async fn steering_cools_without_counting() {
         "a",
         FP,
         Some("m"),
-        Duration::from_secs(5),
-        "x-ratelimit-reset-requests",
+        Some(RetryHint {
+            after: Duration::from_secs(5),
+            source: "x-ratelimit-reset-requests",
+        }),
         now,
     );
     assert_eq!(
@@ -227,6 +229,53 @@ async fn steering_cools_without_counting() {
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].source, "x-ratelimit-reset-requests");
     assert_eq!(w[0].failures, 0);
+}
+
+/// A spent credential whose reset cannot be right (none, or zero) still cools: the
+/// `backoff` ladder at the step the next failure would take, never a zero-length window.
+#[tokio::test(start_paused = true)]
+async fn steering_without_a_usable_reset_cools_on_the_ladder() {
+    let c = store();
+    let now = Instant::now();
+    let zero = RetryHint {
+        after: Duration::ZERO,
+        source: "x-ratelimit-reset",
+    };
+    for (hint, model) in [(None, "m"), (Some(zero), "n")] {
+        let got = c.steer("a", FP, Some(model), hint, now);
+        assert_eq!(
+            got.as_ref().map(|(d, s)| (*d, s.as_ref())),
+            Some((Duration::from_secs(30), "backoff[0]")),
+            "{model}"
+        );
+        assert_eq!(
+            c.blocked_until("a", FP, Some(model), now),
+            Some(now + Duration::from_secs(30))
+        );
+    }
+    // After two failures the ladder's next step, still without counting one.
+    let t = now + Duration::from_secs(10);
+    Key(&c, "b", Some("m")).fail(Reason::RateLimit, None, Some(429), now);
+    let t2 = t + Duration::from_secs(30);
+    Key(&c, "b", Some("m")).fail(Reason::RateLimit, None, Some(429), t2);
+    let t3 = t2 + Duration::from_secs(61);
+    let got = c.steer("b", FP, Some("m"), None, t3);
+    assert_eq!(
+        got.map(|(d, s)| (d, s.into_owned())),
+        Some((Duration::from_secs(300), "backoff[2]".to_owned()))
+    );
+    // A zero hint on a failure is the ladder too.
+    let v = Verdict {
+        reason: Reason::RateLimit,
+        hint: Some(zero),
+    };
+    let (until, source) = c
+        .record_failure("z", FP, Some("m"), &v, Some(429), now)
+        .expect("a window opens");
+    assert_eq!(
+        (until, source.as_ref()),
+        (now + Duration::from_secs(30), "backoff[0]")
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -336,19 +336,22 @@ impl Exchange<'_> {
 
         // A success: steer away from a credential that says it is spent.
         let now = Instant::now();
-        match classify::steering_hint(&parts.headers, SystemTime::now()) {
-            Some(h) if !h.after.is_zero() => {
-                st.cooldowns
-                    .steer(id, cand.fp, model, h.after, h.source, now);
-                tracing::info!(
-                    credential = id,
-                    model = model.unwrap_or("-"),
-                    cooldown_s = h.after.as_secs_f64(),
-                    source = h.source,
-                    "credential spent: cooling before the provider says 429"
-                );
+        // A spent credential cools even when its reset cannot be right (ladder then).
+        match classify::steering(&parts.headers, SystemTime::now()) {
+            Some(spent) => {
+                if let Some((after, source)) =
+                    st.cooldowns.steer(id, cand.fp, model, spent.hint, now)
+                {
+                    tracing::info!(
+                        credential = id,
+                        model = model.unwrap_or("-"),
+                        cooldown_s = after.as_secs_f64(),
+                        source = source.as_ref(),
+                        "credential spent: cooling before the provider says 429"
+                    );
+                }
             }
-            _ => st.cooldowns.record_success(id, cand.fp, model, now),
+            None => st.cooldowns.record_success(id, cand.fp, model, now),
         }
 
         if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) {

@@ -113,21 +113,6 @@ async fn metric(kg: &Served, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Fails if any 8-character piece of a secret is stored in Redis.
-fn assert_no_secret_in(redis: &Redis, secrets: &[&str]) {
-    let dump = redis.dump();
-    assert!(!dump.is_empty());
-    for s in secrets {
-        for piece in s.as_bytes().windows(8) {
-            let piece = std::str::from_utf8(piece).expect("ascii");
-            assert!(
-                !dump.contains(piece),
-                "{piece:?} of a secret is in Redis: {dump}"
-            );
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_rate_limit_one_replica_learns_is_never_sent_by_the_others_even_after_they_all_restart() {
     let redis = Redis::start();
@@ -174,7 +159,7 @@ async fn a_rate_limit_one_replica_learns_is_never_sent_by_the_others_even_after_
     );
 
     // The window in Redis names no secret and no credential id.
-    assert_no_secret_in(&redis, &[LIMITED, OK, GW, ADMIN]);
+    redis.assert_no_secret(&[LIMITED, OK, GW, ADMIN]);
     assert!(!redis.dump().contains("ANTHROPIC_API_KEYS"));
 
     // Every replica restarts: the window still holds.
@@ -464,7 +449,7 @@ async fn rpm_counts_across_the_replicas_and_every_request_still_gets_an_answer()
             .expect("pttl");
         assert!((1..=60_000).contains(&ttl), "{k}: {ttl}");
     }
-    assert_no_secret_in(&redis, &[LIMITED, OK, GW, ADMIN]);
+    redis.assert_no_secret(&[LIMITED, OK, GW, ADMIN]);
     assert!(!redis.dump().contains("ANTHROPIC_API_KEYS"));
 }
 

@@ -91,21 +91,6 @@ fn stored(state: &tempfile::TempDir) -> Value {
     v["profiles"][PROFILE].clone()
 }
 
-/// Fails if any 8-character piece of a secret is stored in Redis (keys or values).
-fn assert_no_secret_in(redis: &Redis, secrets: &[&str]) {
-    let dump = redis.dump();
-    assert!(!dump.is_empty());
-    for s in secrets {
-        for piece in s.as_bytes().windows(8) {
-            let piece = std::str::from_utf8(piece).expect("ascii");
-            assert!(
-                !dump.contains(piece),
-                "{piece:?} of a secret is in Redis: {dump}"
-            );
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_refresh_an_expiring_profile_once_and_all_use_the_new_token() {
     let redis = Redis::start();
@@ -160,16 +145,13 @@ async fn three_replicas_refresh_an_expiring_profile_once_and_all_use_the_new_tok
 
     // The result crossed Redis, sealed: no piece of any secret is there.
     assert_eq!(redis.keys("kgtest:oauth:*:token").len(), 1);
-    assert_no_secret_in(
-        &redis,
-        &[
-            OLD_ACCESS,
-            OLD_REFRESH,
-            NEW_ACCESS,
-            NEW_REFRESH,
-            CLUSTER_KEY,
-        ],
-    );
+    redis.assert_no_secret(&[
+        OLD_ACCESS,
+        OLD_REFRESH,
+        NEW_ACCESS,
+        NEW_REFRESH,
+        CLUSTER_KEY,
+    ]);
     // Nor in any replica's log.
     for (kg, _) in &replicas {
         let log = kg.log.lock().unwrap().clone();
@@ -211,7 +193,7 @@ async fn without_a_cluster_key_each_oauth_profile_is_warned_about_and_no_token_i
     assert_eq!(token.requests().len(), 2);
     assert_eq!(stored(&sa)["access"], NEW_ACCESS);
     assert!(redis.keys("kgtest:oauth:*").is_empty(), "{}", redis.dump());
-    assert_no_secret_in(&redis, &[OLD_ACCESS, OLD_REFRESH, NEW_ACCESS, NEW_REFRESH]);
+    redis.assert_no_secret(&[OLD_ACCESS, OLD_REFRESH, NEW_ACCESS, NEW_REFRESH]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

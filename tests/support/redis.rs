@@ -119,19 +119,45 @@ impl Redis {
         Some(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Every key and its value (strings), for "nothing secret in Redis" checks.
+    /// Every key and everything stored under it, whatever its type (string, sorted set,
+    /// hash, set, list), for "nothing secret in Redis" checks.
     pub fn dump(&self) -> String {
-        let keys = self.command(&["KEYS", "*"]).unwrap_or_default();
-        let mut all = keys.clone();
-        for k in keys
-            .lines()
-            .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-        {
-            if let Some(v) = self.command(&["GET", k]) {
+        let mut all = String::new();
+        for k in self.keys("*") {
+            all.push_str(&k);
+            all.push('\n');
+            let kind = self.command(&["TYPE", &k]).unwrap_or_default();
+            let read: &[&str] = match kind.trim().trim_start_matches('+') {
+                "string" => &["GET"],
+                "zset" => &["ZRANGE", "0", "-1", "WITHSCORES"],
+                "hash" => &["HGETALL"],
+                "set" => &["SMEMBERS"],
+                "list" => &["LRANGE", "0", "-1"],
+                other => panic!("key {k} of type {other:?}: teach dump() to read it"),
+            };
+            let mut args = vec![read[0], k.as_str()];
+            args.extend_from_slice(&read[1..]);
+            if let Some(v) = self.command(&args) {
                 all.push_str(&v);
             }
         }
         all
+    }
+
+    /// Fails if any 8-character piece of any of `secrets` is stored in Redis (keys or
+    /// values of any type).
+    pub fn assert_no_secret(&self, secrets: &[&str]) {
+        let dump = self.dump();
+        assert!(!dump.is_empty(), "Redis holds nothing to check");
+        for s in secrets {
+            for piece in s.as_bytes().windows(8) {
+                let piece = std::str::from_utf8(piece).expect("ascii");
+                assert!(
+                    !dump.contains(piece),
+                    "{piece:?} of a secret is in Redis: {dump}"
+                );
+            }
+        }
     }
 
     /// Keys matching `pattern`.

@@ -162,11 +162,6 @@ impl Cluster {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Events sent and received so far.
-    pub fn events(&self) -> (u64, u64) {
-        (self.series.sent.get(), self.series.received.get())
-    }
-
     /// One request of `cand` under its provider's `rpm`, counted across the cluster
     /// ([`Slot::Local`]: Redis could not say; the local limiter alone decides).
     pub async fn rpm_slot(&self, cand: &Candidate, rpm: u32) -> Slot {

@@ -5,8 +5,9 @@
 //! go on, and [`inspect`] reads each answer. One attempt refreshes an expiring OAuth token,
 //! injects the credential, sends the same request `Bytes` and turns the answer into an
 //! [`Attempt`]. In cluster mode a pick the selector allows is then asked of the cluster's
-//! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one; this is also
-//! where `max_in_flight` (SPEC §11) will take a `Cluster::lease` around the send.
+//! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one. A pick under
+//! `max_in_flight` (SPEC §11) comes with its slot, held over the send and then by the answer's
+//! body; when every candidate is at its cap the request waits for a slot up to `max_wait`.
 //! It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
@@ -29,7 +30,7 @@ use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
 use crate::inject::{clean_response_headers, Injection};
-use crate::pool::{Candidate, Pick, Selector};
+use crate::pool::{Candidate, Caps, InFlightSlot, Pick, Selector};
 use crate::state::AppState;
 
 /// One request's attempts over its candidates.
@@ -62,6 +63,28 @@ enum Attempt {
     /// A 2xx stream that broke before its commit point: nothing reached the client, so
     /// the next candidate is tried whatever `rotate_on` says.
     Broken(ProxyError),
+    /// keygate's own request deadline passed before the upstream answered, the upstream
+    /// possibly still fine (SPEC §11): nothing is counted against the credential.
+    Abandoned(ProxyError),
+}
+
+impl Attempt {
+    /// Ties an in-flight slot to the answer's body (dropped at once when there is none).
+    fn hold(self, slot: Option<InFlightSlot>) -> Self {
+        match self {
+            Attempt::Done(r) => Attempt::Done(r.map(|b| b.hold(slot))),
+            Attempt::Failed(r, why) => Attempt::Failed(r.map(|b| b.hold(slot)), why),
+            other => other,
+        }
+    }
+}
+
+/// Waits until a slot of `caps` frees up, or `until`. A wake-up missed between the check
+/// and the wait costs at most one tick.
+async fn wait_for_slot(caps: &Caps, until: Instant) {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+    let until = until.min(Instant::now() + TICK);
+    let _ = tokio::time::timeout_at(until, caps.freed().notified()).await;
 }
 
 impl Exchange<'_> {
@@ -99,6 +122,7 @@ impl Exchange<'_> {
             (Some(c), Some(rpm)) if !self.pinned => Some((c, rpm)),
             _ => None,
         };
+        let in_flight = st.limits.in_flight(&self.provider.id);
         let select = Selector::new(
             &st.cooldowns,
             &st.limits,
@@ -109,9 +133,9 @@ impl Exchange<'_> {
         loop {
             // Who may serve now: not cooling for this model, not disabled, under its rpm.
             let now = Instant::now();
-            let i = match select.next(&candidates, refused.mask(&tried), now) {
-                Pick::Use(i) => i,
-                Pick::Blocked { soonest } => {
+            let (i, slot) = match select.next(&candidates, refused.mask(&tried), now) {
+                Pick::Use(i, slot) => (i, slot),
+                Pick::Blocked { soonest, at_cap } => {
                     let soonest = refused.soonest(soonest);
                     if let Some(done) = last {
                         // Every candidate has had its attempt: the last answer goes back.
@@ -119,6 +143,22 @@ impl Exchange<'_> {
                     }
                     if let Some(e) = skipped {
                         return Err(e);
+                    }
+                    if at_cap {
+                        // Every usable candidate is at its max_in_flight: wait for a slot
+                        // up to max_wait, whatever on_all_cooling says (SPEC §11).
+                        let limit = wait_limit.min(self.deadline);
+                        if let (Some(caps), true) = (in_flight, now < limit) {
+                            let until = soonest.map_or(limit, |s| s.max(now).min(limit));
+                            // Boxed: only a request that waits pays for the wait's future.
+                            Box::pin(wait_for_slot(caps, until)).await;
+                            refused.clear();
+                            continue;
+                        }
+                        tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is at its max_in_flight");
+                        return Err(ProxyError::AllBusy {
+                            provider: self.provider.id.clone(),
+                        });
                     }
                     // Nothing attempted yet and everyone is cooling.
                     let soonest = soonest.unwrap_or(now);
@@ -177,12 +217,16 @@ impl Exchange<'_> {
             } else {
                 plain_uri.clone()
             };
-            let outcome = self.attempt(cand, uri, attempts, headers).await?;
+            // The in-flight slot is held over the send, then by the answer's body until it
+            // ends in any way (a dropped future drops it too).
+            let outcome = self.attempt(cand, uri, attempts, headers).await?.hold(slot);
             let reason = match &outcome {
                 Attempt::Done(_) => {
                     cand.count_attempt(None);
                     return finish(outcome, attempts);
                 }
+                // keygate's own deadline, not the upstream's fault: not counted, no rotation.
+                Attempt::Abandoned(_) => return finish(outcome, attempts),
                 Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
                 // Counted as SPEC §7 counts a stream that breaks after commit.
                 Attempt::Broken(_) => Reason::Timeout,
@@ -272,6 +316,12 @@ impl Exchange<'_> {
         let answer = tokio::time::timeout_at(wait_until, st.client.request(up)).await;
         st.metrics.upstream(&self.provider.id, sent.elapsed());
         let resp = match answer {
+            Err(_) if wait_until == self.deadline && sent + server.first_byte_timeout > wait_until => {
+                // keygate's own request deadline, not the upstream's first-byte timeout.
+                return Ok(Attempt::Abandoned(ProxyError::UpstreamTimeout(
+                    server.request_timeout,
+                )));
+            }
             Err(_) => {
                 return Ok(Attempt::Error(
                     ProxyError::UpstreamTimeout(server.first_byte_timeout),
@@ -501,7 +551,9 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
                 .insert(ATTEMPTS_HEADER, attempts_value(attempts));
             Ok(r)
         }
-        Attempt::Error(e, _) | Attempt::Skip(e) | Attempt::Broken(e) => Err(e),
+        Attempt::Error(e, _) | Attempt::Skip(e) | Attempt::Broken(e) | Attempt::Abandoned(e) => {
+            Err(e)
+        }
     }
 }
 

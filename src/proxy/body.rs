@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::pool::InFlightSlot;
 use crate::redact::Redactor;
 
 /// The boxed error type of response bodies.
@@ -54,6 +55,9 @@ pin_project! {
     pub struct ProxyBody {
         #[pin]
         kind: Kind,
+        // The credential's `max_in_flight` slot (SPEC §11): released when the body is
+        // dropped, i.e. when the answer ends in any way (end, break, client gone).
+        slot: Option<InFlightSlot>,
     }
 }
 
@@ -119,6 +123,7 @@ impl ProxyBody {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
             },
+            slot: None,
         }
     }
 
@@ -146,6 +151,7 @@ impl ProxyBody {
                     state: State::Streaming,
                 },
             },
+            slot: None,
         }
     }
 
@@ -164,6 +170,14 @@ impl ProxyBody {
             inner.redact = Some(Box::new(redactor));
         }
         body
+    }
+
+    /// Holds a credential's in-flight slot until this body is dropped.
+    pub fn hold(mut self, slot: Option<InFlightSlot>) -> Self {
+        if slot.is_some() {
+            self.slot = slot;
+        }
+        self
     }
 
     /// Marks an upstream body that broke while its first frames were held (`inner` is

@@ -338,7 +338,10 @@ mod tests {
         assert_eq!(for_b.next(&list, &tried, now), Pick::Use(0, None));
         // Once the window has passed, the first key serves its model again.
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(for_a.next(&list, &tried, Instant::now()), Pick::Use(0, None));
+        assert_eq!(
+            for_a.next(&list, &tried, Instant::now()),
+            Pick::Use(0, None)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -366,7 +369,10 @@ mod tests {
                 at_cap: false,
             }
         );
-        assert_eq!(sel.next(&list, &[false, false, false], now), Pick::Use(0, None));
+        assert_eq!(
+            sel.next(&list, &[false, false, false], now),
+            Pick::Use(0, None)
+        );
         assert_eq!(
             sel.next(&list, &[true, true, true], now),
             Pick::Blocked {
@@ -376,7 +382,10 @@ mod tests {
         );
         // A pinned request ignores cooldowns: the caller asked for that key.
         let pinned = Selector::new(&cd, &limits, "openai", None, true);
-        assert_eq!(pinned.next(&list, &[true, false, false], now), Pick::Use(1, None));
+        assert_eq!(
+            pinned.next(&list, &[true, false, false], now),
+            Pick::Use(1, None)
+        );
     }
 
     #[tokio::test]
@@ -436,7 +445,10 @@ mod tests {
             Pick::Blocked { at_cap: true, .. }
         ));
         drop(b);
-        assert!(matches!(sel.next(&list, &tried, now), Pick::Use(1, Some(_))));
+        assert!(matches!(
+            sel.next(&list, &tried, now),
+            Pick::Use(1, Some(_))
+        ));
         drop(a);
         let Pick::Use(0, Some(_held)) = sel.next(&list2, &tried, now) else {
             panic!("a dropped slot is free again");

@@ -316,7 +316,9 @@ impl Exchange<'_> {
         let answer = tokio::time::timeout_at(wait_until, st.client.request(up)).await;
         st.metrics.upstream(&self.provider.id, sent.elapsed());
         let resp = match answer {
-            Err(_) if wait_until == self.deadline && sent + server.first_byte_timeout > wait_until => {
+            Err(_)
+                if wait_until == self.deadline && sent + server.first_byte_timeout > wait_until =>
+            {
                 // keygate's own request deadline, not the upstream's first-byte timeout.
                 return Ok(Attempt::Abandoned(ProxyError::UpstreamTimeout(
                     server.request_timeout,

@@ -7,7 +7,8 @@
 //! [`Attempt`]. In cluster mode a pick the selector allows is then asked of the cluster's
 //! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one. A pick under
 //! `max_in_flight` (SPEC §11) comes with its slot, held over the send and then by the answer's
-//! body; when every candidate is at its cap the request waits for a slot up to `max_wait`.
+//! body (in cluster mode with a `Cluster::lease` too, skipped like a local refusal when
+//! refused); when every candidate is at its cap the request waits for a slot up to `max_wait`.
 //! It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
@@ -25,7 +26,8 @@ use super::inspect::{self, Peek, StreamKind, StreamWatch};
 use super::route::upstream_uri;
 use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
 use crate::classify::{self, Reason, SseScanner, Verdict};
-use crate::cluster::Slot;
+use crate::cluster::slots::MAX_LEASE_TTL;
+use crate::cluster::{Lease, Leased, Slot};
 use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
@@ -70,14 +72,19 @@ enum Attempt {
 
 impl Attempt {
     /// Ties an in-flight slot to the answer's body (dropped at once when there is none).
-    fn hold(self, slot: Option<InFlightSlot>) -> Self {
+    fn hold(self, slot: Option<InFlightSlot>, lease: Option<Box<Lease>>) -> Self {
         match self {
-            Attempt::Done(r) => Attempt::Done(r.map(|b| b.hold(slot))),
-            Attempt::Failed(r, why) => Attempt::Failed(r.map(|b| b.hold(slot)), why),
+            Attempt::Done(r) => Attempt::Done(r.map(|b| b.hold(slot).hold_lease(lease))),
+            Attempt::Failed(r, why) => {
+                Attempt::Failed(r.map(|b| b.hold(slot).hold_lease(lease)), why)
+            }
             other => other,
         }
     }
 }
+
+/// How often a request waiting for a slot another replica holds asks the cluster again.
+const CLUSTER_SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Waits until a slot of `caps` frees up, or `until`. A wake-up missed between the check
 /// and the wait costs at most one tick.
@@ -118,6 +125,8 @@ impl Exchange<'_> {
         // Candidates the cluster said are at their rpm (SPEC §10): skipped like `tried`
         // until a wait, then asked again.
         let mut refused = Refused::default();
+        // A candidate the cluster said is at its max_in_flight (counts as `at_cap`).
+        let mut cluster_at_cap = false;
         let cluster_rpm = match (&st.cluster, self.provider.rpm) {
             (Some(c), Some(rpm)) if !self.pinned => Some((c, rpm)),
             _ => None,
@@ -136,6 +145,7 @@ impl Exchange<'_> {
             let (i, slot) = match select.next(&candidates, refused.mask(&tried), now) {
                 Pick::Use(i, slot) => (i, slot),
                 Pick::Blocked { soonest, at_cap } => {
+                    let at_cap = at_cap || cluster_at_cap;
                     let soonest = refused.soonest(soonest);
                     if let Some(done) = last {
                         // Every candidate has had its attempt: the last answer goes back.
@@ -153,6 +163,7 @@ impl Exchange<'_> {
                             // Boxed: only a request that waits pays for the wait's future.
                             Box::pin(wait_for_slot(caps, until)).await;
                             refused.clear();
+                            cluster_at_cap = false;
                             continue;
                         }
                         tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is at its max_in_flight");
@@ -171,6 +182,7 @@ impl Exchange<'_> {
                         );
                         tokio::time::sleep_until(soonest).await;
                         refused.clear();
+                        cluster_at_cap = false;
                         continue;
                     }
                     tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is cooling down");
@@ -198,6 +210,23 @@ impl Exchange<'_> {
                     continue;
                 }
             }
+            // In cluster mode the cap is also asked of the cluster (a lease, refreshed while
+            // held); Redis away or slow: the local slot alone decides.
+            let mut lease = None;
+            if let (Some(cluster), Some(cap), Some(_)) =
+                (&st.cluster, self.provider.max_in_flight, &slot)
+            {
+                match Box::pin(cluster.lease(cand, cap, MAX_LEASE_TTL)).await {
+                    Leased::Held(l) => lease = Some(Box::new(l)),
+                    Leased::Refused => {
+                        tracing::debug!(credential = %cand.cred.id, "at its max_in_flight across the cluster: skipped");
+                        refused.refuse(i, candidates.len(), Instant::now() + CLUSTER_SLOT_POLL);
+                        cluster_at_cap = true;
+                        continue;
+                    }
+                    Leased::Local => {}
+                }
+            }
             tried[i] = true;
             attempts += 1;
             access.attempts = attempts;
@@ -219,7 +248,10 @@ impl Exchange<'_> {
             };
             // The in-flight slot is held over the send, then by the answer's body until it
             // ends in any way (a dropped future drops it too).
-            let outcome = self.attempt(cand, uri, attempts, headers).await?.hold(slot);
+            let outcome = self
+                .attempt(cand, uri, attempts, headers)
+                .await?
+                .hold(slot, lease);
             let reason = match &outcome {
                 Attempt::Done(_) => {
                     cand.count_attempt(None);

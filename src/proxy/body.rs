@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::cluster::Lease;
 use crate::pool::InFlightSlot;
 use crate::redact::Redactor;
 
@@ -58,6 +59,8 @@ pin_project! {
         // The credential's `max_in_flight` slot (SPEC §11): released when the body is
         // dropped, i.e. when the answer ends in any way (end, break, client gone).
         slot: Option<InFlightSlot>,
+        // Its cluster-wide lease (cluster mode), given back when dropped.
+        lease: Option<Box<Lease>>,
     }
 }
 
@@ -124,6 +127,7 @@ impl ProxyBody {
                 data: (!data.is_empty()).then_some(data),
             },
             slot: None,
+            lease: None,
         }
     }
 
@@ -152,6 +156,7 @@ impl ProxyBody {
                 },
             },
             slot: None,
+            lease: None,
         }
     }
 
@@ -176,6 +181,14 @@ impl ProxyBody {
     pub fn hold(mut self, slot: Option<InFlightSlot>) -> Self {
         if slot.is_some() {
             self.slot = slot;
+        }
+        self
+    }
+
+    /// Holds a cluster-wide in-flight lease until this body is dropped.
+    pub fn hold_lease(mut self, lease: Option<Box<Lease>>) -> Self {
+        if lease.is_some() {
+            self.lease = lease;
         }
         self
     }

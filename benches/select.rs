@@ -113,7 +113,7 @@ fn select(c: &mut Criterion) {
     let tried = vec![false; CREDENTIALS];
     let first_free = |list: &[&Arc<Candidate>]| match selector.next(list, black_box(&tried), check)
     {
-        Pick::Use(i) => Some(i),
+        Pick::Use(i, _) => Some(i),
         Pick::Blocked { .. } => None,
     };
 

@@ -454,6 +454,72 @@ async fn rpm_counts_across_the_replicas_and_every_request_still_gets_an_answer()
 }
 
 #[tokio::test]
+async fn max_in_flight_counts_across_the_replicas_and_slots_come_back_when_answers_end() {
+    let redis = Redis::start();
+    let mock = MockProvider::start().await;
+    mock.set_default(Behaviour::delayed(
+        Duration::from_millis(1500),
+        Behaviour::Normal,
+    ));
+    let cfg = "max_in_flight = 1\n[rotation]\nmax_wait = \"0s\"\n";
+    let (a, _sa) = replica_with(&mock, &redis, cfg).await;
+    let (b, _sb) = replica_with(&mock, &redis, cfg).await;
+    for kg in [&a, &b] {
+        assert_eq!(status(kg).await["cluster"]["connected"], true);
+    }
+    // Replica a takes both keys' only slot; replica b finds them held cluster-wide.
+    let busy = {
+        let url = a.url("/anthropic/v1/messages");
+        let one = move || {
+            let url = url.clone();
+            async move {
+                post_json(
+                    &url,
+                    &[("x-api-key", GW)],
+                    &json!({"model": "claude-sonnet-4-5", "max_tokens": 1}),
+                )
+                .await
+            }
+        };
+        (tokio::spawn(one()), tokio::spawn(one()))
+    };
+    assert!(mock.wait_in_flight(2, Duration::from_secs(5)).await);
+    let refused = ask(&b).await;
+    assert!(
+        is_all_cooling(&refused),
+        "{} {}",
+        refused.status,
+        refused.text()
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(
+        refused.text().contains("max_in_flight"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(mock.requests().len(), 2, "b sent nothing");
+    assert_eq!(busy.0.await.expect("task").status, 200);
+    assert_eq!(busy.1.await.expect("task").status, 200);
+    for key in [LIMITED, OK] {
+        assert_eq!(mock.peak_in_flight_for_key(key), 1, "one at a time per key");
+    }
+    // The leases went back with the answers (in the background, bounded): b serves again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = ask(&b).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a slot never came back: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn with_redis_stopped_rpm_holds_per_replica_and_no_request_fails() {
     let mut redis = Redis::start();
     let mock = MockProvider::start().await;

@@ -211,6 +211,8 @@ pub struct ProviderConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Optional local per-credential requests per minute.
     pub rpm: Option<u32>,
+    /// Optional local per-credential cap on requests in flight (SPEC §11).
+    pub max_in_flight: Option<u32>,
     /// Explicit order from config (`auth-state.json` takes precedence).
     pub order: Option<Vec<String>>,
     /// Model used by `models status --probe`.

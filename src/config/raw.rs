@@ -160,6 +160,7 @@ pub(crate) struct RawProvider {
     pub(crate) model_from: Option<SStr>,
     pub(crate) headers: Option<BTreeMap<String, String>>,
     pub(crate) rpm: Option<u32>,
+    pub(crate) max_in_flight: Option<u32>,
     pub(crate) order: Option<Vec<String>>,
     /// Models used by `models status --probe`.
     pub(crate) probe_model: Option<String>,

@@ -303,3 +303,28 @@ fn a_bad_cluster_section_names_the_key_and_never_echoes_a_secret() {
     );
     assert!(!msg.contains("pw-secret-77"), "{msg}");
 }
+
+#[test]
+fn max_in_flight_is_read_and_zero_names_key_and_line() {
+    let c = Config::from_toml("[providers.openai]\nmax_in_flight = 2\n", None, &|_| None)
+        .expect("valid");
+    assert_eq!(c.provider("openai").and_then(|p| p.max_in_flight), Some(2));
+    assert_eq!(
+        Config::defaults()
+            .provider("openai")
+            .and_then(|p| p.max_in_flight),
+        None
+    );
+    let err = Config::from_toml("\n\n[providers.openai]\nmax_in_flight = 0\n", None, &|_| {
+        None
+    })
+    .expect_err("zero");
+    let msg = err.to_string();
+    assert!(msg.contains("providers.openai.max_in_flight"), "{msg}");
+    assert!(msg.contains("line 3"), "{msg}");
+    let err = Config::from_toml("[providers.openai]\nmax_in_flight = -1\n", None, &|_| None)
+        .expect_err("negative");
+    let msg = err.to_string();
+    assert!(msg.contains("max_in_flight"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
+}

@@ -665,6 +665,7 @@ impl Ctx<'_> {
                         .filter_map(|(n, v)| provider::header_pair(n, v))
                         .collect(),
                     rpm: None,
+                    max_in_flight: None,
                     order: None,
                     probe_model: default_probe_model(b.id).map(str::to_owned),
                     oauth: None,
@@ -770,6 +771,13 @@ impl Ctx<'_> {
                     "rpm must be at least 1 (or absent)".into(),
                 ));
             }
+            if p.max_in_flight == Some(0) {
+                return Err(self.invalid(
+                    &key("max_in_flight"),
+                    Some(span),
+                    "max_in_flight must be at least 1 (or absent)".into(),
+                ));
+            }
             out.insert(
                 id.clone(),
                 ProviderConfig {
@@ -780,6 +788,7 @@ impl Ctx<'_> {
                     model_from,
                     headers,
                     rpm: p.rpm,
+                    max_in_flight: p.max_in_flight,
                     order: p.order,
                     probe_model: p
                         .probe_model

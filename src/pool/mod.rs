@@ -14,4 +14,4 @@ pub mod select;
 
 pub use order::{Inputs, Plan};
 pub use registry::{build_pool, AgentPool, Candidate, ProviderPool, Registry};
-pub use select::{Limits, Pick, Selector};
+pub use select::{Caps, Gate, InFlightSlot, Limits, Pick, Selector};

@@ -49,6 +49,8 @@ pub struct Candidate {
     last_used: AtomicU64,
     /// Its identity shared with other replicas (a keyed fingerprint), computed on first use.
     shared_id: OnceLock<[u8; 16]>,
+    /// Its `max_in_flight` counter (shared by every candidate with this secret), on first use.
+    in_flight: OnceLock<Arc<crate::pool::Gate>>,
 }
 
 /// A provider's candidates for one agent.
@@ -141,7 +143,21 @@ impl Candidate {
             position,
             last_used: AtomicU64::new(0),
             shared_id: OnceLock::new(),
+            in_flight: OnceLock::new(),
         })
+    }
+
+    /// Its `max_in_flight` counter, looked up by `init` on first use.
+    pub fn in_flight_gate(
+        &self,
+        init: impl FnOnce() -> Arc<crate::pool::Gate>,
+    ) -> &Arc<crate::pool::Gate> {
+        self.in_flight.get_or_init(init)
+    }
+
+    /// Requests in flight on this credential now (`None` before its first capped pick).
+    pub fn in_flight(&self) -> Option<u32> {
+        self.in_flight.get().map(|g| g.current())
     }
 
     /// Its identity shared with other replicas: `derive(secret)`, computed once.

@@ -5,8 +5,10 @@
 //! go on, and [`inspect`] reads each answer. One attempt refreshes an expiring OAuth token,
 //! injects the credential, sends the same request `Bytes` and turns the answer into an
 //! [`Attempt`]. In cluster mode a pick the selector allows is then asked of the cluster's
-//! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one; this is also
-//! where `max_in_flight` (SPEC §11) will take a `Cluster::lease` around the send.
+//! `rpm` budget (`cluster::slots`), and a refusal skips it like a local one. A pick under
+//! `max_in_flight` (SPEC §11) comes with its slot, held over the send and then by the answer's
+//! body (in cluster mode with a `Cluster::lease` too, skipped like a local refusal when
+//! refused); when every candidate is at its cap the request waits for a slot up to `max_wait`.
 //! It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
@@ -24,12 +26,13 @@ use super::inspect::{self, Peek, StreamKind, StreamWatch};
 use super::route::upstream_uri;
 use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
 use crate::classify::{self, Reason, SseScanner, Verdict};
-use crate::cluster::Slot;
+use crate::cluster::slots::MAX_LEASE_TTL;
+use crate::cluster::{Lease, Leased, Slot};
 use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
 use crate::inject::{clean_response_headers, Injection};
-use crate::pool::{Candidate, Pick, Selector};
+use crate::pool::{Candidate, Caps, InFlightSlot, Pick, Selector};
 use crate::state::AppState;
 
 /// One request's attempts over its candidates.
@@ -62,6 +65,33 @@ enum Attempt {
     /// A 2xx stream that broke before its commit point: nothing reached the client, so
     /// the next candidate is tried whatever `rotate_on` says.
     Broken(ProxyError),
+    /// keygate's own request deadline passed before the upstream answered, the upstream
+    /// possibly still fine (SPEC §11): nothing is counted against the credential.
+    Abandoned(ProxyError),
+}
+
+impl Attempt {
+    /// Ties an in-flight slot to the answer's body (dropped at once when there is none).
+    fn hold(self, slot: Option<InFlightSlot>, lease: Option<Box<Lease>>) -> Self {
+        match self {
+            Attempt::Done(r) => Attempt::Done(r.map(|b| b.hold(slot).hold_lease(lease))),
+            Attempt::Failed(r, why) => {
+                Attempt::Failed(r.map(|b| b.hold(slot).hold_lease(lease)), why)
+            }
+            other => other,
+        }
+    }
+}
+
+/// How often a request waiting for a slot another replica holds asks the cluster again.
+const CLUSTER_SLOT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Waits until a slot of `caps` frees up, or `until`. A wake-up missed between the check
+/// and the wait costs at most one tick.
+async fn wait_for_slot(caps: &Caps, until: Instant) {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(50);
+    let until = until.min(Instant::now() + TICK);
+    let _ = tokio::time::timeout_at(until, caps.freed().notified()).await;
 }
 
 impl Exchange<'_> {
@@ -95,10 +125,13 @@ impl Exchange<'_> {
         // Candidates the cluster said are at their rpm (SPEC §10): skipped like `tried`
         // until a wait, then asked again.
         let mut refused = Refused::default();
+        // A candidate the cluster said is at its max_in_flight (counts as `at_cap`).
+        let mut cluster_at_cap = false;
         let cluster_rpm = match (&st.cluster, self.provider.rpm) {
             (Some(c), Some(rpm)) if !self.pinned => Some((c, rpm)),
             _ => None,
         };
+        let in_flight = st.limits.in_flight(&self.provider.id);
         let select = Selector::new(
             &st.cooldowns,
             &st.limits,
@@ -109,9 +142,10 @@ impl Exchange<'_> {
         loop {
             // Who may serve now: not cooling for this model, not disabled, under its rpm.
             let now = Instant::now();
-            let i = match select.next(&candidates, refused.mask(&tried), now) {
-                Pick::Use(i) => i,
-                Pick::Blocked { soonest } => {
+            let (i, slot) = match select.next(&candidates, refused.mask(&tried), now) {
+                Pick::Use(i, slot) => (i, slot),
+                Pick::Blocked { soonest, at_cap } => {
+                    let at_cap = at_cap || cluster_at_cap;
                     let soonest = refused.soonest(soonest);
                     if let Some(done) = last {
                         // Every candidate has had its attempt: the last answer goes back.
@@ -119,6 +153,23 @@ impl Exchange<'_> {
                     }
                     if let Some(e) = skipped {
                         return Err(e);
+                    }
+                    if at_cap {
+                        // Every usable candidate is at its max_in_flight: wait for a slot
+                        // up to max_wait, whatever on_all_cooling says (SPEC §11).
+                        let limit = wait_limit.min(self.deadline);
+                        if let (Some(caps), true) = (in_flight, now < limit) {
+                            let until = soonest.map_or(limit, |s| s.max(now).min(limit));
+                            // Boxed: only a request that waits pays for the wait's future.
+                            Box::pin(wait_for_slot(caps, until)).await;
+                            refused.clear();
+                            cluster_at_cap = false;
+                            continue;
+                        }
+                        tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is at its max_in_flight");
+                        return Err(ProxyError::AllBusy {
+                            provider: self.provider.id.clone(),
+                        });
                     }
                     // Nothing attempted yet and everyone is cooling.
                     let soonest = soonest.unwrap_or(now);
@@ -131,6 +182,7 @@ impl Exchange<'_> {
                         );
                         tokio::time::sleep_until(soonest).await;
                         refused.clear();
+                        cluster_at_cap = false;
                         continue;
                     }
                     tracing::warn!(provider = %self.provider.id, model = model.unwrap_or("-"), "every credential is cooling down");
@@ -158,6 +210,23 @@ impl Exchange<'_> {
                     continue;
                 }
             }
+            // In cluster mode the cap is also asked of the cluster (a lease, refreshed while
+            // held); Redis away or slow: the local slot alone decides.
+            let mut lease = None;
+            if let (Some(cluster), Some(cap), Some(_)) =
+                (&st.cluster, self.provider.max_in_flight, &slot)
+            {
+                match Box::pin(cluster.lease(cand, cap, MAX_LEASE_TTL)).await {
+                    Leased::Held(l) => lease = Some(Box::new(l)),
+                    Leased::Refused => {
+                        tracing::debug!(credential = %cand.cred.id, "at its max_in_flight across the cluster: skipped");
+                        refused.refuse(i, candidates.len(), Instant::now() + CLUSTER_SLOT_POLL);
+                        cluster_at_cap = true;
+                        continue;
+                    }
+                    Leased::Local => {}
+                }
+            }
             tried[i] = true;
             attempts += 1;
             access.attempts = attempts;
@@ -177,12 +246,19 @@ impl Exchange<'_> {
             } else {
                 plain_uri.clone()
             };
-            let outcome = self.attempt(cand, uri, attempts, headers).await?;
+            // The in-flight slot is held over the send, then by the answer's body until it
+            // ends in any way (a dropped future drops it too).
+            let outcome = self
+                .attempt(cand, uri, attempts, headers)
+                .await?
+                .hold(slot, lease);
             let reason = match &outcome {
                 Attempt::Done(_) => {
                     cand.count_attempt(None);
                     return finish(outcome, attempts);
                 }
+                // keygate's own deadline, not the upstream's fault: not counted, no rotation.
+                Attempt::Abandoned(_) => return finish(outcome, attempts),
                 Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
                 // Counted as SPEC §7 counts a stream that breaks after commit.
                 Attempt::Broken(_) => Reason::Timeout,
@@ -272,6 +348,14 @@ impl Exchange<'_> {
         let answer = tokio::time::timeout_at(wait_until, st.client.request(up)).await;
         st.metrics.upstream(&self.provider.id, sent.elapsed());
         let resp = match answer {
+            Err(_)
+                if wait_until == self.deadline && sent + server.first_byte_timeout > wait_until =>
+            {
+                // keygate's own request deadline, not the upstream's first-byte timeout.
+                return Ok(Attempt::Abandoned(ProxyError::UpstreamTimeout(
+                    server.request_timeout,
+                )));
+            }
             Err(_) => {
                 return Ok(Attempt::Error(
                     ProxyError::UpstreamTimeout(server.first_byte_timeout),
@@ -504,7 +588,9 @@ fn finish(a: Attempt, attempts: u32) -> Result<Response<ProxyBody>, ProxyError> 
                 .insert(ATTEMPTS_HEADER, attempts_value(attempts));
             Ok(r)
         }
-        Attempt::Error(e, _) | Attempt::Skip(e) | Attempt::Broken(e) => Err(e),
+        Attempt::Error(e, _) | Attempt::Skip(e) | Attempt::Broken(e) | Attempt::Abandoned(e) => {
+            Err(e)
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::cluster::Lease;
+use crate::pool::InFlightSlot;
 use crate::redact::Redactor;
 
 /// The boxed error type of response bodies.
@@ -54,6 +56,11 @@ pin_project! {
     pub struct ProxyBody {
         #[pin]
         kind: Kind,
+        // The credential's `max_in_flight` slot (SPEC §11): released when the body is
+        // dropped, i.e. when the answer ends in any way (end, break, client gone).
+        slot: Option<InFlightSlot>,
+        // Its cluster-wide lease (cluster mode), given back when dropped.
+        lease: Option<Box<Lease>>,
     }
 }
 
@@ -119,6 +126,8 @@ impl ProxyBody {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
             },
+            slot: None,
+            lease: None,
         }
     }
 
@@ -146,6 +155,8 @@ impl ProxyBody {
                     state: State::Streaming,
                 },
             },
+            slot: None,
+            lease: None,
         }
     }
 
@@ -164,6 +175,22 @@ impl ProxyBody {
             inner.redact = Some(Box::new(redactor));
         }
         body
+    }
+
+    /// Holds a credential's in-flight slot until this body is dropped.
+    pub fn hold(mut self, slot: Option<InFlightSlot>) -> Self {
+        if slot.is_some() {
+            self.slot = slot;
+        }
+        self
+    }
+
+    /// Holds a cluster-wide in-flight lease until this body is dropped.
+    pub fn hold_lease(mut self, lease: Option<Box<Lease>>) -> Self {
+        if lease.is_some() {
+            self.lease = lease;
+        }
+        self
     }
 
     /// Marks an upstream body that broke while its first frames were held (`inner` is

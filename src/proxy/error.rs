@@ -93,6 +93,12 @@ pub enum ProxyError {
         /// Until the soonest window ends.
         retry_after: Duration,
     },
+    /// Every candidate is at its `max_in_flight` and no slot freed up within `max_wait`.
+    #[error("No available credential for {provider} (all at their max_in_flight).")]
+    AllBusy {
+        /// Provider id.
+        provider: String,
+    },
     /// The provider has no base URL (Azure without configuration).
     #[error("provider \"{0}\" has no base_url: set [providers.{0}] base_url in the config")]
     NoBaseUrl(String),
@@ -141,9 +147,9 @@ impl ProxyError {
             | ProxyError::NoCredentials { .. }
             | ProxyError::OAuthRefresh { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::LockedOut { .. } | ProxyError::AllCooling { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::LockedOut { .. }
+            | ProxyError::AllCooling { .. }
+            | ProxyError::AllBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoBaseUrl(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadCredential(_)
@@ -174,6 +180,7 @@ impl ProxyError {
             ProxyError::NoCredentials { .. } => "no_credentials",
             ProxyError::OAuthRefresh { .. } => "oauth_refresh_failed",
             ProxyError::AllCooling { .. } => "all_cooling",
+            ProxyError::AllBusy { .. } => "all_busy",
             ProxyError::NoBaseUrl(_) => "no_base_url",
             ProxyError::Upstream(_) | ProxyError::BadCredential(_) => "upstream_error",
             ProxyError::UpstreamBroken(_) => "upstream_broken",
@@ -186,7 +193,9 @@ impl ProxyError {
             ProxyError::LockedOut { retry_after } | ProxyError::AllCooling { retry_after, .. } => {
                 Some(*retry_after)
             }
-            ProxyError::BodiesOverBudget => Some(Duration::from_secs(1)),
+            ProxyError::BodiesOverBudget | ProxyError::AllBusy { .. } => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }

@@ -403,11 +403,17 @@ struct Inner {
     /// Woken on every new request and every disconnect.
     changed: Notify,
     in_flight: AtomicUsize,
+    /// Per key: (requests being answered now, the most ever at once).
+    per_key: Mutex<HashMap<String, (usize, usize)>>,
     disconnects: AtomicUsize,
     next_id: AtomicU64,
 }
 
 impl Inner {
+    fn per_key(&self) -> MutexGuard<'_, HashMap<String, (usize, usize)>> {
+        self.per_key.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere must not hide what was recorded.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -455,6 +461,7 @@ impl MockProvider {
             }),
             changed: Notify::new(),
             in_flight: AtomicUsize::new(0),
+            per_key: Mutex::new(HashMap::new()),
             disconnects: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
         });
@@ -556,6 +563,16 @@ impl MockProvider {
         self.inner.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Requests with `key` being answered now (as [`MockProvider::in_flight`]).
+    pub fn in_flight_for_key(&self, key: &str) -> usize {
+        self.inner.per_key().get(key).map_or(0, |c| c.0)
+    }
+
+    /// The most requests with `key` ever answered at once.
+    pub fn peak_in_flight_for_key(&self, key: &str) -> usize {
+        self.inner.per_key().get(key).map_or(0, |c| c.1)
+    }
+
     /// Wait until `in_flight() == n`, at most `within`.
     pub async fn wait_in_flight(&self, n: usize, within: Duration) -> bool {
         self.wait_until(within, || self.in_flight() == n).await
@@ -604,6 +621,7 @@ async fn serve(listener: TcpListener, inner: Arc<Inner>) {
 struct Tracker {
     inner: Arc<Inner>,
     finished: bool,
+    key: Option<String>,
 }
 
 impl Tracker {
@@ -612,7 +630,18 @@ impl Tracker {
         Tracker {
             inner,
             finished: false,
+            key: None,
         }
+    }
+
+    /// Counts this request under `key` too, until it ends.
+    fn set_key(&mut self, key: Option<&str>) {
+        let Some(key) = key else { return };
+        let mut per_key = self.inner.per_key();
+        let c = per_key.entry(key.to_owned()).or_insert((0, 0));
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+        self.key = Some(key.to_owned());
     }
 }
 
@@ -622,6 +651,11 @@ impl Drop for Tracker {
             self.inner.disconnects.fetch_add(1, Ordering::SeqCst);
         }
         self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(k) = &self.key {
+            if let Some(c) = self.inner.per_key().get_mut(k) {
+                c.0 -= 1;
+            }
+        }
         self.inner.changed.notify_waiters();
     }
 }
@@ -654,7 +688,7 @@ async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
-    let tracker = Tracker::new(inner.clone());
+    let mut tracker = Tracker::new(inner.clone());
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(c) => c.to_bytes(),
@@ -669,6 +703,7 @@ async fn handle(
         }
     };
     let key = find_key(&parts.headers, parts.uri.query());
+    tracker.set_key(key.as_deref());
     let recorded = Recorded {
         method: parts.method.clone(),
         path_and_query: parts.uri.path_and_query().map_or_else(

@@ -69,6 +69,9 @@ fn metrics(state: &AppState) -> Response<ProxyBody> {
         .into_iter()
         .map(|w| w.credential)
         .collect();
+    if let Some(a) = &state.affinity {
+        state.metrics.set_sessions(a.len());
+    }
     let mut r = Response::new(ProxyBody::full(Bytes::from(state.metrics.render(&cooling))));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -219,6 +222,16 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
         .cluster
         .as_ref()
         .map_or(Value::Null, |c| c.status_json());
+    // Counts only: a session is never shown, not even hashed.
+    doc["affinity"] = match &state.affinity {
+        Some(a) => serde_json::json!({
+            "mode": "session",
+            "sessions": a.len(),
+            "maxSessions": a.capacity(),
+            "ttlSeconds": a.ttl().as_secs(),
+        }),
+        None => serde_json::json!({ "mode": "off" }),
+    };
     json_response(StatusCode::OK, doc)
 }
 

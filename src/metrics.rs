@@ -5,8 +5,10 @@
 //! `keygate_upstream_attempts_total{provider,credential,outcome}`,
 //! `keygate_rotations_total{provider,reason}`, `keygate_cooldowns_active{provider}`,
 //! `keygate_request_duration_seconds{provider}` and `keygate_upstream_duration_seconds{provider}`
-//! (histograms); in cluster mode also `keygate_cluster_connected` and
-//! `keygate_cluster_events_total{direction}` ([`ClusterSeries`]). Every label value comes from a closed set — configured provider ids,
+//! (histograms); `keygate_affinity_total{outcome}` (`new`, `kept`, `moved`) and the gauge
+//! `keygate_affinity_sessions` (SPEC §11); in cluster mode also `keygate_cluster_connected`
+//! and `keygate_cluster_events_total{direction}` ([`ClusterSeries`]). Every label value
+//! comes from a closed set — configured provider ids,
 //! credential ids, a fixed list of status codes, the reason names — never from the client,
 //! and never a secret.
 //!
@@ -31,6 +33,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::classify::Reason;
+use crate::pool::Stuck;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -90,6 +93,11 @@ struct RotationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AffinityLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +162,10 @@ pub struct Metrics {
     attempts: Family<AttemptLabels, Sparse>,
     /// The credentials registered so far; locked at pool load and by a scrape only.
     credentials: Mutex<BTreeMap<(String, String), Arc<CredentialCounters>>>,
+    /// `keygate_affinity_total` by `new`, `kept`, `moved` (SPEC §11).
+    affinity: [Counter; 3],
+    /// `keygate_affinity_sessions`, set by a scrape.
+    sessions: Gauge,
     registry: Registry,
 }
 
@@ -345,6 +357,26 @@ impl Metrics {
             Listed(upstream_duration),
         );
 
+        let outcomes = Family::<AffinityLabels, Sparse>::default();
+        let affinity = [Stuck::New, Stuck::Kept, Stuck::Moved].map(|s| {
+            outcomes
+                .get_or_create_owned(&AffinityLabels {
+                    outcome: s.as_str(),
+                })
+                .0
+        });
+        registry.register(
+            "keygate_affinity",
+            "Requests with a session, by whether the session's credential answered",
+            Listed(outcomes),
+        );
+        let sessions = Gauge::default();
+        registry.register(
+            "keygate_affinity_sessions",
+            "Sessions remembered for affinity",
+            sessions.clone(),
+        );
+
         Self {
             names,
             index,
@@ -352,6 +384,8 @@ impl Metrics {
             cooldowns: cooldown_gauges,
             attempts,
             credentials: Mutex::new(BTreeMap::new()),
+            affinity,
+            sessions,
             registry,
         }
     }
@@ -379,6 +413,16 @@ impl Metrics {
     pub fn rotation(&self, provider: &str, reason: Reason) {
         let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         self.slot(Some(provider)).rotations[i].inc();
+    }
+
+    /// A request with a session was answered (SPEC §11).
+    pub fn affinity(&self, stuck: Stuck) {
+        self.affinity[stuck as usize].inc();
+    }
+
+    /// The sessions held now, for the next scrape.
+    pub fn set_sessions(&self, n: usize) {
+        self.sessions.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The counters of one credential, created on first use (at pool load, not per request).

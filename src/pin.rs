@@ -1,7 +1,7 @@
 //! Model extraction and `@profile` pinning (SPEC §5 step 1).
 //!
 //! Owns: reading the top-level JSON `model` string of a request body without copying the
-//! body ([`body_model`]), splitting `model@profile` ([`split_pin`]), and the byte-level edit
+//! body ([`body_model`]; with the session key of SPEC §11 in the same pass, [`body_fields`]), splitting `model@profile` ([`split_pin`]), and the byte-level edit
 //! that removes the pin from the body ([`rewrite_model`]; every other byte is unchanged).
 //!
 //! It does not own: models that live in the path (`provider::model_from_path`), the
@@ -35,7 +35,62 @@ pub struct BodyModel<'a> {
 /// `null`), and bodies with more than one top-level `model` member (ambiguous: which one the
 /// provider reads is not ours to guess).
 pub fn body_model(body: &[u8]) -> Option<BodyModel<'_>> {
-    let span = scan::top_level_member(body, "model")?;
+    model_at(body, scan::top_level_member(body, "model")?)
+}
+
+/// The longest session key read from a body or the `x-keygate-session` header, in bytes; a
+/// longer value is no session key (the request is chosen as if it had none).
+pub const MAX_SESSION_LEN: usize = 1024;
+
+/// The longest `metadata` object searched for `user_id`, in bytes: Anthropic's metadata is
+/// one or two short members, and a larger one is not scanned (bounded work per request).
+const MAX_METADATA_LEN: usize = 4096;
+
+/// What one scan of a request body's top level finds (see [`body_fields`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyFields<'a> {
+    /// As [`body_model`] returns it.
+    pub model: Option<BodyModel<'a>>,
+    /// The session key (SPEC §11): the raw bytes inside the string literal of the first
+    /// present of `prompt_cache_key`, `metadata.user_id`, `user`. Raw, not decoded: it is
+    /// only hashed, and one client encodes one session the same way every time.
+    pub session: Option<&'a [u8]>,
+}
+
+/// The model (as [`body_model`]) and the session key of `body`, in one pass over its top
+/// level; `metadata.user_id` is one level down, searched only inside a small `metadata`.
+pub fn body_fields(body: &[u8]) -> BodyFields<'_> {
+    let Some([model, cache_key, metadata, user]) =
+        scan::top_level_members(body, ["model", "prompt_cache_key", "metadata", "user"])
+    else {
+        return BodyFields::default();
+    };
+    let session = cache_key
+        .and_then(|r| session_value(&body[r]))
+        .or_else(|| {
+            let meta = &body[metadata?];
+            if meta.len() > MAX_METADATA_LEN || meta.first() != Some(&b'{') {
+                return None;
+            }
+            session_value(&meta[scan::top_level_member(meta, "user_id")?])
+        })
+        .or_else(|| session_value(&body[user?]));
+    BodyFields {
+        model: model.and_then(|span| model_at(body, span)),
+        session,
+    }
+}
+
+/// A JSON string literal's content as a session key: non-empty and not too long.
+fn session_value(raw: &[u8]) -> Option<&[u8]> {
+    if raw.len() < 3 || raw.len() - 2 > MAX_SESSION_LEN || raw.first() != Some(&b'"') {
+        return None;
+    }
+    Some(&raw[1..raw.len() - 1])
+}
+
+/// The model string whose literal is at `span`.
+fn model_at(body: &[u8], span: Range<usize>) -> Option<BodyModel<'_>> {
     let raw = &body[span.clone()];
     if raw.first() != Some(&b'"') {
         return None;

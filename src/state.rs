@@ -1,7 +1,8 @@
 //! The state the request path and the admin endpoints share, built once at startup.
 //!
 //! Owns [`AppState`] — configuration, inbound auth, the credential registry, the upstream
-//! client, cooldowns (shared with other replicas in cluster mode), request limits, metrics, OAuth refreshes and the body budget — and
+//! client, cooldowns (shared with other replicas in cluster mode), request limits, session
+//! affinity, metrics, OAuth refreshes and the body budget — and
 //! [`build_state`], which assembles it. It does no request work itself.
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use crate::credentials::env::EnvSnapshot;
 use crate::credentials::oauth::Refresher;
 use crate::inbound::Gatekeeper;
 use crate::metrics::{ClusterSeries, Metrics};
-use crate::pool::{Limits, Registry};
+use crate::pool::{Affinity, Limits, Registry};
 use crate::upstream::UpstreamClient;
 
 /// Everything the request path shares. Built once at startup.
@@ -42,6 +43,9 @@ pub struct AppState {
     pub rotate_on: Vec<Reason>,
     /// Local per-credential request limits (`[providers.P] rpm`).
     pub limits: Limits,
+    /// Which credential each conversation last used (SPEC §11); `None` with
+    /// `affinity = "off"`. Local to this replica: sessions are never sent to Redis.
+    pub affinity: Option<Affinity>,
     /// Prometheus series.
     pub metrics: Arc<Metrics>,
     /// OAuth refreshes, one at a time per profile.
@@ -92,6 +96,7 @@ impl AppState {
             None => Refresher::default(),
         };
         Self {
+            affinity: Affinity::new(&config.rotation),
             body_budget: BodyBudget::new(config.server.max_buffered_bodies),
             config,
             gate,

@@ -1,6 +1,6 @@
 //! Secrets never reach logs: capture everything at TRACE during full proxied requests
 //! (gateway token in a header and in `?key=`, pool keys in headers and in a query) and
-//! search the output for every secret.
+//! search the output for every secret (and every session key).
 
 mod support;
 
@@ -18,6 +18,14 @@ const KEYS: [&str; 4] = [
     "sk-openai-redaction-pool-key-2222",
     "gemini-redaction-pool-key-3333",
     "custom-query-redaction-key-4444",
+];
+
+/// Session keys: not secrets, but a user's conversation ids, never logged either.
+const SESSIONS: [&str; 4] = [
+    "session-header-value-7777",
+    "session-cache-key-value-5555",
+    "session-metadata-user-4444",
+    "session-user-field-3333",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,6 +61,42 @@ async fn trace_logs_never_contain_secrets() {
         )
         .await;
         assert_eq!(a.status, 200);
+        // Session keys (SPEC §11) in every place they are read from, each twice (new, then
+        // kept): hashed, never logged.
+        for _ in 0..2 {
+            let a = post_json(
+                &kg.url("/openai/v1/chat/completions"),
+                &[
+                    ("authorization", &format!("Bearer {GW}")),
+                    ("x-keygate-session", SESSIONS[0]),
+                ],
+                &json!({"model": "gpt", "prompt_cache_key": SESSIONS[1]}),
+            )
+            .await;
+            assert_eq!(a.status, 200);
+            assert!(a.header("x-keygate-affinity").is_some());
+            let a = post_json(
+                &kg.url("/openai/v1/chat/completions"),
+                &[("authorization", &format!("Bearer {GW}"))],
+                &json!({"model": "gpt", "prompt_cache_key": SESSIONS[1]}),
+            )
+            .await;
+            assert_eq!(a.status, 200);
+            let a = post_json(
+                &kg.url("/anthropic/v1/messages"),
+                &[("x-api-key", GW)],
+                &json!({"model": "claude", "metadata": {"user_id": SESSIONS[2]}}),
+            )
+            .await;
+            assert_eq!(a.status, 200);
+            let a = post_json(
+                &kg.url("/openai/v1/chat/completions"),
+                &[("authorization", &format!("Bearer {GW}"))],
+                &json!({"model": "gpt", "user": SESSIONS[3]}),
+            )
+            .await;
+            assert_eq!(a.status, 200);
+        }
         let a = send(
             Method::POST,
             &kg.url(&format!(
@@ -118,5 +162,11 @@ async fn trace_logs_never_contain_secrets() {
     .chain(KEYS.iter())
     {
         assert!(!logs.contains(secret), "secret {secret} leaked into logs");
+    }
+    for session in SESSIONS {
+        assert!(
+            !logs.contains(session),
+            "session {session} reached the logs"
+        );
     }
 }

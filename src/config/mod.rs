@@ -173,6 +173,15 @@ pub enum OnAllCooling {
     Wait,
 }
 
+/// Whether requests of one conversation stay on one credential (SPEC §11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affinity {
+    /// By the request's session key (the default).
+    Session,
+    /// §5's order for every request.
+    Off,
+}
+
 /// `[rotation]` resolved.
 #[derive(Clone, Debug)]
 pub struct RotationConfig {
@@ -192,6 +201,12 @@ pub struct RotationConfig {
     pub backoff: Vec<Duration>,
     /// Billing ladder (default 5 h, 10 h, 20 h, 24 h).
     pub billing_backoff: Vec<Duration>,
+    /// Session affinity (default on).
+    pub affinity: Affinity,
+    /// How long a session is remembered after its last request (default 1 h).
+    pub affinity_ttl: Duration,
+    /// The most sessions remembered (default 100 000), least recently used evicted.
+    pub affinity_max_sessions: usize,
 }
 
 /// One effective provider.

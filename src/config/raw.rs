@@ -148,6 +148,12 @@ pub(crate) struct RawRotation {
     pub(crate) backoff: Option<Vec<SStr>>,
     /// Default `["5h", "10h", "20h", "24h"]`.
     pub(crate) billing_backoff: Option<Vec<SStr>>,
+    /// `session` (default) | `off`.
+    pub(crate) affinity: Option<SStr>,
+    /// Default `1h`.
+    pub(crate) affinity_ttl: Option<SStr>,
+    /// Default 100 000 (an extension: SPEC §11 fixes the bound, tests lower it).
+    pub(crate) affinity_max_sessions: Option<Spanned<u64>>,
 }
 
 /// `[providers.NAME]`: overrides a built-in, or defines a custom provider.

@@ -628,6 +628,27 @@ impl Ctx<'_> {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let affinity = match r.affinity.as_ref() {
+            None => Affinity::Session,
+            Some(v) => match v.get_ref().as_str() {
+                "session" => Affinity::Session,
+                "off" => Affinity::Off,
+                _ => {
+                    return Err(self.bad("rotation.affinity", v, "expected \"session\" or \"off\""))
+                }
+            },
+        };
+        let affinity_max_sessions = match &r.affinity_max_sessions {
+            None => 100_000,
+            Some(v) if (1..=10_000_000).contains(v.get_ref()) => *v.get_ref() as usize,
+            Some(v) => {
+                return Err(self.bad(
+                    "rotation.affinity_max_sessions",
+                    v,
+                    "expected a number from 1 to 10000000",
+                ))
+            }
+        };
         Ok(RotationConfig {
             strategy,
             max_attempts: r.max_attempts.unwrap_or(0),
@@ -641,6 +662,9 @@ impl Ctx<'_> {
                 &r.billing_backoff,
                 &["5h", "10h", "20h", "24h"],
             )?,
+            affinity,
+            affinity_ttl: self.duration("rotation.affinity_ttl", &r.affinity_ttl, "1h")?,
+            affinity_max_sessions,
         })
     }
 

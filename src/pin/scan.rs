@@ -15,16 +15,21 @@
 
 use std::ops::Range;
 
-/// The value of the top-level member `name`, as a byte range of `body` (whitespace
-/// excluded). `None` when `body` is not an object, has no such member, has it more than once
-/// (which of two the provider reads is not ours to guess), or does not scan.
-pub(super) fn top_level_member(body: &[u8], name: &str) -> Option<Range<usize>> {
+/// The values of the top-level members `names`, each as a byte range of `body`
+/// (whitespace excluded), in one pass. An entry is `None` when the object has no such
+/// member or has it more than once (which of two the provider reads is not ours to guess);
+/// the whole answer is `None` when `body` is not an object or does not scan.
+pub(super) fn top_level_members<const N: usize>(
+    body: &[u8],
+    names: [&str; N],
+) -> Option<[Option<Range<usize>>; N]> {
+    let mut found: [Option<Range<usize>>; N] = std::array::from_fn(|_| None);
+    let mut twice = [false; N];
     let mut i = skip_ws(body, 0);
     if body.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(body, i + 1);
-    let mut found = None;
     if body.get(i) == Some(&b'}') {
         return None;
     }
@@ -33,31 +38,41 @@ pub(super) fn top_level_member(body: &[u8], name: &str) -> Option<Range<usize>> 
             return None;
         }
         let key_end = string_end(body, i)?;
-        let is_name = key_is(&body[i..key_end], name);
+        let which = names.iter().position(|n| key_is(&body[i..key_end], n));
         i = skip_ws(body, key_end);
         if body.get(i) != Some(&b':') {
             return None;
         }
         let start = skip_ws(body, i + 1);
         let end = value_end(body, start)?;
-        if is_name {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(start..end);
+        if let Some(k) = which {
+            twice[k] |= found[k].is_some();
+            found[k] = Some(start..end);
         }
         i = skip_ws(body, end);
         match body.get(i) {
             Some(b',') => i = skip_ws(body, i + 1),
             // Nothing may follow the object.
             Some(b'}') => {
-                return (skip_ws(body, i + 1) == body.len())
-                    .then_some(found)
-                    .flatten()
+                if skip_ws(body, i + 1) != body.len() {
+                    return None;
+                }
+                for (f, t) in found.iter_mut().zip(twice) {
+                    if t {
+                        *f = None;
+                    }
+                }
+                return Some(found);
             }
             _ => return None,
         }
     }
+}
+
+/// The value of the top-level member `name` (see [`top_level_members`]).
+pub(super) fn top_level_member(body: &[u8], name: &str) -> Option<Range<usize>> {
+    let [found] = top_level_members(body, [name])?;
+    found
 }
 
 /// Whether the key literal `raw` (quotes included) names `name`, escapes decoded.

@@ -286,3 +286,81 @@ fn malformed_bodies_do_not_panic_and_mostly_give_nothing() {
         }
     }
 }
+
+fn session_of(body: &str) -> Option<String> {
+    body_fields(body.as_bytes())
+        .session
+        .map(|s| String::from_utf8(s.to_vec()).unwrap())
+}
+
+#[test]
+fn session_key_in_spec_order() {
+    // prompt_cache_key, then metadata.user_id, then user: the first present wins.
+    let all = r#"{"user":"u1","metadata":{"user_id":"m1"},"model":"gpt","prompt_cache_key":"p1"}"#;
+    assert_eq!(session_of(all).as_deref(), Some("p1"));
+    let f = body_fields(all.as_bytes());
+    assert_eq!(f.model.unwrap().model, "gpt");
+    assert_eq!(
+        session_of(r#"{"user":"u1","metadata":{"user_id":"m1"}}"#).as_deref(),
+        Some("m1")
+    );
+    assert_eq!(session_of(r#"{"user":"u1"}"#).as_deref(), Some("u1"));
+    // A metadata without user_id falls through to user.
+    assert_eq!(
+        session_of(r#"{"metadata":{"other":"x"},"user":"u1"}"#).as_deref(),
+        Some("u1")
+    );
+    assert_eq!(session_of(r#"{"model":"x"}"#), None);
+}
+
+#[test]
+fn session_key_must_be_a_short_non_empty_string() {
+    for body in [
+        r#"{"prompt_cache_key":""}"#,
+        r#"{"prompt_cache_key":42}"#,
+        r#"{"user":null}"#,
+        r#"{"metadata":"user_id"}"#,
+        r#"{"metadata":{"user_id":7}}"#,
+        // Nested deeper than one level is not metadata.user_id.
+        r#"{"messages":[{"user":"x"}],"metadata":{"inner":{"user_id":"x"}}}"#,
+        // Twice: ambiguous, so none.
+        r#"{"user":"a","user":"b"}"#,
+        // Not JSON.
+        r#"{"user":"a""#,
+    ] {
+        assert_eq!(session_of(body), None, "{body}");
+    }
+    let long = format!(r#"{{"user":"{}"}}"#, "x".repeat(MAX_SESSION_LEN + 1));
+    assert_eq!(session_of(&long), None);
+    let max = format!(r#"{{"user":"{}"}}"#, "x".repeat(MAX_SESSION_LEN));
+    assert_eq!(session_of(&max).map(|s| s.len()), Some(MAX_SESSION_LEN));
+    // A large metadata object is not searched.
+    let big = format!(
+        r#"{{"metadata":{{"pad":"{}","user_id":"m"}},"user":"u"}}"#,
+        "p".repeat(5000)
+    );
+    assert_eq!(session_of(&big).as_deref(), Some("u"));
+}
+
+#[test]
+fn body_fields_model_matches_body_model() {
+    let mut rng = XorShift(0x1234_5678_9abc_def1);
+    for _ in 0..500 {
+        let n = (rng.next() % 4) as usize;
+        let mut members = vec![r#""model":"m\u0031""#.to_owned()];
+        for k in 0..n {
+            members.push(format!(r#""k{k}":[{{"user":"{k}"}}]"#));
+        }
+        if rng.next() % 2 == 0 {
+            members.push(r#""user":"abc""#.to_owned());
+        }
+        let i = (rng.next() as usize) % members.len();
+        members.swap(0, i);
+        let body = format!("{{{}}}", members.join(","));
+        assert_eq!(
+            body_fields(body.as_bytes()).model,
+            body_model(body.as_bytes()),
+            "{body}"
+        );
+    }
+}

@@ -1,8 +1,8 @@
 //! Admission: what a request must pass before any credential is spent.
 //!
 //! Owns the caller check (browser pages, then the gateway credential, SPEC §4), the bounded
-//! request body (`max_request_body`, `max_buffered_bodies`, the read deadline), the model and
-//! the `@profile` pin (SPEC §5), the candidates that may serve, and the credential-free
+//! request body (`max_request_body`, `max_buffered_bodies`, the read deadline), the model,
+//! the `@profile` pin (SPEC §5) and the session key (SPEC §11), the candidates that may serve, and the credential-free
 //! `HEAD /<provider>` probe. It does not own routing (`route`) nor the attempts (`attempt`).
 
 use std::borrow::Cow;
@@ -18,12 +18,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::{self, ProxyError};
-use super::{route, ProxyBody, PROFILE_HEADER};
+use super::{route, ProxyBody, PROFILE_HEADER, SESSION_HEADER};
 use crate::budget::{BodyBudget, Reservation};
 use crate::config::ProviderConfig;
 use crate::inbound::Outcome;
 use crate::pin;
-use crate::pool::{AgentPool, Candidate};
+use crate::pool::{AgentPool, Candidate, Session};
 use crate::provider::{self, ModelFrom};
 use crate::state::AppState;
 
@@ -91,40 +91,58 @@ pub(super) async fn body(
     Ok((body, reservation))
 }
 
-/// The model (from the body or the path, as the provider says) and the pinned profile
+/// The model (from the body or the path, as the provider says), the pinned profile
 /// (`x-keygate-profile`, else a `model@profile` suffix, which is cut from the body by a byte
-/// edit).
+/// edit) and the session (SPEC §11: header `x-keygate-session`, else from the body in the
+/// same scan that finds `model`; none for a pinned request, a pin wins, nor with affinity
+/// off).
 pub(super) fn model_and_pin(
+    state: &AppState,
+    agent: &str,
     provider: &ProviderConfig,
     headers: &http::HeaderMap,
     rest: &str,
     body: &mut Bytes,
-) -> Result<(Option<Arc<str>>, Option<String>), ProxyError> {
+) -> Result<(Option<Arc<str>>, Option<String>, Option<Session>), ProxyError> {
     let mut pinned: Option<String> = headers
         .get(&PROFILE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty());
+    let affinity = state.affinity.as_ref();
+    let session_of = |key: &[u8]| affinity.map(|a| a.session(agent, &provider.id, key));
+    let mut session = headers
+        .get(&SESSION_HEADER)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty() && v.len() <= pin::MAX_SESSION_LEN)
+        .and_then(session_of);
     let model: Option<Arc<str>> = match provider.model_from {
-        ModelFrom::Body => match pin::body_model(body) {
-            Some(bm) => {
-                check_model_len(&bm.model)?;
-                let (name, profile) = pin::split_pin(&bm.model);
-                match profile {
-                    Some(profile) => {
-                        let name = Arc::<str>::from(name);
-                        if pinned.is_none() {
-                            pinned = Some(profile.to_owned());
-                        }
-                        let span = bm.span.clone();
-                        *body = pin::rewrite_model(body, span, &name);
-                        Some(name)
-                    }
-                    None => Some(Arc::from(bm.model.as_ref())),
-                }
+        ModelFrom::Body => {
+            let fields = pin::body_fields(body);
+            if session.is_none() {
+                session = fields.session.and_then(session_of);
             }
-            None => None,
-        },
+            match fields.model {
+                Some(bm) => {
+                    check_model_len(&bm.model)?;
+                    let (name, profile) = pin::split_pin(&bm.model);
+                    match profile {
+                        Some(profile) => {
+                            let name = Arc::<str>::from(name);
+                            if pinned.is_none() {
+                                pinned = Some(profile.to_owned());
+                            }
+                            let span = bm.span.clone();
+                            *body = pin::rewrite_model(body, span, &name);
+                            Some(name)
+                        }
+                        None => Some(Arc::from(bm.model.as_ref())),
+                    }
+                }
+                None => None,
+            }
+        }
+        // The model is in the path: only the header names a session.
         ModelFrom::Path => match provider::model_from_path(&provider.id, rest) {
             Some(m) => {
                 check_model_len(m)?;
@@ -133,7 +151,10 @@ pub(super) fn model_and_pin(
             None => None,
         },
     };
-    Ok((model, pinned))
+    if pinned.is_some() {
+        session = None;
+    }
+    Ok((model, pinned, session))
 }
 
 /// Who may serve, in attempt order: the pinned profile alone (400 when it does not exist or

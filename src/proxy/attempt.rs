@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::error::{self, sse_error_event, ProxyError};
 use super::inspect::{self, Peek, StreamKind, StreamWatch};
 use super::route::upstream_uri;
-use super::{Access, ProxyBody, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
+use super::{Access, ProxyBody, AFFINITY_HEADER, ATTEMPTS_HEADER, CREDENTIAL_HEADER};
 use crate::classify::{self, Reason, SseScanner, Verdict};
 use crate::cluster::slots::MAX_LEASE_TTL;
 use crate::cluster::{Lease, Leased, Slot};
@@ -32,7 +32,7 @@ use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
 use crate::inject::{clean_response_headers, Injection};
-use crate::pool::{Candidate, Caps, InFlightSlot, Pick, Selector};
+use crate::pool::{affinity, Candidate, Caps, InFlightSlot, Pick, Selector, Session};
 use crate::state::AppState;
 
 /// One request's attempts over its candidates.
@@ -49,6 +49,8 @@ pub(super) struct Exchange<'a> {
     pub(super) deadline: Instant,
     pub(super) pinned: bool,
     pub(super) agent: &'a str,
+    /// The conversation, when affinity is on and the request names one (SPEC §11).
+    pub(super) session: Option<Session>,
 }
 
 /// What one attempt came to.
@@ -95,7 +97,41 @@ async fn wait_for_slot(caps: &Caps, until: Instant) {
 }
 
 impl Exchange<'_> {
+    /// The attempts, the session's credential first (SPEC §11): the selector still decides
+    /// whether it may serve, so a cooling one is passed over as usual and the session moves
+    /// to the credential whose success answers it. Only the allowed candidates are ever
+    /// reordered; an answer from upstream says `x-keygate-affinity`.
     pub(super) async fn run(
+        self,
+        mut candidates: Vec<&Arc<Candidate>>,
+        access: &mut Access<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let st = self.state;
+        let sticky = match (&st.affinity, self.session) {
+            (Some(map), Some(s)) => {
+                let prev = map.lookup(s, Instant::now());
+                if let Some(fp) = prev {
+                    affinity::promote(&mut candidates, fp, |c| c.fp);
+                }
+                Some((map, s, prev))
+            }
+            _ => None,
+        };
+        let mut resp = self.rotate(candidates, access).await;
+        if let (Some((map, s, prev)), Ok(r), Some(served)) = (sticky, &mut resp, &access.credential)
+        {
+            let stuck = affinity::stuck(prev, served.fp);
+            if r.status().is_success() {
+                map.record(s, served.fp, Instant::now());
+            }
+            st.metrics.affinity(stuck);
+            r.headers_mut()
+                .insert(AFFINITY_HEADER, HeaderValue::from_static(stuck.as_str()));
+        }
+        resp
+    }
+
+    async fn rotate(
         mut self,
         candidates: Vec<&Arc<Candidate>>,
         access: &mut Access<'_>,

@@ -40,6 +40,10 @@ pub use error::ProxyError;
 pub const PROFILE_HEADER: HeaderName = HeaderName::from_static("x-keygate-profile");
 /// The credential that served (or last tried) a request.
 pub const CREDENTIAL_HEADER: HeaderName = HeaderName::from_static("x-keygate-credential");
+/// Header a client may use to name its conversation (SPEC §11 session affinity).
+pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-keygate-session");
+/// Whether the session's credential answered: `new`, `kept` or `moved`.
+pub const AFFINITY_HEADER: HeaderName = HeaderName::from_static("x-keygate-affinity");
 /// How many upstream attempts a request took.
 pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-keygate-attempts");
 
@@ -158,8 +162,9 @@ async fn proxy<'s>(
     // 3. The body, bounded; held until the exchange ends (it stays in memory for retries).
     let (mut body, _reservation) = admit::body(state, &parts.headers, body, start).await?;
 
-    // 4. Model and pin.
-    let (model, pinned) = admit::model_and_pin(provider, &parts.headers, rest, &mut body)?;
+    // 4. Model, pin and session.
+    let (model, pinned, session) =
+        admit::model_and_pin(state, &agent, provider, &parts.headers, rest, &mut body)?;
     access.model = model.clone();
 
     // 5. Candidates.
@@ -180,6 +185,7 @@ async fn proxy<'s>(
         deadline: start + state.config.server.request_timeout,
         pinned: pinned.is_some(),
         agent: &agent,
+        session,
     };
     exchange.run(candidates, access).await
 }

@@ -91,6 +91,13 @@ pub(super) async fn body(
     Ok((body, reservation))
 }
 
+/// What a request asks for, as [`model_and_pin`] reads it.
+pub(super) struct Target {
+    pub(super) model: Option<Arc<str>>,
+    pub(super) pinned: Option<String>,
+    pub(super) session: Option<Session>,
+}
+
 /// The model (from the body or the path, as the provider says), the pinned profile
 /// (`x-keygate-profile`, else a `model@profile` suffix, which is cut from the body by a byte
 /// edit) and the session (SPEC §11: header `x-keygate-session`, else from the body in the
@@ -103,7 +110,7 @@ pub(super) fn model_and_pin(
     headers: &http::HeaderMap,
     rest: &str,
     body: &mut Bytes,
-) -> Result<(Option<Arc<str>>, Option<String>, Option<Session>), ProxyError> {
+) -> Result<Target, ProxyError> {
     let mut pinned: Option<String> = headers
         .get(&PROFILE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -154,7 +161,11 @@ pub(super) fn model_and_pin(
     if pinned.is_some() {
         session = None;
     }
-    Ok((model, pinned, session))
+    Ok(Target {
+        model,
+        pinned,
+        session,
+    })
 }
 
 /// Who may serve, in attempt order: the pinned profile alone (400 when it does not exist or

@@ -163,8 +163,11 @@ async fn proxy<'s>(
     let (mut body, _reservation) = admit::body(state, &parts.headers, body, start).await?;
 
     // 4. Model, pin and session.
-    let (model, pinned, session) =
-        admit::model_and_pin(state, &agent, provider, &parts.headers, rest, &mut body)?;
+    let admit::Target {
+        model,
+        pinned,
+        session,
+    } = admit::model_and_pin(state, &agent, provider, &parts.headers, rest, &mut body)?;
     access.model = model.clone();
 
     // 5. Candidates.

@@ -13,7 +13,8 @@
 //! whether each target of issue 5 is met. CPU and memory are read from `/proc` per
 //! process. Every child is killed when its scenario ends (also on panic).
 //!
-//! Scenarios: `overhead`, `streaming`, `open_streams`, `big_bodies`, `rotation`, `all`; and
+//! Scenarios: `overhead`, `streaming`, `open_streams`, `big_bodies`, `rotation`, `sessions`
+//! (session affinity, see `sessions.rs`), `all`; and
 //! the cluster scenarios (SPEC §10, they start a `redis-server`): `cluster_rotation`,
 //! `cluster_propagation`, `cluster_overhead`, or `cluster` for the three.
 //! `--quick` shrinks every scenario to a smoke test (tests/load_smoke.rs).
@@ -39,6 +40,8 @@ mod mock;
 mod procs;
 #[path = "keygate-load/redis.rs"]
 mod redis;
+#[path = "keygate-load/sessions.rs"]
+mod sessions;
 
 use load::{Run, Spec};
 use procs::{KeygateOpts, Proc};
@@ -103,6 +106,8 @@ enum Scenario {
     OpenStreams,
     BigBodies,
     Rotation,
+    /// Session affinity (SPEC §11): conversations over 4 keys, one limited half-way.
+    Sessions,
     All,
     ClusterRotation,
     ClusterPropagation,
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
         Scenario::OpenStreams,
         Scenario::BigBodies,
         Scenario::Rotation,
+        Scenario::Sessions,
     ];
     let chosen: Vec<Scenario> = match args.scenario {
         Scenario::All => all.to_vec(),
@@ -206,6 +212,7 @@ fn main() -> ExitCode {
             Scenario::OpenStreams => open_streams(&rt, &args, &plan),
             Scenario::BigBodies => big_bodies(&rt, &args, &plan),
             Scenario::Rotation => rotation(&rt, &args, &plan),
+            Scenario::Sessions => sessions::sessions(&rt, &args),
             Scenario::ClusterRotation => cluster::rotation(&rt, &args, &plan),
             Scenario::ClusterPropagation => cluster::propagation(&rt, &args, &plan),
             Scenario::ClusterOverhead => cluster_overhead(&rt, &args, &plan),
@@ -315,6 +322,7 @@ fn start(args: &Args, with_bare: bool, env: Vec<(String, String)>) -> Result<Rig
         upstream: mock.addr,
         extra_toml: "",
         env,
+        profiles: None,
     })?;
     Ok(Rig {
         mock,
@@ -440,6 +448,7 @@ fn overhead_with(
                 upstream: rig.mock.addr,
                 extra_toml: &toml,
                 env: one_key(),
+                profiles: None,
             })?;
             p.wait_log("cluster: connected to Redis", Duration::from_secs(5))?;
             Some(p)

@@ -54,6 +54,7 @@ fn replicas(
             upstream: mock.addr,
             extra_toml: toml,
             env: env.to_vec(),
+            profiles: None,
         })?);
     }
     if toml.contains("[cluster]") {

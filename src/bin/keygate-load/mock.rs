@@ -4,15 +4,16 @@
 //!
 //! Owns: draining every request body without keeping it, answering by the `x-load-mode`
 //! header (`json`, `sse`, `idle`, `slow`), rate-limiting keys that start with `sk-lim`
-//! (429 + `retry-after`, `--retry-after` seconds; `x-load-delay-ms` delays it too), and
-//! counting what it saw (`GET /__stats`, `POST /__reset`).
+//! (429 + `retry-after`, `--retry-after` seconds; `x-load-delay-ms` delays it too) and,
+//! after `POST /__flip`, keys that start with `sk-flip` as well, and counting what it saw
+//! (`GET /__stats`, `POST /__reset`).
 //! Every answer is prebuilt `Bytes` (a refcount bump per request), so the mock costs far
 //! less CPU than what it measures. It does not own the load or the measurements.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -66,6 +67,8 @@ struct Stats {
     max_in_flight: AtomicUsize,
     body_bytes: AtomicU64,
     keys: Mutex<HashMap<String, KeyStats>>,
+    /// Whether `sk-flip` keys are limited now.
+    flipped: AtomicBool,
 }
 
 struct Mock {
@@ -162,6 +165,10 @@ impl Mock {
                 self.reset();
                 return Ok(json_response(Bytes::from_static(b"{}")));
             }
+            (&Method::POST, "/__flip") => {
+                self.stats.flipped.store(true, Ordering::Relaxed);
+                return Ok(json_response(Bytes::from_static(b"{}")));
+            }
             _ => {}
         }
         let st = &self.stats;
@@ -184,7 +191,9 @@ impl Mock {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|k| k.starts_with("sk-lim") || k.starts_with("sk-ok"))
+            .filter(|k| {
+                k.starts_with("sk-lim") || k.starts_with("sk-ok") || k.starts_with("sk-flip")
+            })
             .map(str::to_owned);
 
         // Drain the body without keeping it.
@@ -197,7 +206,10 @@ impl Mock {
         }
         st.body_bytes.fetch_add(n, Ordering::Relaxed);
 
-        let limited = key.as_deref().is_some_and(|k| k.starts_with("sk-lim"));
+        let flipped = st.flipped.load(Ordering::Relaxed);
+        let limited = key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("sk-lim") || (flipped && k.starts_with("sk-flip")));
         if let Some(key) = &key {
             let mut keys = st.keys.lock().unwrap_or_else(|e| e.into_inner());
             let k = keys.entry(key.clone()).or_default();
@@ -293,6 +305,7 @@ impl Mock {
         st.max_in_flight.store(0, Ordering::Relaxed);
         st.body_bytes.store(0, Ordering::Relaxed);
         st.keys.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        st.flipped.store(false, Ordering::Relaxed);
     }
 }
 
@@ -333,6 +346,7 @@ pub(crate) async fn run(listener: TcpListener, retry_after_s: u64) {
             max_in_flight: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
             keys: Mutex::new(HashMap::new()),
+            flipped: AtomicBool::new(false),
         },
     });
     loop {

@@ -41,6 +41,8 @@ pub(crate) struct KeygateOpts<'a> {
     pub(crate) extra_toml: &'a str,
     /// Environment (`OPENAI_API_KEY`, …).
     pub(crate) env: Vec<(String, String)>,
+    /// The main agent's `auth-profiles.json`, if any.
+    pub(crate) profiles: Option<&'a str>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -56,6 +58,11 @@ impl Proc {
     /// CPU seconds used so far (user + system, every thread).
     pub(crate) fn cpu_secs(&self) -> f64 {
         cpu_secs(self.pid())
+    }
+
+    /// [`cpu_secs_fine`] of this process.
+    pub(crate) fn cpu_secs_fine(&self) -> f64 {
+        cpu_secs_fine(self.pid())
     }
 
     /// Resident set size now, in KiB.
@@ -141,6 +148,14 @@ impl Proc {
             o.upstream, o.extra_toml
         );
         std::fs::write(&config, toml).map_err(|e| format!("write config: {e}"))?;
+        if let Some(profiles) = o.profiles {
+            let agent = dir.join("state/agents/main/agent");
+            std::fs::create_dir_all(&agent).map_err(|e| format!("mkdir: {e}"))?;
+            let path = agent.join("auth-profiles.json");
+            std::fs::write(&path, profiles).map_err(|e| format!("write profiles: {e}"))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| format!("chmod profiles: {e}"))?;
+        }
         let log = dir.join("keygate.log");
         let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
         let exe = match o.bin {
@@ -233,6 +248,21 @@ pub(crate) fn cpu_secs(pid: u32) -> f64 {
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime is field 14, stime 15 (1-based); `after` starts at field 3.
     (tick(11) + tick(12)) as f64 / USER_HZ
+}
+
+/// CPU seconds of a process's live threads from their `schedstat` (nanoseconds: `stat`'s
+/// 10 ms ticks are too coarse for a ratio of small runs). Threads that ended are not
+/// counted; keygate's runtime threads live as long as the process.
+pub(crate) fn cpu_secs_fine(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// A `kB` line of `/proc/PID/status`, 0 when unreadable.

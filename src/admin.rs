@@ -148,13 +148,15 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
             json!({ "error": { "message": "status task failed" } }),
         );
     };
-    let view = status::build_view(
+    let mut view = status::build_view(
         &pool.inputs,
         &state.config,
         None,
         status::now_ms(),
         std::time::Duration::from_secs(24 * 3600),
     );
+    let learned = state.registry.domains();
+    status::add_learned(&mut view, &|k| learned.get(k));
     let (result, code) = status::check_result(&view);
     let mut doc = status::document(&view, &agent, state.registry.state_dir());
     doc["check"] = json!({ "result": result, "exitCode": code });

@@ -180,6 +180,7 @@ async fn proxy<'s>(
         deadline: start + state.config.server.request_timeout,
         pinned: pinned.is_some(),
         agent: &agent,
+        pool: &pool,
     };
     exchange.run(candidates, access).await
 }

@@ -70,19 +70,23 @@ pub fn from_headers(headers: &HeaderMap) -> Option<u64> {
             .map(|v| v.as_bytes())
             .filter(|v| !v.is_empty())
     };
+    // Looked up before any hashing: an answer without them (most, until learned) costs
+    // two header lookups.
+    let (tag, org, project): (&[u8], &[u8], Option<&[u8]>) =
+        match value("anthropic-organization-id") {
+            Some(org) => (b"anthropic\0", org, None),
+            None => (
+                b"openai\0",
+                value("openai-organization")?,
+                value("openai-project"),
+            ),
+        };
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    if let Some(org) = value("anthropic-organization-id") {
-        ctx.update(b"anthropic\0");
-        ctx.update(org);
-    } else if let Some(org) = value("openai-organization") {
-        ctx.update(b"openai\0");
-        ctx.update(org);
-        if let Some(project) = value("openai-project") {
-            ctx.update(b"\0");
-            ctx.update(project);
-        }
-    } else {
-        return None;
+    ctx.update(tag);
+    ctx.update(org);
+    if let Some(p) = project {
+        ctx.update(b"\0");
+        ctx.update(p);
     }
     Some(first_u64(ctx.finish().as_ref()))
 }

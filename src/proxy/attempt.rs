@@ -11,7 +11,8 @@
 //! refused); when every candidate is at its cap the request waits for a slot up to `max_wait`.
 //! After a failure that rotates, the rest of the failed credential's quota domain (SPEC §11)
 //! counts as tried, so the next attempt goes to another account. Each answer may teach its
-//! credential's domain (`Registry::learn_domain`). It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
+//! credential's domain (`Registry::learn_domain`). It does not own admission (`admit`) nor
+//! the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

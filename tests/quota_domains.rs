@@ -478,3 +478,36 @@ async fn a_reload_keeps_what_was_learned() {
     assert_eq!(a.header("x-keygate-credential"), Some(id(2).as_str()));
     assert_eq!(hits(&mock, 1, M1), 0);
 }
+
+#[tokio::test]
+async fn a_rate_limit_inside_a_committed_stream_cools_the_domain_too() {
+    let mock = mock().await;
+    let kg = keygate(&mock, "", "").await;
+    learn_all(&kg, &mock).await;
+    // Content first (the stream is committed), then the provider's rate-limit event.
+    let mut events = support::mock::anthropic_sse(M1, 1);
+    events.truncate(3);
+    events.push(
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"rate limited\"}}\n\n"
+            .to_owned(),
+    );
+    mock.on_key(
+        K[0],
+        Behaviour::Sse {
+            events,
+            delay: Duration::ZERO,
+            end: support::mock::End::Clean,
+        },
+    );
+    let resp = support::keygate::stream_messages(&kg, GW).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (chunks, _) = support::keygate::read_stream(resp, Duration::from_secs(10)).await;
+    assert!(support::keygate::text_of(&chunks).contains("rate_limit_error"));
+
+    let s = status(&kg).await;
+    let w1 = windows(&s, 0);
+    assert_eq!(w1.len(), 1, "{w1:?}");
+    assert_eq!(w1[0].0, M1);
+    assert_eq!(windows(&s, 1), w1, "the sibling shares the window");
+    assert!(windows(&s, 2).is_empty());
+}

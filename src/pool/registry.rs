@@ -655,4 +655,35 @@ mod tests {
         assert!(pool.inputs.problems[0].contains("auth-profiles.json"));
         assert!(!pool.inputs.problems[0].contains("sk-test"));
     }
+
+    #[test]
+    fn a_configured_domain_is_set_at_build_and_an_unknown_id_is_a_warning() {
+        let dir = order::tests::state_dir(PROFILES, None, None);
+        let env = EnvSnapshot::from_pairs([(
+            "ANTHROPIC_API_KEYS".to_owned(),
+            "sk-test-env-8888".to_owned(),
+        )]);
+        let config = Config::from_toml(
+            "[providers.anthropic]\nquota_domains = { team = [\"anthropic:key\", \"env:ANTHROPIC_API_KEYS#1\", \"anthropic:nope\"] }\n",
+            None,
+            &|_| None,
+        )
+        .expect("config");
+        let pool = build_pool(&config, dir.path(), "main", &env);
+        let team = Domain::Configured("team".into());
+        assert_eq!(pool.by_id["anthropic:key"].domain(), Some(&team));
+        assert_eq!(pool.by_id["env:ANTHROPIC_API_KEYS#1"].domain(), Some(&team));
+        assert_eq!(pool.by_id["anthropic:tok"].domain(), None);
+        assert!(
+            pool.warnings
+                .iter()
+                .any(|w| w.contains("quota_domains") && w.contains("anthropic:nope")),
+            "{:?}",
+            pool.warnings
+        );
+        assert!(!pool
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"anthropic:key\", which")));
+    }
 }

@@ -5,8 +5,8 @@
 //! - `GET /readyz` — 200 when every provider with a `[providers.*]` entry has at least one
 //!   usable credential for agent `main`; else 503 naming what is missing.
 //! - `GET /metrics` — Prometheus text (SPEC §8); open, like the health paths.
-//! - `GET /_keygate/status` — credentials per provider (masked), explicit order and
-//!   exclusions; needs the admin token (`Authorization: Bearer` or `x-keygate-admin-token`):
+//! - `GET /_keygate/status` — credentials per provider (masked, with their quota domain),
+//!   explicit order and exclusions, and the cooldown windows; needs the admin token (`Authorization: Bearer` or `x-keygate-admin-token`):
 //!   401 without it, 404 when no admin token is configured.
 //!
 //! With `[admin] listen` set, `/_keygate/status` and `/metrics` are served only on that
@@ -151,13 +151,15 @@ async fn status<B>(state: &Arc<AppState>, peer: IpAddr, req: &Request<B>) -> Res
             json!({ "error": { "message": "status task failed" } }),
         );
     };
-    let view = status::build_view(
+    let mut view = status::build_view(
         &pool.inputs,
         &state.config,
         None,
         status::now_ms(),
         std::time::Duration::from_secs(24 * 3600),
     );
+    let learned = state.registry.domains();
+    status::add_learned(&mut view, &|k| learned.get(k));
     let (result, code) = status::check_result(&view);
     let mut doc = status::document(&view, &agent, state.registry.state_dir());
     doc["check"] = json!({ "result": result, "exitCode": code });

@@ -151,6 +151,25 @@ pub fn fingerprint(secret: &str) -> u64 {
     h.finish()
 }
 
+// === impl Scope ===
+
+impl Scope {
+    /// The scope a failure with `reason` opens a window in; `None` for reasons that mark
+    /// nothing.
+    pub fn of_failure(reason: Reason, model: Option<&str>) -> Option<Scope> {
+        Some(match reason {
+            Reason::RateLimit => model.map_or(Scope::Credential, |m| Scope::Model(Arc::from(m))),
+            Reason::Auth => Scope::Credential,
+            Reason::Billing | Reason::AuthPermanent => Scope::Disabled,
+            Reason::Overloaded
+            | Reason::ModelNotFound
+            | Reason::Timeout
+            | Reason::Format
+            | Reason::Unknown => return None,
+        })
+    }
+}
+
 // === impl Entry ===
 
 impl Entry {
@@ -341,16 +360,7 @@ impl Cooldowns {
         status: Option<u16>,
         now: Instant,
     ) -> Option<(Instant, Cow<'static, str>)> {
-        let scope = match verdict.reason {
-            Reason::RateLimit => model.map_or(Scope::Credential, |m| Scope::Model(Arc::from(m))),
-            Reason::Auth => Scope::Credential,
-            Reason::Billing | Reason::AuthPermanent => Scope::Disabled,
-            Reason::Overloaded
-            | Reason::ModelNotFound
-            | Reason::Timeout
-            | Reason::Format
-            | Reason::Unknown => return None,
-        };
+        let scope = Scope::of_failure(verdict.reason, model)?;
         // Fast path: an active window is never extended, so most failures of an in-flight
         // burst need no write at all.
         let active = |snap: &Snapshot| {
@@ -396,6 +406,49 @@ impl Cooldowns {
         };
         self.publish(&cur, credential, fp, scope, entry, now);
         Some((until, source))
+    }
+
+    /// Copies the window (`credential`, `scope`) to `others`, the rest of its quota domain
+    /// (SPEC §11): the same end, reason, source and status, and the larger failure count
+    /// (the domain is one account, so one position on the ladder). A sibling whose window in
+    /// that scope is active keeps it (never extended), and an ended origin window is not
+    /// copied. One write for all; each copy is told to the observer (cluster mode shares
+    /// it). Returns the ids of the siblings it cooled.
+    pub fn share<'a>(
+        &self,
+        credential: &str,
+        fp: u64,
+        scope: &Scope,
+        others: impl IntoIterator<Item = (&'a str, u64)>,
+        now: Instant,
+    ) -> Vec<&'a str> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snap.load_full();
+        let Some(origin) = cur
+            .get(credential, fp)
+            .and_then(|s| s.slot(scope))
+            .filter(|e| e.until > now)
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        let mut cooled = Vec::new();
+        for (id, sfp) in others {
+            // Under the write lock the latest snapshot is the one this loop stored last.
+            let cur = self.snap.load_full();
+            let prev = cur.get(id, sfp).and_then(|s| s.slot(scope));
+            if id == credential || prev.is_some_and(|e| e.until > now) {
+                continue;
+            }
+            let entry = Entry {
+                failures: prev.map_or(origin.failures, |e| e.failures.max(origin.failures)),
+                last_failure: now,
+                ..origin.clone()
+            };
+            self.publish(&cur, id, sfp, scope.clone(), entry, now);
+            cooled.push(id);
+        }
+        cooled
     }
 
     /// Steering before 429: a success that says the credential is spent cools (credential,

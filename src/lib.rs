@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Layers, each importing only those below it (no cycles between files): `cli` ▸ `server`
-//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `cluster` ▸ `pool` ▸ `inject` ▸ `credentials` ▸ `inbound`,
+//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `cluster` ▸ `pool` ▸ `domain` ▸ `inject` ▸ `credentials` ▸ `inbound`,
 //! `upstream`, `telemetry`, `redact` ▸ `config`, `cooldown`, `metrics` ▸ `classify`,
 //! `provider`, `pin`, `secret`, `budget`.
 
@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod cooldown;
 pub mod credentials;
+pub mod domain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inbound;

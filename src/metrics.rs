@@ -564,6 +564,8 @@ mod tests {
             ("keygate_cooldowns_active", "gauge"),
             ("keygate_request_duration_seconds", "histogram"),
             ("keygate_upstream_duration_seconds", "histogram"),
+            ("keygate_affinity_total", "counter"),
+            ("keygate_affinity_sessions", "gauge"),
         ] {
             let types: Vec<&str> = text
                 .lines()
@@ -571,7 +573,7 @@ mod tests {
                 .collect();
             assert_eq!(types, [format!("# TYPE {name} {kind}")], "{name}\n{text}");
         }
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE ")).count(), 6);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE ")).count(), 8);
         assert!(!text.contains("_total_total"), "{text}");
         assert!(text.contains(
             "# HELP keygate_requests_total Client requests answered, by provider and status.\n"
@@ -579,7 +581,10 @@ mod tests {
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
-            ["keygate_cooldowns_active{provider=\"anthropic\"} 0"],
+            [
+                "keygate_cooldowns_active{provider=\"anthropic\"} 0",
+                "keygate_affinity_sessions 0"
+            ],
             "{text}"
         );
     }

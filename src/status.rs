@@ -7,8 +7,9 @@
 //! since broken.
 //!
 //! Owns building the view — per provider, every stored profile (Claude Code's included) and
-//! environment key with its kind, source, masked secret, expiry, health and position in the
-//! order the proxy tries them (the pool's own [`order::plan`]), plus the rows an explicit
+//! environment key with its kind, source, masked secret, expiry, health, quota domain
+//! (configured by name; learned ones by their short hash, added by [`add_learned`]) and
+//! position in the order the proxy tries them (the pool's own [`order::plan`]), plus the rows an explicit
 //! order or `auth.profiles` excludes — the `--check` verdict, and the expiry and duration formats. It does not print
 //! (`models`) nor probe (`probe`).
 
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::credentials::env::env_credentials;
 use crate::credentials::store::{self, Expires, Profile, ProfileProblem, ProfileSet};
 use crate::credentials::{Credential, Kind, Source};
+use crate::domain::{self, Domain};
 use crate::pool::order::{self, Entry, Fate};
 use crate::pool::Inputs;
 
@@ -81,6 +83,8 @@ pub struct Row {
     pub(crate) managed_by: Option<&'static str>,
     /// The usable credential (for probes).
     pub(crate) cred: Option<Credential>,
+    /// Its quota domain (SPEC §11), configured or learned.
+    pub(crate) domain: Option<Domain>,
 }
 
 /// The status of one provider.
@@ -189,6 +193,14 @@ pub fn build_view(
             .iter()
             .map(|e| row(e, set, now_ms, warn_ms))
             .collect();
+        if let Some(pc) = pc {
+            for r in &mut rows {
+                r.domain = pc
+                    .quota_domains
+                    .get(&r.id)
+                    .map(|name| Domain::Configured(name.clone()));
+            }
+        }
         if plan.order.is_some() {
             rows.sort_by_key(|r| r.position.unwrap_or(usize::MAX));
         }
@@ -233,6 +245,20 @@ pub fn build_view(
         providers,
         warnings,
         errors,
+    }
+}
+
+/// Adds the learned quota domains to the rows without a configured one: `learned` maps a
+/// secret's [`domain::secret_key`] to its domain (the running proxy's store, or the file
+/// `models status` reads).
+pub fn add_learned(view: &mut StatusView, learned: &dyn Fn(u64) -> Option<u64>) {
+    for r in view.providers.iter_mut().flat_map(|p| p.rows.iter_mut()) {
+        if r.domain.is_some() {
+            continue;
+        }
+        if let Some(c) = &r.cred {
+            r.domain = learned(domain::secret_key(c.secret.expose())).map(Domain::Learned);
+        }
     }
 }
 
@@ -288,6 +314,7 @@ fn profile_row(p: &Profile, set: &ProfileSet, now_ms: i64, warn_ms: i64) -> Row 
         detail,
         managed_by,
         cred: None,
+        domain: None,
     }
 }
 
@@ -349,6 +376,7 @@ fn env_row(c: Credential) -> Row {
         detail: None,
         managed_by: None,
         cred: Some(c),
+        domain: None,
     }
 }
 
@@ -447,6 +475,8 @@ impl Row {
             "reasonCode": self.reason_code,
             "detail": self.detail,
             "managedBy": self.managed_by,
+            "quotaDomain": self.domain.as_ref().map(Domain::to_string),
+            "quotaDomainSource": self.domain.as_ref().map(Domain::source),
         })
     }
 }

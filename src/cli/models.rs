@@ -10,7 +10,9 @@
 //! `credentials[]` {`id`, `provider`, `kind`, `source`, `secret` (masked), `expires`
 //! (epoch ms), `expiresAt` (epoch ms, as OpenClaw names it), `expiresAtIso` (RFC 3339),
 //! `remainingMs`, `health`, `position`, `reasonCode`, `detail`,
-//! `managedBy`}}, `check` {`result`, `exitCode`}, and with `--probe` `probes[]` (see
+//! `managedBy`, `quotaDomain` (a configured domain's name, a learned one's `org:` hash from
+//! `<state-dir>/keygate-domains.json`, or null), `quotaDomainSource` (`configured` |
+//! `learned` | null)}}, `check` {`result`, `exitCode`}, and with `--probe` `probes[]` (see
 //! `probe`).
 
 use std::process::ExitCode;
@@ -88,13 +90,16 @@ fn status(cx: &Context, args: StatusArgs) -> ExitCode {
     if let Some(problem) = inputs.problems.first() {
         return fail(problem);
     }
-    let view = build_view(
+    let mut view = build_view(
         &inputs,
         &config,
         args.provider.as_deref(),
         now_ms(),
         args.warn_within,
     );
+    // Learned quota domains, as the server last wrote them (none without a file).
+    let learned = crate::domain::read_file(&cx.state_dir);
+    status::add_learned(&mut view, &|k| learned.get(&k).copied());
     let (result, check_code) = check_result(&view);
 
     let probes = if args.probe {
@@ -180,6 +185,12 @@ fn print_view(cx: &Context, view: &StatusView) {
                     note.push_str("; ");
                 }
                 note.push_str(&format!("managed by {m}"));
+            }
+            if let Some(d) = &r.domain {
+                if !note.is_empty() {
+                    note.push_str("; ");
+                }
+                note.push_str(&format!("quota domain {d}"));
             }
             println!(
                 "  {:<4} {:<32} {:<8} {:<8} {:<8} {:<28} {:<10} {}",

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -228,6 +229,9 @@ pub struct ProviderConfig {
     pub rpm: Option<u32>,
     /// Optional local per-credential cap on requests in flight (SPEC §11).
     pub max_in_flight: Option<u32>,
+    /// Configured quota domains (SPEC §11): credential id → domain name. A credential is in
+    /// at most one; configured wins over learned.
+    pub quota_domains: BTreeMap<String, Arc<str>>,
     /// Explicit order from config (`auth-state.json` takes precedence).
     pub order: Option<Vec<String>>,
     /// Model used by `models status --probe`.

@@ -167,6 +167,8 @@ pub(crate) struct RawProvider {
     pub(crate) headers: Option<BTreeMap<String, String>>,
     pub(crate) rpm: Option<u32>,
     pub(crate) max_in_flight: Option<u32>,
+    /// Quota domains (SPEC §11): domain name → credential ids. Default none.
+    pub(crate) quota_domains: Option<Spanned<BTreeMap<String, Vec<String>>>>,
     pub(crate) order: Option<Vec<String>>,
     /// Models used by `models status --probe`.
     pub(crate) probe_model: Option<String>,

@@ -328,3 +328,52 @@ fn max_in_flight_is_read_and_zero_names_key_and_line() {
     assert!(msg.contains("max_in_flight"), "{msg}");
     assert!(msg.contains("line 2"), "{msg}");
 }
+
+#[test]
+fn quota_domains_map_credentials_to_names_and_a_shared_credential_is_an_error() {
+    let c = Config::from_toml(
+        "[providers.openai]\nquota_domains = { team-a = [\"env:OPENAI_API_KEYS#1\", \"openai:work\"], b = [\"openai:other\"] }\n",
+        None,
+        &|_| None,
+    )
+    .expect("valid");
+    let d = &c.provider("openai").expect("openai").quota_domains;
+    assert_eq!(d.get("openai:work").map(|n| &**n), Some("team-a"));
+    assert_eq!(d.get("env:OPENAI_API_KEYS#1").map(|n| &**n), Some("team-a"));
+    assert_eq!(d.get("openai:other").map(|n| &**n), Some("b"));
+    assert!(Config::defaults()
+        .provider("openai")
+        .is_some_and(|p| p.quota_domains.is_empty()));
+
+    let err = Config::from_toml(
+        "[providers.openai]\n\nquota_domains = { a = [\"openai:work\"], b = [\"openai:work\"] }\n",
+        None,
+        &|_| None,
+    )
+    .expect_err("in two domains");
+    let msg = err.to_string();
+    assert!(msg.contains("providers.openai.quota_domains"), "{msg}");
+    assert!(
+        msg.contains("openai:work") && msg.contains("two quota domains"),
+        "{msg}"
+    );
+    assert!(msg.contains("line 3"), "{msg}");
+
+    for bad in ["\"org:x\" = [\"a\"]", "\"\" = [\"a\"]", "a = [\"\"]"] {
+        let err = Config::from_toml(
+            &format!("[providers.openai]\nquota_domains = {{ {bad} }}\n"),
+            None,
+            &|_| None,
+        )
+        .expect_err(bad);
+        assert!(err.to_string().contains("quota_domains"), "{bad}: {err}");
+    }
+    // Not a table of lists: serde names the key.
+    let err = Config::from_toml(
+        "[providers.openai]\nquota_domains = [\"a\"]\n",
+        None,
+        &|_| None,
+    )
+    .expect_err("shape");
+    assert!(err.to_string().contains("quota_domains"), "{err}");
+}

@@ -690,6 +690,7 @@ impl Ctx<'_> {
                         .collect(),
                     rpm: None,
                     max_in_flight: None,
+                    quota_domains: BTreeMap::new(),
                     order: None,
                     probe_model: default_probe_model(b.id).map(str::to_owned),
                     oauth: None,
@@ -802,6 +803,10 @@ impl Ctx<'_> {
                     "max_in_flight must be at least 1 (or absent)".into(),
                 ));
             }
+            let quota_domains = match &p.quota_domains {
+                Some(d) => self.quota_domains(&key("quota_domains"), d)?,
+                None => BTreeMap::new(),
+            };
             out.insert(
                 id.clone(),
                 ProviderConfig {
@@ -813,6 +818,7 @@ impl Ctx<'_> {
                     headers,
                     rpm: p.rpm,
                     max_in_flight: p.max_in_flight,
+                    quota_domains,
                     order: p.order,
                     probe_model: p
                         .probe_model
@@ -821,6 +827,54 @@ impl Ctx<'_> {
                     configured: true,
                 },
             );
+        }
+        Ok(out)
+    }
+
+    /// `quota_domains = { name = ["id", …] }` → credential id → name. A name uses letters,
+    /// digits, `.`, `_` and `-` (at most 64; never `:`, so it cannot pass for a learned
+    /// domain's `org:` hash); a credential in two domains is an error naming both. Ids
+    /// are not checked against the credentials here (they live in the state files): the
+    /// pool warns about one that is not a credential of the provider.
+    fn quota_domains(
+        &self,
+        key: &str,
+        v: &Spanned<BTreeMap<String, Vec<String>>>,
+    ) -> Result<BTreeMap<String, Arc<str>>, ConfigError> {
+        let mut out: BTreeMap<String, Arc<str>> = BTreeMap::new();
+        for (name, ids) in v.get_ref() {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                return Err(self.bad(
+                    &format!("{key}.{name}"),
+                    v,
+                    "a quota domain name uses letters, digits, '.', '_' and '-' (at most 64)",
+                ));
+            }
+            let shared: Arc<str> = Arc::from(name.as_str());
+            for id in ids {
+                if id.trim().is_empty() {
+                    return Err(self.bad(&format!("{key}.{name}"), v, "an empty credential id"));
+                }
+                match out.get(id) {
+                    Some(other) if **other != **name => {
+                        return Err(self.invalid(
+                            &format!("{key}.{name}"),
+                            Some(v.span()),
+                            format!(
+                                "credential \"{id}\" is in two quota domains (\"{other}\" and \"{name}\"); a credential belongs to one"
+                            ),
+                        ))
+                    }
+                    _ => {
+                        out.insert(id.clone(), shared.clone());
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -341,3 +341,51 @@ async fn learned_windows_merge_by_their_end_and_are_not_reported_back() {
     tokio::time::advance(Duration::from_secs(41)).await;
     assert_eq!(c.blocked_until("a", FP, Some("m1"), Instant::now()), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_window_copies_the_origin_and_never_extends_a_sibling() {
+    let c = store();
+    let now = Instant::now();
+    let (until, src) = Key(&c, "a", Some("m1"))
+        .fail(Reason::RateLimit, Some(20), Some(429), now)
+        .expect("window");
+    // "c" already cools for m1 until later: it keeps its own window.
+    let (c_until, _) = Key(&c, "c", Some("m1"))
+        .fail(Reason::RateLimit, Some(90), Some(429), now)
+        .expect("window");
+    let scope = Scope::of_failure(Reason::RateLimit, Some("m1")).expect("scope");
+    let cooled = c.share("a", FP, &scope, [("a", FP), ("b", FP), ("c", FP)], now);
+    assert_eq!(
+        cooled,
+        ["b"],
+        "the origin and an active window are left alone"
+    );
+    assert_eq!(c.blocked_until("b", FP, Some("m1"), now), Some(until));
+    assert_eq!(
+        c.blocked_until("b", FP, Some("m2"), now),
+        None,
+        "model-scoped"
+    );
+    assert_eq!(c.blocked_until("c", FP, Some("m1"), now), Some(c_until));
+    let b = c
+        .windows(now)
+        .into_iter()
+        .find(|w| w.credential == "b")
+        .expect("b's window");
+    assert_eq!(
+        (b.source, b.reason, b.failures),
+        (src, Reason::RateLimit, 1)
+    );
+    assert_eq!(b.last_status, Some(429));
+
+    // Billing: the disabled lane, every model.
+    let _ = Key(&c, "a", None).fail(Reason::Billing, None, Some(402), now);
+    assert_eq!(c.share("a", FP, &Scope::Disabled, [("b", FP)], now), ["b"]);
+    assert!(c.blocked_until("b", FP, Some("m9"), now).is_some());
+
+    // Nothing to copy once the origin's window ended.
+    tokio::time::advance(Duration::from_secs(21)).await;
+    assert!(c
+        .share("a", FP, &scope, [("d", FP)], Instant::now())
+        .is_empty());
+}

@@ -22,6 +22,7 @@ use crate::config::{Config, ProviderConfig, Strategy};
 use crate::credentials::env::EnvSnapshot;
 use crate::credentials::store;
 use crate::credentials::Credential;
+use crate::domain::{self, Domain, Learned};
 use crate::inject::Injection;
 use crate::metrics::{CredentialCounters, Metrics};
 
@@ -51,6 +52,10 @@ pub struct Candidate {
     shared_id: OnceLock<[u8; 16]>,
     /// Its `max_in_flight` counter (shared by every candidate with this secret), on first use.
     in_flight: OnceLock<Arc<crate::pool::Gate>>,
+    /// Its quota domain (SPEC §11): configured, else learned (from what earlier pools
+    /// learned, or from its first answer that names one). Set once: a key belongs to one
+    /// organisation, so after that an answer costs this one load.
+    domain: OnceLock<Domain>,
 }
 
 /// A provider's candidates for one agent.
@@ -116,6 +121,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Told of every credential of a pool just built (cluster mode applies what it knows).
     on_built: OnceLock<CandidateHook>,
+    /// Quota domains learned from answers, kept across rebuilds (SPEC §11).
+    domains: Arc<Learned>,
 }
 
 /// See [`Registry::on_built`].
@@ -133,6 +140,10 @@ impl Candidate {
             }
         };
         let id_header = HeaderValue::from_str(cred.id.as_str()).ok()?;
+        let domain = OnceLock::new();
+        if let Some(name) = provider.quota_domains.get(cred.id.as_str()) {
+            let _ = domain.set(Domain::Configured(name.clone()));
+        }
         Some(Self {
             fp: crate::cooldown::fingerprint(cred.secret.expose()),
             counters: OnceLock::new(),
@@ -144,7 +155,13 @@ impl Candidate {
             last_used: AtomicU64::new(0),
             shared_id: OnceLock::new(),
             in_flight: OnceLock::new(),
+            domain,
         })
+    }
+
+    /// Its quota domain, when configured or learned.
+    pub fn domain(&self) -> Option<&Domain> {
+        self.domain.get()
     }
 
     /// Its `max_in_flight` counter, looked up by `init` on first use.
@@ -192,13 +209,14 @@ impl Registry {
     ) -> Self {
         Self {
             config,
-            state_dir,
             env,
             epoch: Instant::now(),
             agents: ArcSwap::from_pointee(HashMap::new()),
             load_lock: Mutex::new(()),
             metrics,
             on_built: OnceLock::new(),
+            domains: Arc::new(Learned::open(&state_dir)),
+            state_dir,
         }
     }
 
@@ -213,6 +231,42 @@ impl Registry {
             for c in pool.by_id.values() {
                 f(c);
             }
+        }
+    }
+
+    /// The quota domains learned so far (SPEC §11).
+    pub fn domains(&self) -> &Arc<Learned> {
+        &self.domains
+    }
+
+    /// Learns `c`'s quota domain from an answer's headers (SPEC §11). Once a credential
+    /// has a domain (configured, or learned before) this is one load and returns.
+    #[inline]
+    pub fn learn_domain(&self, c: &Candidate, headers: &http::HeaderMap) {
+        if c.domain.get().is_none() {
+            self.learn_domain_slow(c, headers);
+        }
+    }
+
+    fn learn_domain_slow(&self, c: &Candidate, headers: &http::HeaderMap) {
+        let Some(d) = domain::from_headers(headers) else {
+            return;
+        };
+        if c.domain.set(Domain::Learned(d)).is_err() {
+            return;
+        }
+        tracing::debug!(credential = %c.cred.id, domain = %Domain::Learned(d), "quota domain learned");
+        // The same secret in other agents' pools is the same account.
+        self.each_candidate(|o| {
+            if o.fp == c.fp {
+                let _ = o.domain.set(Domain::Learned(d));
+            }
+        });
+        if self
+            .domains
+            .insert(domain::secret_key(c.cred.secret.expose()), d)
+        {
+            self.domains.persist();
         }
     }
 
@@ -275,6 +329,14 @@ impl Registry {
                 self.metrics
                     .credential(&c.cred.provider, c.cred.id.as_str())
             });
+        }
+        // What was learned survives the rebuild (configured domains are already set).
+        if !self.domains.is_empty() {
+            for c in pool.by_id.values().filter(|c| c.domain.get().is_none()) {
+                if let Some(d) = self.domains.get(domain::secret_key(c.cred.secret.expose())) {
+                    let _ = c.domain.set(Domain::Learned(d));
+                }
+            }
         }
         if let Some(hook) = self.on_built.get() {
             pool.by_id.values().for_each(hook);
@@ -436,6 +498,13 @@ pub fn build_pool(config: &Config, state_dir: &Path, agent: &str, env: &EnvSnaps
             }
         }
         warnings.extend(plan.warnings.iter().cloned());
+        for (cred, name) in &provider.quota_domains {
+            if !plan.entries.iter().any(|e| e.id() == cred) {
+                warnings.push(format!(
+                    "providers.{id}.quota_domains: \"{name}\" lists \"{cred}\", which is not a credential of this provider"
+                ));
+            }
+        }
         let candidates: Vec<Arc<Candidate>> = plan
             .ranked()
             .into_iter()
@@ -585,5 +654,36 @@ mod tests {
         assert_eq!(pool.inputs.problems.len(), 1);
         assert!(pool.inputs.problems[0].contains("auth-profiles.json"));
         assert!(!pool.inputs.problems[0].contains("sk-test"));
+    }
+
+    #[test]
+    fn a_configured_domain_is_set_at_build_and_an_unknown_id_is_a_warning() {
+        let dir = order::tests::state_dir(PROFILES, None, None);
+        let env = EnvSnapshot::from_pairs([(
+            "ANTHROPIC_API_KEYS".to_owned(),
+            "sk-test-env-8888".to_owned(),
+        )]);
+        let config = Config::from_toml(
+            "[providers.anthropic]\nquota_domains = { team = [\"anthropic:key\", \"env:ANTHROPIC_API_KEYS#1\", \"anthropic:nope\"] }\n",
+            None,
+            &|_| None,
+        )
+        .expect("config");
+        let pool = build_pool(&config, dir.path(), "main", &env);
+        let team = Domain::Configured("team".into());
+        assert_eq!(pool.by_id["anthropic:key"].domain(), Some(&team));
+        assert_eq!(pool.by_id["env:ANTHROPIC_API_KEYS#1"].domain(), Some(&team));
+        assert_eq!(pool.by_id["anthropic:tok"].domain(), None);
+        assert!(
+            pool.warnings
+                .iter()
+                .any(|w| w.contains("quota_domains") && w.contains("anthropic:nope")),
+            "{:?}",
+            pool.warnings
+        );
+        assert!(!pool
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"anthropic:key\", which")));
     }
 }

@@ -9,7 +9,10 @@
 //! `max_in_flight` (SPEC §11) comes with its slot, held over the send and then by the answer's
 //! body (in cluster mode with a `Cluster::lease` too, skipped like a local refusal when
 //! refused); when every candidate is at its cap the request waits for a slot up to `max_wait`.
-//! It does not own admission (`admit`) nor the answer's bytes (`inspect`, `body`).
+//! After a failure that rotates, the rest of the failed credential's quota domain (SPEC §11)
+//! counts as tried, so the next attempt goes to another account. Each answer may teach its
+//! credential's domain (`Registry::learn_domain`). It does not own admission (`admit`) nor
+//! the answer's bytes (`inspect`, `body`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
 use crate::inject::{clean_response_headers, Injection};
-use crate::pool::{affinity, Candidate, Caps, InFlightSlot, Pick, Selector, Session};
+use crate::pool::{affinity, AgentPool, Candidate, Caps, InFlightSlot, Pick, Selector, Session};
 use crate::state::AppState;
 
 /// One request's attempts over its candidates.
@@ -51,6 +54,8 @@ pub(super) struct Exchange<'a> {
     pub(super) agent: &'a str,
     /// The conversation, when affinity is on and the request names one (SPEC §11).
     pub(super) session: Option<Session>,
+    /// The pool the candidates come from (quota domain siblings, SPEC §11).
+    pub(super) pool: &'a Arc<AgentPool>,
 }
 
 /// What one attempt came to.
@@ -309,6 +314,9 @@ impl Exchange<'_> {
                 }
             };
             cand.count_attempt(Some(reason));
+            if !matches!(outcome, Attempt::Broken(_)) {
+                skip_domain(&mut tried, &candidates, cand, reason);
+            }
             let more = !self.pinned && tried.iter().any(|t| !t);
             let rotates = st.rotate_on.contains(&reason) || matches!(outcome, Attempt::Broken(_));
             if !(more && rotates) {
@@ -323,7 +331,7 @@ impl Exchange<'_> {
     /// Sends the request with one credential and decides what its answer means.
     async fn attempt(
         &self,
-        cand: &Candidate,
+        cand: &Arc<Candidate>,
         plain_uri: Option<Uri>,
         attempts: u32,
         headers: http::HeaderMap,
@@ -412,6 +420,7 @@ impl Exchange<'_> {
             ));
         }
         let (mut parts, incoming) = resp.into_parts();
+        st.registry.learn_domain(cand, &parts.headers);
         clean_response_headers(&mut parts.headers);
         parts
             .headers
@@ -544,8 +553,8 @@ impl Exchange<'_> {
         let watch = StreamWatch {
             state: self.state.clone(),
             scanner,
-            credential: cand.cred.id.to_string(),
-            fp: cand.fp,
+            cand: cand.clone(),
+            pool: self.pool.clone(),
             model: self.model.clone(),
             provider: self.provider.id.clone(),
         };
@@ -563,12 +572,33 @@ impl Exchange<'_> {
     fn mark(&self, cand: &Candidate, verdict: &Verdict, status: Option<u16>) {
         inspect::mark(
             self.state,
-            cand.cred.id.as_str(),
-            cand.fp,
+            cand,
+            inspect::siblings(self.pool, &self.provider.id),
             self.model.as_deref(),
             verdict,
             status,
         );
+    }
+}
+
+/// After `cand` failed with `reason`, the rest of its quota domain counts as tried: its
+/// siblings share its limits, so the next attempt goes to another domain (SPEC §11). Not
+/// after `auth` or `auth_permanent`: a revoked key says nothing about its siblings. Only
+/// on a failure, so the scan costs nothing on the usual path.
+fn skip_domain(
+    tried: &mut [bool],
+    candidates: &[&Arc<Candidate>],
+    cand: &Candidate,
+    reason: Reason,
+) {
+    if matches!(reason, Reason::Auth | Reason::AuthPermanent) {
+        return;
+    }
+    let Some(domain) = cand.domain() else { return };
+    for (t, c) in tried.iter_mut().zip(candidates) {
+        if c.domain() == Some(domain) {
+            *t = true;
+        }
     }
 }
 

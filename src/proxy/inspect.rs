@@ -3,8 +3,9 @@
 //! Owns the bounded read of an error body (to classify it, then replay it redacted), the hold
 //! of a 2xx stream until its commit point (its first content-bearing event), the watch over a
 //! committed stream (errors inside it still open cooldowns; a stream without its terminal
-//! event is reported incomplete), and opening the cooldown windows a verdict calls for. It
-//! does not decide whether to rotate (`attempt`).
+//! event is reported incomplete), and opening the cooldown windows a verdict calls for —
+//! for the credential, and for a `rate_limit` or `billing` the same window for the rest of
+//! its quota domain (SPEC §11). It does not decide whether to rotate (`attempt`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,34 +17,75 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::body::{Observer, ProxyBody, StreamEnd};
-use crate::classify::{ErrorBody, SseScanner, Verdict};
+use crate::classify::{ErrorBody, Reason, SseScanner, Verdict};
+use crate::cooldown::Scope;
+use crate::pool::{AgentPool, Candidate};
 use crate::redact::Redactor;
 use crate::secret::Secret;
 use crate::state::AppState;
 
-/// Opens the cooldown window a verdict calls for (and logs it, by credential id).
+/// Opens the cooldown window a verdict calls for (and logs it, by credential id). A
+/// `rate_limit` or `billing` window is copied to the credential's quota domain among
+/// `siblings` (its provider's candidates in the agent's pool): one account, one limit.
+/// `auth` and `auth_permanent` stay with the credential (a revoked key says nothing about
+/// the other keys of its account).
 pub(super) fn mark(
     state: &AppState,
-    credential: &str,
-    fp: u64,
+    cand: &Candidate,
+    siblings: &[Arc<Candidate>],
     model: Option<&str>,
     verdict: &Verdict,
     status: Option<u16>,
 ) {
-    if let Some((until, source)) =
-        state
-            .cooldowns
-            .record_failure(credential, fp, model, verdict, status, Instant::now())
-    {
+    let credential = cand.cred.id.as_str();
+    let now = Instant::now();
+    let Some((until, source)) = state
+        .cooldowns
+        .record_failure(credential, cand.fp, model, verdict, status, now)
+    else {
+        return;
+    };
+    tracing::info!(
+        credential,
+        model = model.unwrap_or("*"),
+        reason = verdict.reason.as_str(),
+        cooldown_s = until.saturating_duration_since(now).as_secs_f64(),
+        source = %source,
+        "credential cooling down"
+    );
+    let Some(domain) = cand.domain() else {
+        return;
+    };
+    if !matches!(verdict.reason, Reason::RateLimit | Reason::Billing) {
+        return;
+    }
+    let Some(scope) = Scope::of_failure(verdict.reason, model) else {
+        return;
+    };
+    let others = siblings
+        .iter()
+        .filter(|s| s.domain() == Some(domain))
+        .map(|s| (s.cred.id.as_str(), s.fp));
+    let cooled = state
+        .cooldowns
+        .share(credential, cand.fp, &scope, others, now);
+    if !cooled.is_empty() {
         tracing::info!(
             credential,
+            domain = %domain,
+            siblings = ?cooled,
             model = model.unwrap_or("*"),
             reason = verdict.reason.as_str(),
-            cooldown_s = until.saturating_duration_since(Instant::now()).as_secs_f64(),
-            source = %source,
-            "credential cooling down"
+            "quota domain cooling down"
         );
     }
+}
+
+/// The candidates of `provider` in `pool`: where a failure looks for its domain siblings.
+pub(super) fn siblings<'p>(pool: &'p AgentPool, provider: &str) -> &'p [Arc<Candidate>] {
+    pool.providers
+        .get(provider)
+        .map_or(&[][..], |p| p.candidates.as_slice())
 }
 
 /// Reads up to `limit` bytes of an error body before `until`. Returns the frames read (to
@@ -187,8 +229,9 @@ pub(super) async fn peek_stream(
 pub(super) struct StreamWatch {
     pub(super) state: Arc<AppState>,
     pub(super) scanner: SseScanner,
-    pub(super) credential: String,
-    pub(super) fp: u64,
+    pub(super) cand: Arc<Candidate>,
+    /// The pool the request was served from (its quota domain siblings).
+    pub(super) pool: Arc<AgentPool>,
     pub(super) model: Option<Arc<str>>,
     pub(super) provider: String,
 }
@@ -197,8 +240,8 @@ impl StreamWatch {
     fn mark(&self, verdict: &Verdict) {
         mark(
             &self.state,
-            &self.credential,
-            self.fp,
+            &self.cand,
+            siblings(&self.pool, &self.provider),
             self.model.as_deref(),
             verdict,
             None,
@@ -226,12 +269,12 @@ impl Observer for StreamWatch {
                     && !self.scanner.saw_terminal()
                     && self.scanner.first_error().is_none();
                 if incomplete {
-                    tracing::warn!(provider = %self.provider, credential = %self.credential, "upstream stream ended without its terminal event");
+                    tracing::warn!(provider = %self.provider, credential = %self.cand.cred.id, "upstream stream ended without its terminal event");
                 }
                 incomplete
             }
             StreamEnd::UpstreamError | StreamEnd::Deadline => {
-                tracing::warn!(provider = %self.provider, credential = %self.credential, ?end, "upstream stream broke after commit");
+                tracing::warn!(provider = %self.provider, credential = %self.cand.cred.id, ?end, "upstream stream broke after commit");
                 false
             }
             StreamEnd::ClientGone => false,

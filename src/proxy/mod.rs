@@ -189,6 +189,7 @@ async fn proxy<'s>(
         pinned: pinned.is_some(),
         agent: &agent,
         session,
+        pool: &pool,
     };
     exchange.run(candidates, access).await
 }

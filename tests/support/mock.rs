@@ -396,6 +396,8 @@ struct State {
     requests: Vec<Recorded>,
     rules: HashMap<String, Rule>,
     default: Rule,
+    /// Headers added to every answer for a credential (see [`MockProvider::key_headers`]).
+    key_headers: HashMap<String, Vec<(HeaderName, HeaderValue)>>,
 }
 
 struct Inner {
@@ -458,6 +460,7 @@ impl MockProvider {
                 requests: Vec::new(),
                 rules: HashMap::new(),
                 default: Rule::new(Behaviour::Normal),
+                key_headers: HashMap::new(),
             }),
             changed: Notify::new(),
             in_flight: AtomicUsize::new(0),
@@ -534,6 +537,23 @@ impl MockProvider {
             .state()
             .rules
             .insert(key.to_string(), Rule::new(b));
+    }
+
+    /// Headers added to every answer (whatever the behaviour) for requests carrying this
+    /// credential, e.g. the organisation a provider says the key belongs to
+    /// (`anthropic-organization-id`). Replaces any earlier set for it; survives
+    /// [`MockProvider::clear_rules`].
+    pub fn key_headers(&self, key: &str, headers: &[(&str, &str)]) {
+        let list = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).expect("mock: header name"),
+                    HeaderValue::from_str(v).expect("mock: header value"),
+                )
+            })
+            .collect();
+        self.inner.state().key_headers.insert(key.to_string(), list);
     }
 
     /// Behaviour when no per-key rule matches (initially [`Behaviour::Normal`]).
@@ -716,18 +736,29 @@ async fn handle(
         at: Instant::now(),
         version: parts.version,
     };
-    let behaviour = {
+    let (behaviour, extra) = {
         let mut st = inner.state();
         st.requests.push(recorded.clone());
         let st = &mut *st;
-        match recorded.key.as_deref().and_then(|k| st.rules.get_mut(k)) {
+        let extra = recorded
+            .key
+            .as_deref()
+            .and_then(|k| st.key_headers.get(k))
+            .cloned()
+            .unwrap_or_default();
+        let b = match recorded.key.as_deref().and_then(|k| st.rules.get_mut(k)) {
             Some(rule) => rule.next(),
             None => st.default.next(),
-        }
+        };
+        (b, extra)
     };
     inner.changed.notify_waiters();
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    Ok(respond(behaviour, &recorded, id, tracker).await)
+    let mut resp = respond(behaviour, &recorded, id, tracker).await;
+    for (k, v) in extra {
+        resp.headers_mut().insert(k, v);
+    }
+    Ok(resp)
 }
 
 fn respond<'a>(

@@ -7,7 +7,8 @@
 //!   `Registry::ordered` (clone + sort of the pool); `request` is `ordered` followed by
 //!   `first_free_after_3`. Target ≤ 500 ns.
 //! - `inject/*`: one request's header and body work: `clean_request_headers` of a typical
-//!   SDK request, `Injection::apply`, `pin::body_model`, and with a `model@profile` pin
+//!   SDK request, `Injection::apply`, `pin::body_model` (and `pin::body_fields`, the same
+//!   scan also finding the session key), and with a `model@profile` pin
 //!   `split_pin` + `rewrite_model`.
 
 // `criterion_main!` generates an undocumented `pub fn main`.
@@ -262,10 +263,31 @@ fn inject(c: &mut Criterion) {
     g.bench_function("body_model", |b| {
         b.iter(|| pin::body_model(black_box(&plain)).map(|m| m.span.len()))
     });
+    // What the request path runs (SPEC §11): model and session key in one scan.
+    g.bench_function("body_fields", |b| {
+        b.iter(|| {
+            let f = pin::body_fields(black_box(&plain));
+            (f.model.map(|m| m.span.len()), f.session.map(<[u8]>::len))
+        })
+    });
     let big = big_body("claude-sonnet-4-5");
     g.throughput(Throughput::Bytes(big.len() as u64));
     g.bench_function("body_model_200k", |b| {
         b.iter(|| pin::body_model(black_box(&big)).map(|m| m.span.len()))
+    });
+    // As Claude Code sends it: the session in `metadata.user_id`, after the messages.
+    let tail =
+        r#"],"metadata":{"user_id":"user_0a1b2c_account_3d4e5f_session_6a7b8c9d"},"stream":true}"#;
+    let big_session = Bytes::from(String::from_utf8(big.to_vec()).expect("utf-8").replacen(
+        r#"],"stream":true}"#,
+        tail,
+        1,
+    ));
+    g.bench_function("body_fields_200k", |b| {
+        b.iter(|| {
+            let f = pin::body_fields(black_box(&big_session));
+            (f.model.map(|m| m.span.len()), f.session.map(<[u8]>::len))
+        })
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("body_model_pin_rewrite", |b| {

@@ -11,7 +11,10 @@ median of three such pairs is printed.
     scripts/instructions-per-request.py keygate json    # or: bare json, keygate sse, bare sse
     scripts/instructions-per-request.py keygate json json   # keygate with --log-format json
 
-Set KEEP=DIR to keep the callgrind output files (for `callgrind_annotate`).
+Set KEEP=DIR to keep the callgrind output files (for `callgrind_annotate`). SESSION=1 sends
+one conversation (`prompt_cache_key` in every body: session affinity looks it up, finds it
+kept and records it); AFFINITY=off adds `[rotation] affinity = "off"` (the same bodies, no
+affinity work): the two together give what affinity costs a request.
 
 Kernel time (the socket syscalls, most of a request's CPU) is not counted: this measures
 what keygate adds in user space, not the whole CPU ratio (the load harness does that).
@@ -36,6 +39,8 @@ def run(target, n, mode, work, log_format="text"):
     upstream = mock.stdout.readline().decode().split()[1]
     with open(os.path.join(work, "kg.toml"), "w") as f:
         f.write(f'[providers.openai]\nbase_url = "http://{upstream}"\n')
+        if os.environ.get("AFFINITY") == "off":
+            f.write('[rotation]\naffinity = "off"\n')
     out = os.path.join(work, f"callgrind.{target}.{n}")
     for f in glob.glob(out):
         os.remove(f)
@@ -61,6 +66,8 @@ def run(target, n, mode, work, log_format="text"):
         else:
             sys.exit("the proxy did not start")
         body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello there"}]}'
+        if os.environ.get("SESSION") == "1":
+            body = body[:-1] + b',"prompt_cache_key":"conv-instructions-1"}'
         headers = {"content-type": "application/json", "x-load-mode": mode, "accept": "application/json",
                    "user-agent": "OpenAI/Python 1.99.0", "x-stainless-lang": "python"}
         for _ in range(n):

@@ -3,7 +3,7 @@
 //! to an account).
 //!
 //! Owns the bounded map from a session to its credential: keyed by a keyed hash of (agent,
-//! provider, session key), so a session value is never stored, logged or recoverable;
+//! provider, session key), so a session value is never stored, logged or recovered;
 //! valued by the credential's secret fingerprint (stable over reloads, the same for every
 //! pool holding the key); at most `affinity_max_sessions` entries, least recently used
 //! evicted, an entry older than `affinity_ttl` read as absent. It does not own finding the
@@ -25,9 +25,11 @@ const SHARDS: usize = 16;
 /// The sessions of every agent and provider.
 pub struct Affinity {
     shards: Box<[Mutex<LruCache<u64, Entry>>]>,
-    /// Keyed SipHash with a key drawn per process: the map's keys say nothing about the
-    /// session values without it, and a client cannot aim collisions at another session.
-    hasher: std::collections::hash_map::RandomState,
+    /// hashbrown's keyed foldhash, its seed drawn per process: the map's keys say nothing
+    /// about the session values without it. Not SipHash (a quarter of affinity's cost per
+    /// request was SipHash, measured): a collision aimed at another session could only
+    /// change which of the agent's own allowed credentials serves it first.
+    hasher: hashlink::DefaultHashBuilder,
     ttl: Duration,
     capacity: usize,
 }
@@ -91,7 +93,7 @@ impl Affinity {
             .collect();
         Self {
             shards,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: hashlink::DefaultHashBuilder::default(),
             ttl,
             capacity,
         }
@@ -116,13 +118,16 @@ impl Affinity {
     }
 
     /// The fingerprint of the session's credential, `None` for a new or expired session.
+    /// A session found is seen now (its TTL starts again and it becomes the most recently
+    /// used), so a request that stays on it needs no [`Affinity::record`].
     pub fn lookup(&self, s: Session, now: Instant) -> Option<u64> {
         let mut shard = self.shard(s);
-        let e = *shard.get(&s.0)?;
+        let e = shard.get_mut(&s.0)?;
         if now.saturating_duration_since(e.seen) > self.ttl {
             shard.remove(&s.0);
             return None;
         }
+        e.seen = now;
         Some(e.fp)
     }
 

@@ -35,7 +35,9 @@ use crate::config::{OnAllCooling, ProviderConfig};
 use crate::credentials::oauth;
 use crate::credentials::{store, Kind, Source};
 use crate::inject::{clean_response_headers, Injection};
-use crate::pool::{affinity, AgentPool, Candidate, Caps, InFlightSlot, Pick, Selector, Session};
+use crate::pool::{
+    affinity, AgentPool, Candidate, Caps, InFlightSlot, Pick, Selector, Session, Stuck,
+};
 use crate::state::AppState;
 
 /// One request's attempts over its candidates.
@@ -126,7 +128,8 @@ impl Exchange<'_> {
         if let (Some((map, s, prev)), Ok(r), Some(served)) = (sticky, &mut resp, &access.credential)
         {
             let stuck = affinity::stuck(prev, served.fp);
-            if r.status().is_success() {
+            // A kept session was refreshed by its lookup: only a new or moved one is written.
+            if stuck != Stuck::Kept && r.status().is_success() {
                 map.record(s, served.fp, Instant::now());
             }
             st.metrics.affinity(stuck);

@@ -139,12 +139,7 @@ pub fn build_state(
         .as_ref()
         .map(|t| ServerTls::load(t).map(Arc::new))
         .transpose()?;
-    let carries_secret = matches!(
-        mode,
-        crate::config::AuthMode::Token | crate::config::AuthMode::Password
-    );
-    if tls.is_none() && carries_secret && !listen.ip().is_loopback() && !config.server.plaintext_ok
-    {
+    if crate::inbound::clear_text_exposed(mode, listen, tls.is_some(), config.server.plaintext_ok) {
         tracing::warn!(%listen, "gateway credentials cross the network in clear text: configure [server.tls], or set [server] plaintext_ok = true when TLS ends in front of keygate");
     }
     let client = crate::upstream::client(&config.server, &config.upstream)?;

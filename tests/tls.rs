@@ -431,10 +431,23 @@ async fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
     let files = Files::new(&ca, &ca.leaf(&["127.0.0.1"]));
     let kg = start_tls(&files, None, "").await;
     let started = Instant::now();
-    // The first bytes of a TLS record header, then nothing; and a client that sends nothing.
+    // The first bytes of a TLS record header, then nothing; a client that sends nothing; and
+    // clients that finish the handshake and then send nothing.
     let mut partial = TcpStream::connect(kg.addr).await.expect("connect");
     partial.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
     let mut silent = TcpStream::connect(kg.addr).await.expect("connect");
+    // Handshakes done, then nothing: no h2 preface, no HTTP/1.1 request head.
+    let mut after = Vec::new();
+    for alpn in [b"h2".as_slice(), b"http/1.1"] {
+        let tcp = TcpStream::connect(kg.addr).await.expect("connect");
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client_config(&ca, &[alpn], None)))
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        after.push(tls);
+    }
     for s in [&mut partial, &mut silent] {
         let mut buf = [0u8; 64];
         let r = tokio::time::timeout(Duration::from_secs(45), s.read(&mut buf))
@@ -443,6 +456,18 @@ async fn a_stalled_tls_handshake_is_closed_at_the_header_timeout() {
         assert!(
             matches!(r, Ok(0) | Err(_)),
             "closed without an answer: {r:?}"
+        );
+    }
+    for s in &mut after {
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(45), s.read_to_end(&mut buf))
+            .await
+            .expect("closed within 45 s");
+        // An HTTP/1.1 connection may get a 408 first; an h2 one nothing but the close.
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            r.is_err() || buf.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
         );
     }
     let took = started.elapsed();

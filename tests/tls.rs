@@ -1037,3 +1037,100 @@ async fn config_check_prints_tls_and_egress_without_credentials() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_speaks_tls_too() {
+    logs();
+    let ca = Ca::new("test CA");
+    let files = Files::new(&ca, &ca.leaf(&["127.0.0.1"]));
+    let env = keygate::credentials::env::EnvSnapshot::from_pairs(vec![(
+        "KEYGATE_TOKEN".to_owned(),
+        GW.to_owned(),
+    )]);
+    let main = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (main_addr, admin_addr) = (
+        main.local_addr().expect("addr"),
+        admin.local_addr().expect("addr"),
+    );
+    let config = keygate::config::Config::from_toml(
+        &format!(
+            "[admin]\nlisten = \"{admin_addr}\"\n{}",
+            files.tls_config(None)
+        ),
+        None,
+        &|k| env.get(k).map(str::to_owned),
+    )
+    .expect("config");
+    let state_dir = tempfile::tempdir().expect("state");
+    let state =
+        keygate::build_state(config, state_dir.path().to_owned(), env, &main_addr).expect("state");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(keygate::run(
+        state,
+        keygate::Listeners {
+            main,
+            admin: Some(admin),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    for addr in [main_addr, admin_addr] {
+        let mut c = connect(addr, client_config(&ca, &[b"h2"], None))
+            .await
+            .expect("handshake");
+        assert_eq!(c.alpn.as_deref(), Some(b"h2".as_slice()));
+        assert_eq!(c.healthz().await, Ok(StatusCode::OK));
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+#[tokio::test]
+async fn sighup_re_reads_the_certificate_and_keeps_serving() {
+    let ca = Ca::new("test CA");
+    let files = Files::new(&ca, &ca.leaf(&["127.0.0.1"]));
+    let state = tempfile::tempdir().expect("state");
+    let served = support::served::Served::start(state.path(), &files.tls_config(None));
+    assert!(
+        served.wait_log("keygate listening").await,
+        "{}",
+        served.log.lock().unwrap()
+    );
+    served.signal("-HUP");
+    assert!(
+        served.wait_log("TLS certificate reloaded").await,
+        "{}",
+        served.log.lock().unwrap()
+    );
+    let mut c = connect(served.addr, client_config(&ca, &[b"http/1.1"], None))
+        .await
+        .expect("handshake after SIGHUP");
+    assert_eq!(c.healthz().await, Ok(StatusCode::OK));
+}
+
+#[test]
+fn proxy_credentials_are_not_in_the_config_debug_output() {
+    let env = [(
+        "HTTPS_PROXY",
+        format!("http://{PROXY_USER}:{PROXY_PASS}@proxy.internal:3128"),
+    )];
+    let cfg = keygate::config::Config::from_toml("", None, &|k| {
+        env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    })
+    .expect("config");
+    let https = cfg
+        .upstream
+        .https_proxy
+        .as_ref()
+        .expect("proxy from HTTPS_PROXY");
+    assert_eq!(https.host, "proxy.internal:3128");
+    assert_eq!(https.from, "HTTPS_PROXY");
+    assert!(
+        cfg.upstream.http_proxy.is_none(),
+        "HTTPS_PROXY is for https upstreams only"
+    );
+    let shown = format!("{cfg:?}");
+    assert!(!shown.contains(PROXY_PASS), "{shown}");
+}

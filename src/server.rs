@@ -204,7 +204,7 @@ fn serve_conn(
 ) {
     let Accepted { stream, peer, slot } = conn;
     let _ = stream.set_nodelay(true);
-    let state_tls = state.tls.clone();
+    let tls = state.tls.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
         // Boxed so that the connection holds only a pointer between requests: the request
@@ -227,7 +227,6 @@ fn serve_conn(
     let builders = builders.clone();
     let watcher = graceful.watcher();
     let mut stop = stop.clone();
-    let tls = state_tls;
     tokio::spawn(async move {
         // Held for as long as the connection lives (`max_connections`).
         let _slot = slot;

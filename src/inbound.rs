@@ -114,6 +114,21 @@ pub fn effective_mode(
     Ok(mode)
 }
 
+/// Whether gateway credentials would cross the network in clear text (SPEC §12): a token
+/// or password mode on a non-loopback address without `[server.tls]`, unless the operator
+/// said TLS ends in front of keygate (`plaintext_ok`).
+pub fn clear_text_exposed(
+    mode: AuthMode,
+    listen: &std::net::SocketAddr,
+    tls: bool,
+    plaintext_ok: bool,
+) -> bool {
+    matches!(mode, AuthMode::Token | AuthMode::Password)
+        && !listen.ip().is_loopback()
+        && !tls
+        && !plaintext_ok
+}
+
 // === impl Gatekeeper ===
 
 impl Gatekeeper {
@@ -469,6 +484,23 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clear_text_is_flagged_only_for_secrets_on_the_network_without_tls() {
+        use super::clear_text_exposed as exposed;
+        let lan: std::net::SocketAddr = "10.1.2.3:8787".parse().unwrap();
+        let any: std::net::SocketAddr = "0.0.0.0:8787".parse().unwrap();
+        let lo: std::net::SocketAddr = "127.0.0.1:8787".parse().unwrap();
+        assert!(exposed(AuthMode::Token, &lan, false, false));
+        assert!(exposed(AuthMode::Password, &any, false, false));
+        assert!(!exposed(AuthMode::Token, &lo, false, false), "loopback");
+        assert!(!exposed(AuthMode::Token, &lan, true, false), "TLS");
+        assert!(!exposed(AuthMode::Token, &lan, false, true), "plaintext_ok");
+        assert!(
+            !exposed(AuthMode::TrustedProxy, &lan, false, false),
+            "no secret"
+        );
+    }
+
     use super::*;
     use crate::config::Config;
 

@@ -3,7 +3,7 @@
 //! Request flow (one request, SPEC §3–§7):
 //!
 //! ```text
-//! client ──▶ server (HTTP/1.1, or h2c by prior knowledge)
+//! client ──▶ server (HTTP/1.1, or h2c by prior knowledge; or TLS with ALPN h2 / http/1.1)
 //!              ├─ reserved paths (/healthz, /readyz, /metrics, /_keygate/status) ─▶ admin
 //!              ▼
 //!           proxy::handle                       (state: AppState, shared with admin)
@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Layers, each importing only those below it (no cycles between files): `cli` ▸ `server`
-//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `cluster` ▸ `pool` ▸ `domain` ▸ `inject` ▸ `credentials` ▸ `inbound`,
+//! ▸ `admin` ▸ `proxy`, `status` ▸ `state` ▸ `tls`, `cluster` ▸ `pool` ▸ `domain` ▸ `inject` ▸ `credentials` ▸ `inbound`,
 //! `upstream`, `telemetry`, `redact` ▸ `config`, `cooldown`, `metrics` ▸ `classify`,
 //! `provider`, `pin`, `secret`, `budget`.
 
@@ -51,6 +51,7 @@ pub mod status;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{run, Listeners};

@@ -1,13 +1,15 @@
 //! The accept loops and graceful shutdown.
 //!
 //! Owns listening sockets, one task per connection served by hyper's HTTP/1.1 or HTTP/2
-//! (h2c by prior knowledge) connection, chosen by peeking at the first bytes,
+//! (h2c by prior knowledge) connection, chosen by peeking at the first bytes — or, with
+//! `[server.tls]`, by ALPN after the TLS handshake (see `handshake`), on both listeners —,
 //! connection-level limits (header size, header read
 //! timeout, h2 stream count), and draining: on shutdown, stop accepting, let in-flight
 //! requests and streams finish up to `shutdown_grace`, then close what is left. It does not
 //! own what a request does (see `proxy` and `admin`).
 
 mod accept;
+mod handshake;
 mod repoll;
 
 use std::convert::Infallible;
@@ -47,6 +49,11 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     let (stop_watch, watch_rx) = tokio::sync::watch::channel(false);
     let conn_stop = watch_rx.clone();
     let watcher = tokio::spawn(state.registry.clone().watch(RELOAD_POLL, watch_rx.clone()));
+    // Certificate files are polled like the state files (SPEC §12).
+    let tls_watcher = state
+        .tls
+        .clone()
+        .map(|t| tokio::spawn(t.watch(RELOAD_POLL, watch_rx.clone())));
     // Cluster mode: the shared state is loaded before the first request (SPEC §10).
     // The link stops after the drain, so windows opened by the last streams are shared.
     let (link_stop, link_rx) = tokio::sync::watch::channel(false);
@@ -82,6 +89,9 @@ pub async fn run(state: Arc<AppState>, listeners: Listeners, shutdown: impl Futu
     drop(admin);
     let _ = stop_watch.send(true);
     let _ = watcher.await;
+    if let Some(w) = tls_watcher {
+        let _ = w.await;
+    }
     tracing::info!(connections = graceful.count(), grace = ?grace, "shutting down: draining connections");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
@@ -194,6 +204,7 @@ fn serve_conn(
 ) {
     let Accepted { stream, peer, slot } = conn;
     let _ = stream.set_nodelay(true);
+    let tls = state.tls.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
         // Boxed so that the connection holds only a pointer between requests: the request
@@ -219,6 +230,34 @@ fn serve_conn(
     tokio::spawn(async move {
         // Held for as long as the connection lives (`max_connections`).
         let _slot = slot;
+        if let Some(tls) = tls {
+            // One deadline from accept for the handshake and, on h2, the preface: TLS must
+            // not give a stalled client more time than clear text does.
+            let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+            let started = tokio::select! {
+                s = handshake::accept(tls.config(), stream, peer, deadline) => s,
+                _ = stop.wait_for(|stopping| *stopping) => None,
+            };
+            let Some((stream, h2, read)) = started else {
+                return;
+            };
+            let io = TokioIo::new(stream);
+            let result = if h2 {
+                tokio::select! {
+                    r = Repoll::new(watcher.watch(builders.h2.serve_connection(io, svc))) => r,
+                    () = handshake::stalled(read, H2_START_LEN, deadline) => {
+                        tracing::debug!(%peer, "h2 preface not received by the header timeout: closed");
+                        Ok(())
+                    }
+                }
+            } else {
+                Repoll::new(watcher.watch(builders.h1.serve_connection(io, svc))).await
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            return;
+        }
         // A connection still silent when shutdown starts is closed: it has no request to
         // finish, and it must not hold the drain up until its header timeout.
         let h2 = tokio::select! {

@@ -2,7 +2,7 @@
 //!
 //! Owns [`AppState`] — configuration, inbound auth, the credential registry, the upstream
 //! client, cooldowns (shared with other replicas in cluster mode), request limits, session
-//! affinity, metrics, OAuth refreshes and the body budget — and
+//! affinity, metrics, OAuth refreshes, the body budget and the listeners' TLS config — and
 //! [`build_state`], which assembles it. It does no request work itself.
 
 use std::collections::HashMap;
@@ -19,6 +19,7 @@ use crate::credentials::oauth::Refresher;
 use crate::inbound::Gatekeeper;
 use crate::metrics::{ClusterSeries, Metrics};
 use crate::pool::{Affinity, Limits, Registry};
+use crate::tls::ServerTls;
 use crate::upstream::UpstreamClient;
 
 /// Everything the request path shares. Built once at startup.
@@ -52,6 +53,9 @@ pub struct AppState {
     pub refresher: Refresher,
     /// Bytes of request bodies held at once, over every request (`max_buffered_bodies`).
     pub body_budget: BodyBudget,
+    /// `[server.tls]`: the listeners' certificate, reloaded when its files change
+    /// (SPEC §12); `None`: plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 // === impl AppState ===
@@ -110,6 +114,7 @@ impl AppState {
             limits,
             metrics,
             refresher,
+            tls: None,
         }
     }
 }
@@ -132,7 +137,17 @@ pub fn build_state(
         tracing::warn!(%listen, "no gateway auth configured: accepting unauthenticated requests on loopback only (set KEYGATE_TOKEN to require a token)");
     }
     let gate = Gatekeeper::new(&config.gateway, mode);
-    let client = crate::upstream::client(&config.server);
+    // TLS (SPEC §12): files that do not load stop the start, naming the file.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| ServerTls::load(t).map(Arc::new))
+        .transpose()?;
+    if crate::inbound::clear_text_exposed(mode, listen, tls.is_some(), config.server.plaintext_ok) {
+        tracing::warn!(%listen, "gateway credentials cross the network in clear text: configure [server.tls], or set [server] plaintext_ok = true when TLS ends in front of keygate");
+    }
+    let client = crate::upstream::client(&config.server, &config.upstream)?;
     let config = Arc::new(config);
     let mut metrics = Metrics::new(config.providers.keys().map(String::as_str));
     let cluster_series = config.cluster.is_some().then(|| metrics.register_cluster());
@@ -143,12 +158,14 @@ pub fn build_state(
         env,
         metrics.clone(),
     ));
-    Ok(Arc::new(AppState::new(
+    let mut state = AppState::new(
         config,
         gate,
         registry,
         client,
         metrics,
         cluster_series.unwrap_or_default(),
-    )))
+    );
+    state.tls = tls;
+    Ok(Arc::new(state))
 }

@@ -187,9 +187,8 @@ pub(super) fn run(
     let timeout = args.probe_timeout;
     let limit = args.probe_concurrency as usize;
     let max_error_body = config.server.max_error_body;
-    let server = config.server.clone();
+    let http = client(&config.server, &config.upstream)?;
     Ok(rt.block_on(async move {
-        let http = client(&server);
         let sem = Arc::new(Semaphore::new(limit));
         let mut tasks = Vec::with_capacity(plans.len());
         for plan in plans {

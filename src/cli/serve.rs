@@ -94,12 +94,17 @@ pub(super) fn run(cx: &Context, args: ServeArgs, log_format: Option<LogFormat>) 
         // Both installed before the listen line: a supervisor that sends SIGHUP or SIGTERM as
         // soon as it reads that line never kills the process by the default action.
         let registry = state.registry.clone();
+        let tls = state.tls.clone();
         tokio::spawn(crate::shutdown::hangups(move || {
             let replaced = registry.reload_all();
             tracing::info!(replaced, "SIGHUP received: credential stores re-read");
+            // The certificate too (SPEC §12): a new pair that does not load keeps the old.
+            if let Some(t) = &tls {
+                t.reload(true);
+            }
         }));
         let stop = crate::shutdown::signal();
-        tracing::info!(listen = %bound, max_connections, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
+        tracing::info!(listen = %bound, tls = state.tls.is_some(), max_connections, admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()), state_dir = %cx.state_dir.display(), "keygate listening");
         crate::run(state, crate::Listeners { main, admin }, stop).await;
         ExitCode::SUCCESS
     })

@@ -51,6 +51,61 @@ pub struct Config {
     pub secret_providers: BTreeMap<String, SecretProviderConfig>,
     /// `[cluster]`; `None`: one process, nothing shared.
     pub cluster: Option<ClusterConfig>,
+    /// `[upstream]`: egress proxy and trusted roots (SPEC §12).
+    pub upstream: UpstreamConfig,
+}
+
+/// `[server.tls]` resolved (SPEC §12): the paths only; the files are read when the listener
+/// starts and re-read when they change (see `tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (absolute).
+    pub cert_file: PathBuf,
+    /// PEM private key (absolute; must be owner-only).
+    pub key_file: PathBuf,
+    /// PEM CA certificates for client certificates (mTLS); `None`: no client certificate
+    /// is asked for.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Which root certificates upstream TLS trusts (`[upstream] roots`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Roots {
+    /// The Mozilla set compiled in (webpki-roots).
+    #[default]
+    Webpki,
+    /// The operating system's store.
+    Native,
+    /// Both.
+    Both,
+}
+
+/// One egress proxy URL. A secret: from the environment it may carry a password.
+#[derive(Clone, Debug)]
+pub struct ProxyUrl {
+    /// `http://[user[:password]@]host:port`.
+    pub url: Secret,
+    /// Where it came from (`upstream.proxy` or a variable's name), for messages.
+    pub from: String,
+    /// `host:port` only (what `config check` shows).
+    pub host: String,
+}
+
+/// `[upstream]` resolved (SPEC §12).
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamConfig {
+    /// Proxy for `http://` upstreams (`None`: direct).
+    pub http_proxy: Option<ProxyUrl>,
+    /// Proxy for `https://` upstreams (`None`: direct).
+    pub https_proxy: Option<ProxyUrl>,
+    /// `NO_PROXY` / `no_proxy`: hosts, domain suffixes, IPs, CIDRs or `*` reached directly.
+    pub no_proxy: String,
+    /// Extra PEM root files: `ca_file`, then `SSL_CERT_FILE`.
+    pub ca_files: Vec<PathBuf>,
+    /// `SSL_CERT_DIR`: a directory of PEM roots, added too.
+    pub ca_dir: Option<PathBuf>,
+    /// The base set of roots (default webpki).
+    pub roots: Roots,
 }
 
 /// `[cluster]` resolved (SPEC §10).
@@ -91,6 +146,10 @@ pub struct ServerConfig {
     /// Total bytes of request bodies buffered at once, over every request (default
     /// 256 MiB); a request that would pass it gets 503 with `retry-after`.
     pub max_buffered_bodies: usize,
+    /// `[server.tls]`: HTTPS on the listeners (SPEC §12); `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// `[server] plaintext_ok`: no warning for a token on a non-loopback plain listener.
+    pub plaintext_ok: bool,
 }
 
 /// Inbound authentication mode (SPEC §4).

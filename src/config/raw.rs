@@ -27,6 +27,35 @@ pub(crate) struct RawConfig {
     pub(crate) secrets: RawSecrets,
     /// Absent: cluster mode is off.
     pub(crate) cluster: Option<Spanned<RawCluster>>,
+    /// `[upstream]` (SPEC §12): egress proxy and trusted roots.
+    pub(crate) upstream: RawUpstream,
+}
+
+/// `[server.tls]` (SPEC §12). Absent: the listeners speak plain HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawTls {
+    /// Required: PEM certificate chain, leaf first.
+    pub(crate) cert_file: Option<SStr>,
+    /// Required: PEM private key, owner-only.
+    pub(crate) key_file: Option<SStr>,
+    /// Optional: PEM CA certificates; when set, clients must present a certificate they sign.
+    pub(crate) client_ca_file: Option<SStr>,
+}
+
+/// `[upstream]` (SPEC §12).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawUpstream {
+    /// Default: none (then `proxy_env`, then `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`).
+    /// Never with a password.
+    pub(crate) proxy: Option<SStr>,
+    /// The variable holding the proxy URL (it may carry a password); default none.
+    pub(crate) proxy_env: Option<SStr>,
+    /// Default none (`SSL_CERT_FILE` is added too): extra PEM roots.
+    pub(crate) ca_file: Option<SStr>,
+    /// `webpki` (default) | `native` | `both`.
+    pub(crate) roots: Option<SStr>,
 }
 
 /// `[cluster]` (SPEC §10).
@@ -65,6 +94,10 @@ pub(crate) struct RawServer {
     pub(crate) max_connections: Option<Spanned<u64>>,
     /// Default `256MiB`.
     pub(crate) max_buffered_bodies: Option<SStr>,
+    /// `[server.tls]`; default: plain HTTP.
+    pub(crate) tls: Option<Spanned<RawTls>>,
+    /// Default `false`: warn when a token crosses a non-loopback listener in clear text.
+    pub(crate) plaintext_ok: Option<bool>,
 }
 
 /// `[gateway]`.

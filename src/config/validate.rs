@@ -72,6 +72,8 @@ pub(super) fn validate(
             &s.max_buffered_bodies,
             "256MiB",
         )?,
+        tls: s.tls.as_ref().map(|t| cx.tls(t)).transpose()?,
+        plaintext_ok: s.plaintext_ok.unwrap_or(false),
     };
     if server.max_buffered_bodies < server.max_request_body {
         return Err(cx.invalid(
@@ -142,6 +144,7 @@ pub(super) fn validate(
     let providers = cx.providers(raw.providers)?;
     let secret_providers = cx.secret_providers(raw.secrets.providers)?;
     let cluster = raw.cluster.as_ref().map(|c| cx.cluster(c)).transpose()?;
+    let upstream = cx.upstream(&raw.upstream)?;
 
     Ok(Config {
         path,
@@ -153,6 +156,7 @@ pub(super) fn validate(
         providers,
         secret_providers,
         cluster,
+        upstream,
     })
 }
 
@@ -1100,4 +1104,190 @@ fn redis_url_problem(url: &str, from_env: bool) -> Option<&'static str> {
         return Some("a password does not belong in the config file: put the whole URL in an environment variable and name it in redis_url_env");
     }
     None
+}
+
+// === impl Ctx: [server.tls] and [upstream] (SPEC §12) ===
+
+/// Variables read for an egress proxy, in order, per upstream scheme (upper case first, as
+/// curl and hyper-util do; `ALL_PROXY` last).
+const HTTPS_PROXY_VARS: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+
+impl Ctx<'_> {
+    /// `[server.tls]`: the paths only (the files are read when the listener starts).
+    fn tls(&self, t: &Spanned<raw::RawTls>) -> Result<TlsConfig, ConfigError> {
+        let section = t.span();
+        let t = t.get_ref();
+        let required = |key: &str, v: &Option<SStr>| {
+            match v {
+            Some(v) => self.abs_path(key, v),
+            None => Err(self.invalid(
+                key,
+                Some(section.clone()),
+                "[server.tls] needs cert_file (PEM certificate chain) and key_file (PEM private key)"
+                    .into(),
+            )),
+        }
+        };
+        Ok(TlsConfig {
+            cert_file: required("server.tls.cert_file", &t.cert_file)?,
+            key_file: required("server.tls.key_file", &t.key_file)?,
+            client_ca_file: t
+                .client_ca_file
+                .as_ref()
+                .map(|v| self.abs_path("server.tls.client_ca_file", v))
+                .transpose()?,
+        })
+    }
+
+    fn abs_path(&self, key: &str, v: &SStr) -> Result<PathBuf, ConfigError> {
+        let p = PathBuf::from(v.get_ref().trim());
+        if !p.is_absolute() {
+            // The value is not echoed: PEM text pasted here instead of a path is a secret.
+            return Err(self.bad(
+                key,
+                v,
+                "expected an absolute path (e.g. \"/etc/keygate/tls.crt\")",
+            ));
+        }
+        Ok(p)
+    }
+
+    /// `[upstream]`: roots, extra CA files (also `SSL_CERT_FILE` / `SSL_CERT_DIR`) and the
+    /// egress proxy (`proxy`, else `proxy_env`, else the standard variables; `NO_PROXY`).
+    fn upstream(&self, u: &raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let roots =
+            match u.roots.as_ref() {
+                None => Roots::Webpki,
+                Some(v) => match v.get_ref().as_str() {
+                    "webpki" => Roots::Webpki,
+                    "native" => Roots::Native,
+                    "both" => Roots::Both,
+                    _ => return Err(self.bad(
+                        "upstream.roots",
+                        v,
+                        "expected \"webpki\" (built-in), \"native\" (the system store) or \"both\"",
+                    )),
+                },
+            };
+        let env_value = |name: &str| {
+            (self.env)(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut ca_files = Vec::new();
+        if let Some(f) = &u.ca_file {
+            ca_files.push(self.abs_path("upstream.ca_file", f)?);
+        }
+        if let Some(p) = env_value("SSL_CERT_FILE").map(PathBuf::from) {
+            if !ca_files.contains(&p) {
+                ca_files.push(p);
+            }
+        }
+        let ca_dir = env_value("SSL_CERT_DIR").map(PathBuf::from);
+
+        let explicit = match (&u.proxy, &u.proxy_env) {
+            (Some(_), Some(e)) => {
+                return Err(self.bad("upstream.proxy_env", e, "set proxy or proxy_env, not both"))
+            }
+            (Some(p), None) => Some(
+                proxy_url(p.get_ref(), "upstream.proxy", false)
+                    .map_err(|why| self.bad("upstream.proxy", p, why))?,
+            ),
+            (None, Some(n)) => {
+                let Some(v) = self.secret_from("upstream.proxy_env", Some(n), None, None)? else {
+                    return Err(self.bad(
+                        "upstream.proxy_env",
+                        n,
+                        "the environment variable named there is not set (export it, or remove the key)",
+                    ));
+                };
+                let name = n.get_ref().as_str();
+                Some(proxy_url(v.expose(), name, true).map_err(|why| {
+                    self.bad(
+                        "upstream.proxy_env",
+                        n,
+                        &format!("the proxy URL in that variable is not usable: {why}"),
+                    )
+                })?)
+            }
+            (None, None) => None,
+        };
+        let from_env = |vars: &[&str]| -> Result<Option<ProxyUrl>, ConfigError> {
+            for var in vars {
+                if let Some(v) = env_value(var) {
+                    return proxy_url(&v, var, true).map(Some).map_err(|why| {
+                        self.invalid(
+                            "upstream.proxy",
+                            None,
+                            format!("the value of {var} is not a usable proxy URL: {why}"),
+                        )
+                    });
+                }
+            }
+            Ok(None)
+        };
+        let (http_proxy, https_proxy) = match explicit {
+            Some(p) => (Some(p.clone()), Some(p)),
+            None => (from_env(&HTTP_PROXY_VARS)?, from_env(&HTTPS_PROXY_VARS)?),
+        };
+        let no_proxy = env_value("NO_PROXY")
+            .or_else(|| env_value("no_proxy"))
+            .unwrap_or_default();
+        Ok(UpstreamConfig {
+            http_proxy,
+            https_proxy,
+            no_proxy,
+            ca_files,
+            ca_dir,
+            roots,
+        })
+    }
+}
+
+/// Checks and normalises an egress proxy URL: `http://[user[:password]@]host[:port][/]`
+/// (no scheme means `http://`). A password is refused when the URL comes from the file
+/// (`from_env` false). Errors never quote the URL (it may carry a password).
+fn proxy_url(text: &str, from: &str, from_env: bool) -> Result<ProxyUrl, &'static str> {
+    let text = text.trim();
+    let full = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    let (scheme, rest) = full.split_once("://").unwrap_or(("", ""));
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(
+            "only http:// proxies are supported (https upstreams go through them with CONNECT)",
+        );
+    }
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if !matches!(tail, "" | "/") {
+        return Err("expected a proxy URL like \"http://proxy.internal:3128\" (no path)");
+    }
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if !from_env && userinfo.is_some_and(|u| u.contains(':')) {
+        return Err("a password does not belong in the config file: put the whole URL in an environment variable (HTTPS_PROXY, or one named by proxy_env)");
+    }
+    if userinfo.is_some_and(|u| u.contains('@')) {
+        return Err("an '@' in the proxy user or password must be written %40");
+    }
+    let parsed: http::uri::Authority = host
+        .parse()
+        .map_err(|_| "expected a proxy URL like \"http://proxy.internal:3128\"")?;
+    if parsed.host().is_empty() {
+        return Err("the proxy URL has no host");
+    }
+    let host = match parsed.port_u16() {
+        Some(_) => parsed.as_str().to_owned(),
+        None => format!("{}:80", parsed.host()),
+    };
+    Ok(ProxyUrl {
+        url: Secret::new(format!("http://{authority}")),
+        from: from.to_owned(),
+        host,
+    })
 }

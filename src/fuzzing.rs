@@ -621,7 +621,8 @@ pub fn claude_credentials(data: &[u8]) {
 /// The config parser and validation (SPEC §2).
 ///
 /// Layout: the bytes are the TOML file (lossy UTF-8). Variables whose name has an even
-/// length are set to [`ENV_SECRET`], the others are unset; `*_file` keys are pointed at a
+/// length are set to [`ENV_SECRET`] (a proxy variable to a URL with it as the password;
+/// `NO_PROXY` and `SSL_CERT_*`, which hold no secret, stay unset), the others are unset; `*_file` keys are pointed at a
 /// path that does not exist (the file is rewritten for that; no file is ever read).
 /// Checks: the error, or the loaded config's `Debug`, is bounded and never shows the
 /// environment's secret.
@@ -630,7 +631,19 @@ pub fn config(data: &[u8]) {
     let Some(text) = without_files(text) else {
         return;
     };
-    let env = |name: &str| (name.len() % 2 == 0).then(|| ENV_SECRET.to_owned());
+    // Variables that hold no secret (`NO_PROXY`'s host list, `SSL_CERT_*` paths: shown by
+    // `config check`) never get it; a proxy variable gets it as its URL's password, the
+    // part that must never show (its host may).
+    let env = |name: &str| {
+        let upper = name.to_ascii_uppercase();
+        if upper == "NO_PROXY" || upper.starts_with("SSL_CERT_") || name.len() % 2 != 0 {
+            return None;
+        }
+        if upper.ends_with("_PROXY") {
+            return Some(format!("http://user:{ENV_SECRET}@proxy.invalid:3128"));
+        }
+        Some(ENV_SECRET.to_owned())
+    };
     let guard = !text.contains(ENV_SECRET);
     match Config::from_toml(&text, None, &env) {
         Ok(cfg) => {

@@ -209,3 +209,40 @@ fn quick_cluster_run_reports_rotation_propagation_and_cpu_with_full_success() {
         ],
     );
 }
+
+/// `tls` (SPEC §12): TLS on both sides, keygate and nginx; needs `nginx` (the test command
+/// installs `nginx-light`) and `openssl`, and fails saying so without them.
+#[test]
+fn quick_tls_run_reports_both_proxies_with_full_success_and_reused_upstream_connections() {
+    let lines = run(&["--quick", "--scenario", "tls"]);
+    for mode in ["json", "sse"] {
+        for target in ["keygate", "nginx"] {
+            let l = lines
+                .iter()
+                .find(|l| l["scenario"] == "tls" && l["target"] == target && l["mode"] == mode)
+                .unwrap_or_else(|| panic!("no tls line for {target}/{mode}: {lines:?}"));
+            has(
+                l,
+                &[
+                    "requests",
+                    "cpu_s_per_1k",
+                    "upstream_new_connections_per_1k",
+                    "upstream_tls_resumed",
+                ],
+            );
+            assert_eq!(l["success_rate"], 1.0, "tls {target}/{mode}: {l}");
+            assert!(l["requests"].as_u64().is_some_and(|n| n > 0), "{l}");
+        }
+        let k = lines
+            .iter()
+            .find(|l| l["target"] == "keygate" && l["mode"] == mode)
+            .expect("keygate line");
+        // Warmed up, keygate opens no new upstream connection while measured.
+        assert_eq!(k["upstream_new_connections"], 0, "{k}");
+        let r = lines
+            .iter()
+            .find(|l| l["target"] == "keygate/nginx" && l["mode"] == mode)
+            .expect("ratio line");
+        assert!(r["cpu_ratio"].as_f64().is_some(), "{r}");
+    }
+}

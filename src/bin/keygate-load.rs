@@ -14,7 +14,8 @@
 //! process. Every child is killed when its scenario ends (also on panic).
 //!
 //! Scenarios: `overhead`, `streaming`, `open_streams`, `big_bodies`, `rotation`, `sessions`
-//! (session affinity, see `sessions.rs`), `all`; and
+//! (session affinity, see `sessions.rs`), `all`; `tls` (TLS on both sides, keygate vs
+//! nginx, see `tls.rs`; not in `all`: it needs `nginx`); and
 //! the cluster scenarios (SPEC §10, they start a `redis-server`): `cluster_rotation`,
 //! `cluster_propagation`, `cluster_overhead`, or `cluster` for the three.
 //! `--quick` shrinks every scenario to a smoke test (tests/load_smoke.rs).
@@ -42,6 +43,8 @@ mod procs;
 mod redis;
 #[path = "keygate-load/sessions.rs"]
 mod sessions;
+#[path = "keygate-load/tls.rs"]
+mod tls;
 
 use load::{Run, Spec};
 use procs::{KeygateOpts, Proc};
@@ -95,6 +98,12 @@ struct Args {
     /// `retry-after` (seconds) of the limited keys' 429s, for --mock.
     #[arg(long, default_value_t = 2)]
     retry_after: u64,
+    /// --mock serves HTTPS with this PEM chain (and --tls-key).
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// --mock's PEM key for --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Scenarios.
@@ -108,6 +117,8 @@ enum Scenario {
     Rotation,
     /// Session affinity (SPEC §11): conversations over 4 keys, one limited half-way.
     Sessions,
+    /// TLS on both sides (SPEC §12): keygate vs nginx terminating and originating TLS.
+    Tls,
     All,
     ClusterRotation,
     ClusterPropagation,
@@ -213,6 +224,7 @@ fn main() -> ExitCode {
             Scenario::BigBodies => big_bodies(&rt, &args, &plan),
             Scenario::Rotation => rotation(&rt, &args, &plan),
             Scenario::Sessions => sessions::sessions(&rt, &args),
+            Scenario::Tls => tls::tls(&rt, &args, &plan),
             Scenario::ClusterRotation => cluster::rotation(&rt, &args, &plan),
             Scenario::ClusterPropagation => cluster::propagation(&rt, &args, &plan),
             Scenario::ClusterOverhead => cluster_overhead(&rt, &args, &plan),
@@ -270,7 +282,17 @@ fn helper(args: &Args) -> ExitCode {
         };
         println!("LISTEN {addr}");
         if args.mock {
-            mock::run(listener, args.retry_after).await;
+            let tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => match tls::acceptor(c, k) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                _ => None,
+            };
+            mock::run(listener, args.retry_after, tls).await;
         } else {
             let Some(up) = args.upstream.clone() else {
                 eprintln!("error: --bare-forwarder needs --upstream HOST:PORT");
@@ -323,6 +345,7 @@ fn start(args: &Args, with_bare: bool, env: Vec<(String, String)>) -> Result<Rig
         extra_toml: "",
         env,
         profiles: None,
+        https: false,
     })?;
     Ok(Rig {
         mock,
@@ -449,6 +472,7 @@ fn overhead_with(
                 extra_toml: &toml,
                 env: one_key(),
                 profiles: None,
+                https: false,
             })?;
             p.wait_log("cluster: connected to Redis", Duration::from_secs(5))?;
             Some(p)

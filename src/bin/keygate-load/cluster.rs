@@ -55,6 +55,7 @@ fn replicas(
             extra_toml: toml,
             env: env.to_vec(),
             profiles: None,
+            https: false,
         })?);
     }
     if toml.contains("[cluster]") {

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// The load client.
-pub(crate) type LoadClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type LoadClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Longest a single request may take before it counts as failed.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,13 +146,32 @@ fn percentile_ms(v: &mut [u32], q: f64) -> f64 {
     f64::from(v[rank - 1]) / 1000.0
 }
 
-/// The shared client: plain HTTP/1.1, a connection per in-flight request.
+/// The shared client: HTTP/1.1, a connection per in-flight request; `https` URLs trust the
+/// built-in roots.
 pub(crate) fn client() -> LoadClient {
+    client_with(webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect())
+}
+
+/// [`client`] trusting only `roots` for `https` URLs (the `tls` scenario's test CA).
+pub(crate) fn client_with(roots: rustls::RootCertStore) -> LoadClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    http.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
-        .build(http)
+        .build(https)
 }
 
 /// Builds one request.

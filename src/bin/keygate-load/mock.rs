@@ -6,7 +6,8 @@
 //! header (`json`, `sse`, `idle`, `slow`), rate-limiting keys that start with `sk-lim`
 //! (429 + `retry-after`, `--retry-after` seconds; `x-load-delay-ms` delays it too) and,
 //! after `POST /__flip`, keys that start with `sk-flip` as well, and counting what it saw
-//! (`GET /__stats`, `POST /__reset`).
+//! (`GET /__stats`, `POST /__reset`: requests, connections, resumed TLS handshakes). With
+//! `--tls-cert`/`--tls-key` it serves HTTPS (rustls).
 //! Every answer is prebuilt `Bytes` (a refcount bump per request), so the mock costs far
 //! less CPU than what it measures. It does not own the load or the measurements.
 
@@ -69,6 +70,10 @@ struct Stats {
     keys: Mutex<HashMap<String, KeyStats>>,
     /// Whether `sk-flip` keys are limited now.
     flipped: AtomicBool,
+    /// Connections accepted (TCP; a TLS handshake each over TLS).
+    connections: AtomicU64,
+    /// TLS handshakes that resumed an earlier session.
+    resumed: AtomicU64,
 }
 
 struct Mock {
@@ -293,6 +298,8 @@ impl Mock {
                 "requests": st.requests.load(Ordering::Relaxed),
                 "max_in_flight": st.max_in_flight.load(Ordering::Relaxed),
                 "body_bytes": st.body_bytes.load(Ordering::Relaxed),
+                "connections": st.connections.load(Ordering::Relaxed),
+                "tls_resumed": st.resumed.load(Ordering::Relaxed),
                 "keys": per_key,
             })
             .to_string(),
@@ -306,6 +313,8 @@ impl Mock {
         st.body_bytes.store(0, Ordering::Relaxed);
         st.keys.lock().unwrap_or_else(|e| e.into_inner()).clear();
         st.flipped.store(false, Ordering::Relaxed);
+        st.connections.store(0, Ordering::Relaxed);
+        st.resumed.store(0, Ordering::Relaxed);
     }
 }
 
@@ -334,8 +343,13 @@ pub(crate) fn epoch_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Serves the mock on `listener` forever; limited keys get `retry-after: retry_after_s`.
-pub(crate) async fn run(listener: TcpListener, retry_after_s: u64) {
+/// Serves the mock on `listener` forever (over TLS with `tls`); limited keys get
+/// `retry-after: retry_after_s`.
+pub(crate) async fn run(
+    listener: TcpListener,
+    retry_after_s: u64,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mock = Arc::new(Mock {
         retry_after: HeaderValue::from(retry_after_s),
         answers: Answers::new(),
@@ -347,6 +361,8 @@ pub(crate) async fn run(listener: TcpListener, retry_after_s: u64) {
             body_bytes: AtomicU64::new(0),
             keys: Mutex::new(HashMap::new()),
             flipped: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
         },
     });
     loop {
@@ -354,13 +370,26 @@ pub(crate) async fn run(listener: TcpListener, retry_after_s: u64) {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        mock.stats.connections.fetch_add(1, Ordering::Relaxed);
         let mock = mock.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| mock.clone().serve(req));
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let m = mock.clone();
+            let svc = service_fn(move |req| m.clone().serve(req));
+            let h1 = http1::Builder::new().keep_alive(true).clone();
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(s) = acceptor.accept(stream).await {
+                        if s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                            mock.stats.resumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let _ = h1.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                }
+                None => {
+                    let _ = h1.serve_connection(TokioIo::new(stream), svc).await;
+                }
+            }
         });
     }
 }

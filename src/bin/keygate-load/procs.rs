@@ -43,6 +43,8 @@ pub(crate) struct KeygateOpts<'a> {
     pub(crate) env: Vec<(String, String)>,
     /// The main agent's `auth-profiles.json`, if any.
     pub(crate) profiles: Option<&'a str>,
+    /// The mock serves HTTPS (`base_url = "https://…"`).
+    pub(crate) https: bool,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -144,8 +146,10 @@ impl Proc {
         std::fs::create_dir_all(dir.join("state")).map_err(|e| format!("mkdir: {e}"))?;
         let config = dir.join("keygate.toml");
         let toml = format!(
-            "[server]\nrequest_timeout = \"120s\"\n\n[providers.openai]\nbase_url = \"http://{}\"\n\n{}",
-            o.upstream, o.extra_toml
+            "[server]\nrequest_timeout = \"120s\"\n\n[providers.openai]\nbase_url = \"{}://{}\"\n\n{}",
+            if o.https { "https" } else { "http" },
+            o.upstream,
+            o.extra_toml
         );
         std::fs::write(&config, toml).map_err(|e| format!("write config: {e}"))?;
         if let Some(profiles) = o.profiles {

@@ -280,6 +280,7 @@ pub(crate) fn sessions(rt: &tokio::runtime::Runtime, args: &Args) -> Result<Vec<
                 },
                 env: Vec::new(),
                 profiles: Some(&profiles),
+                https: false,
             })?;
             // Warm the connections up with requests that name no session.
             rt.block_on(async {

@@ -201,13 +201,13 @@ impl Nginx {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(n.addr).is_err() {
             if let Ok(Some(status)) = n.child.try_wait() {
                 let log = std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
                 return Err(format!("nginx exited ({status}): {log}"));
             }
-            if std::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 return Err("nginx did not listen within 10 s".into());
             }
             std::thread::sleep(Duration::from_millis(20));

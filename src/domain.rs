@@ -52,12 +52,12 @@ struct LearnedMap {
 /// A stable fingerprint of a secret (the first 8 bytes of a SHA-256): the same in every
 /// process and release, so the file and the CLI agree with the server. Not `Candidate.fp`,
 /// whose hasher (std's `DefaultHasher`) may change between Rust releases.
+/// Fed in two parts, so no copy of the secret is left in memory.
 pub fn secret_key(secret: &str) -> u64 {
-    let d = ring::digest::digest(
-        &ring::digest::SHA256,
-        &[b"keygate quota domain\0".as_slice(), secret.as_bytes()].concat(),
-    );
-    first_u64(d.as_ref())
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"keygate quota domain\0");
+    ctx.update(secret.as_bytes());
+    first_u64(ctx.finish().as_ref())
 }
 
 /// The domain an answer's headers name: `anthropic-organization-id`, or

@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use serde_json::json;
 use support::gateway::GW;
 use support::keygate::{post_json, send, Answer, Keygate, Opts};
-use support::mock::{Behaviour, MockProvider};
+use support::mock::{anthropic_sse, Behaviour, End, MockProvider};
 
 const KA: &str = "sk-ant-api03-affinity-key-AAAA";
 const KB: &str = "sk-ant-api03-affinity-key-BBBB";
@@ -352,4 +352,55 @@ async fn the_session_map_stays_at_its_cap() {
     assert_eq!(turn(299).await.header("x-keygate-affinity"), Some("kept"));
     assert_eq!(turn(0).await.header("x-keygate-affinity"), Some("new"));
     assert_eq!(status(&kg).await["affinity"]["sessions"], 50);
+}
+
+#[tokio::test]
+async fn an_error_answer_never_moves_the_session() {
+    let mock = MockProvider::start().await;
+    let kg = keygate(&mock, "").await;
+    let home = served(&turn(&kg, "conv-alpha", true).await);
+    // Home is limited for a second; every other key answers 200 with an `overloaded` error
+    // event before any content (which does not rotate by default): the answer is an error.
+    mock.on_key(
+        key_of(&home),
+        Behaviour::Sequence(vec![
+            Behaviour::status_with(
+                429,
+                &[("retry-after", "1")],
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"rate limited"}}"#,
+            ),
+            Behaviour::Normal,
+        ]),
+    );
+    let start = anthropic_sse("claude-sonnet-4-5", 1).remove(0);
+    let overloaded = Behaviour::Sse {
+        events: vec![
+            start,
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n".to_owned(),
+        ],
+        delay: std::time::Duration::ZERO,
+        end: End::Clean,
+    };
+    for k in [KA, KB, KC].into_iter().filter(|k| *k != key_of(&home)) {
+        mock.on_key(k, overloaded.clone());
+    }
+    let mut body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": true});
+    body["messages"] = json!([]);
+    let a = post_json(
+        &kg.url("/anthropic/v1/messages"),
+        &[("x-api-key", GW), ("x-keygate-session", "conv-alpha")],
+        &body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.text().contains("overloaded_error"), "{}", a.text());
+    assert_ne!(a.header("x-keygate-credential"), Some(home.as_str()));
+    assert_eq!(a.header("x-keygate-affinity"), Some("moved"));
+
+    // Once home is usable again the session is still there: the error did not move it.
+    mock.clear_rules();
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let a = turn(&kg, "conv-alpha", true).await;
+    assert_eq!(served(&a), home);
+    assert_eq!(a.header("x-keygate-affinity"), Some("kept"));
 }

@@ -38,7 +38,7 @@ pub(super) fn top_level_members<const N: usize>(
             return None;
         }
         let key_end = string_end(body, i)?;
-        let which = names.iter().position(|n| key_is(&body[i..key_end], n));
+        let which = key_among(&body[i..key_end], &names);
         i = skip_ws(body, key_end);
         if body.get(i) != Some(&b':') {
             return None;
@@ -75,13 +75,15 @@ pub(super) fn top_level_member(body: &[u8], name: &str) -> Option<Range<usize>> 
     found
 }
 
-/// Whether the key literal `raw` (quotes included) names `name`, escapes decoded.
-fn key_is(raw: &[u8], name: &str) -> bool {
+/// Which of `names` the key literal `raw` (quotes included) names, escapes decoded (once,
+/// however many names there are).
+fn key_among(raw: &[u8], names: &[&str]) -> Option<usize> {
     let inner = &raw[1..raw.len() - 1];
     if inner.contains(&b'\\') {
-        serde_json::from_slice::<String>(raw).is_ok_and(|k| k == name)
+        let k = serde_json::from_slice::<String>(raw).ok()?;
+        names.iter().position(|n| *n == k)
     } else {
-        inner == name.as_bytes()
+        names.iter().position(|n| inner == n.as_bytes())
     }
 }
 

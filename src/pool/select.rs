@@ -156,6 +156,9 @@ pub struct Selector<'a> {
     caps: Option<&'a Arc<Caps>>,
     model: Option<&'a str>,
     pinned: bool,
+    /// The rpm token is taken by the caller ([`Selector::take_rpm`]) after a cluster lease:
+    /// a candidate the cluster finds at its cap must not use one up.
+    defer_rpm: bool,
 }
 
 // === impl Limits ===
@@ -215,6 +218,25 @@ impl<'a> Selector<'a> {
             caps: limits.in_flight(provider),
             model,
             pinned,
+            defer_rpm: false,
+        }
+    }
+
+    /// Leaves the rpm token to [`Selector::take_rpm`] (cluster mode with `max_in_flight`:
+    /// the lease is asked first).
+    pub fn defer_rpm(mut self) -> Self {
+        self.defer_rpm = true;
+        self
+    }
+
+    /// Takes `c`'s rpm token now, or says when one frees up (always `Ok` for a pinned
+    /// request or a provider without `rpm`).
+    pub fn take_rpm(&self, c: &Candidate, now: Instant) -> Result<(), Instant> {
+        match self.limiter {
+            Some(l) if !self.pinned => l
+                .check_key(&c.fp)
+                .map_err(|not_until| now + not_until.wait_time_from(DefaultClock::default().now())),
+            _ => Ok(()),
         }
     }
 
@@ -251,13 +273,11 @@ impl<'a> Selector<'a> {
                 },
                 None => None,
             };
-            if !self.pinned {
-                if let Some(l) = self.limiter {
-                    if let Err(not_until) = l.check_key(&c.fp) {
-                        // `slot` is dropped: released again.
-                        blocked(now + not_until.wait_time_from(DefaultClock::default().now()));
-                        continue;
-                    }
+            if !self.defer_rpm {
+                if let Err(until) = self.take_rpm(c, now) {
+                    // `slot` is dropped: released again.
+                    blocked(until);
+                    continue;
                 }
             }
             return Pick::Use(i, slot);

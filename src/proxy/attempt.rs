@@ -125,12 +125,14 @@ impl Exchange<'_> {
             _ => None,
         };
         let mut resp = self.rotate(candidates, access).await;
-        if let (Some((map, s, prev)), Ok(r), Some(served)) = (sticky, &mut resp, &access.credential)
+        if let (Some((map, s, prev)), Ok(r), Some((fp, success))) =
+            (sticky, &mut resp, access.answered)
         {
-            let stuck = affinity::stuck(prev, served.fp);
-            // A kept session was refreshed by its lookup: only a new or moved one is written.
-            if stuck != Stuck::Kept && r.status().is_success() {
-                map.record(s, served.fp, Instant::now());
+            let stuck = affinity::stuck(prev, fp);
+            // Only a success moves the session (an error answer, a 200 stream that opened
+            // with an error event included); a kept one was refreshed by its lookup.
+            if stuck != Stuck::Kept && success {
+                map.record(s, fp, Instant::now());
             }
             st.metrics.affinity(stuck);
             r.headers_mut()
@@ -164,6 +166,8 @@ impl Exchange<'_> {
 
         let mut attempts = 0u32;
         let mut last: Option<Attempt> = None;
+        // Whose answer `last` is.
+        let mut last_fp = 0u64;
         let mut skipped: Option<ProxyError> = None;
         let mut tried = vec![false; candidates.len()];
         // Candidates the cluster said are at their rpm (SPEC §10): skipped like `tried`
@@ -176,13 +180,18 @@ impl Exchange<'_> {
             _ => None,
         };
         let in_flight = st.limits.in_flight(&self.provider.id);
-        let select = Selector::new(
+        // Cluster mode with a cap: the lease first, then the rpm token (local, then shared).
+        let defer_rpm = st.cluster.is_some() && in_flight.is_some();
+        let mut select = Selector::new(
             &st.cooldowns,
             &st.limits,
             &self.provider.id,
             model,
             self.pinned,
         );
+        if defer_rpm {
+            select = select.defer_rpm();
+        }
         loop {
             // Who may serve now: not cooling for this model, not disabled, under its rpm.
             let now = Instant::now();
@@ -193,6 +202,7 @@ impl Exchange<'_> {
                     let soonest = refused.soonest(soonest);
                     if let Some(done) = last {
                         // Every candidate has had its attempt: the last answer goes back.
+                        access.answered = Some((last_fp, false));
                         return finish(done, attempts);
                     }
                     if let Some(e) = skipped {
@@ -237,25 +247,18 @@ impl Exchange<'_> {
                 }
             };
             if attempts as usize >= max_attempts {
-                return last.map_or_else(
-                    || Err(error::no_credentials(self.provider)),
-                    |d| finish(d, attempts),
-                );
+                return match last {
+                    Some(d) => {
+                        access.answered = Some((last_fp, false));
+                        finish(d, attempts)
+                    }
+                    None => Err(error::no_credentials(self.provider)),
+                };
             }
             let cand = &candidates[i];
-            if let Some((cluster, rpm)) = cluster_rpm {
-                // The local limiter said yes (a cheap first filter: a replica over the rpm
-                // alone is over it cluster-wide); the cluster has the last word.
-                // Boxed, like the OAuth refresh: a Redis call's future would otherwise
-                // enlarge every request's future, cluster or not.
-                if let Slot::Refused(wait) = Box::pin(cluster.rpm_slot(cand, rpm)).await {
-                    tracing::debug!(credential = %cand.cred.id, "at its rpm across the cluster: skipped");
-                    refused.refuse(i, candidates.len(), Instant::now() + wait);
-                    continue;
-                }
-            }
             // In cluster mode the cap is also asked of the cluster (a lease, refreshed while
-            // held); Redis away or slow: the local slot alone decides.
+            // held); Redis away or slow: the local slot alone decides. Asked before any rpm
+            // budget is spent, so a candidate at its cap uses up none.
             let mut lease = None;
             if let (Some(cluster), Some(cap), Some(_)) =
                 (&st.cluster, self.provider.max_in_flight, &slot)
@@ -269,6 +272,24 @@ impl Exchange<'_> {
                         continue;
                     }
                     Leased::Local => {}
+                }
+            }
+            if defer_rpm {
+                if let Err(until) = select.take_rpm(cand, Instant::now()) {
+                    // The slot and the lease are given back as they drop.
+                    refused.refuse(i, candidates.len(), until);
+                    continue;
+                }
+            }
+            if let Some((cluster, rpm)) = cluster_rpm {
+                // The local limiter said yes (a cheap first filter: a replica over the rpm
+                // alone is over it cluster-wide); the cluster has the last word.
+                // Boxed, like the OAuth refresh: a Redis call's future would otherwise
+                // enlarge every request's future, cluster or not.
+                if let Slot::Refused(wait) = Box::pin(cluster.rpm_slot(cand, rpm)).await {
+                    tracing::debug!(credential = %cand.cred.id, "at its rpm across the cluster: skipped");
+                    refused.refuse(i, candidates.len(), Instant::now() + wait);
+                    continue;
                 }
             }
             tried[i] = true;
@@ -299,10 +320,20 @@ impl Exchange<'_> {
             let reason = match &outcome {
                 Attempt::Done(_) => {
                     cand.count_attempt(None);
+                    access.answered = Some((cand.fp, true));
                     return finish(outcome, attempts);
                 }
                 // keygate's own deadline, not the upstream's fault: not counted, no rotation.
-                Attempt::Abandoned(_) => return finish(outcome, attempts),
+                // An earlier attempt's answer is worth more to the client than a 504.
+                Attempt::Abandoned(_) => {
+                    return match last {
+                        Some(d) => {
+                            access.answered = Some((last_fp, false));
+                            finish(d, attempts)
+                        }
+                        None => finish(outcome, attempts),
+                    };
+                }
                 Attempt::Failed(_, r) | Attempt::Error(_, r) => *r,
                 // Counted as SPEC §7 counts a stream that breaks after commit.
                 Attempt::Broken(_) => Reason::Timeout,
@@ -317,17 +348,23 @@ impl Exchange<'_> {
                 }
             };
             cand.count_attempt(Some(reason));
-            if !matches!(outcome, Attempt::Broken(_)) {
+            // Only an answer from the provider speaks for the account: a timeout, a refused
+            // connection or a broken stream says nothing about the key's siblings.
+            if matches!(outcome, Attempt::Failed(..)) {
                 skip_domain(&mut tried, &candidates, cand, reason);
             }
             let more = !self.pinned && tried.iter().any(|t| !t);
             let rotates = st.rotate_on.contains(&reason) || matches!(outcome, Attempt::Broken(_));
             if !(more && rotates) {
+                if matches!(outcome, Attempt::Failed(..)) {
+                    access.answered = Some((cand.fp, false));
+                }
                 return finish(outcome, attempts);
             }
             tracing::debug!(credential = %cand.cred.id, reason = reason.as_str(), "rotating to the next credential");
             st.metrics.rotation(&self.provider.id, reason);
             last = Some(outcome);
+            last_fp = cand.fp;
         }
     }
 

@@ -60,6 +60,9 @@ struct Access<'s> {
     credential: Option<Arc<Candidate>>,
     attempts: u32,
     error: Option<&'static str>,
+    /// Whose upstream answer goes back (its secret's fingerprint), and whether it is a
+    /// success: session affinity moves only with a success (SPEC §11).
+    answered: Option<(u64, bool)>,
 }
 
 /// Serves one request on the main listener.

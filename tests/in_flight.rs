@@ -351,3 +351,50 @@ async fn keygates_own_deadline_never_marks_the_credential() {
     );
     still_usable(&kg, &mock, "keygate's own request deadline").await;
 }
+
+#[tokio::test]
+async fn a_failed_answer_kept_for_later_frees_its_slot_while_the_next_key_works() {
+    // A answers 500 at once (rotated on here); B is slow. While the first request waits for
+    // B, A is free again: a second request is served by A (its 500 comes back after B is
+    // found busy), not refused as if every key were at its cap.
+    let mock = MockProvider::start().await;
+    mock.on_key(
+        A,
+        Behaviour::status(
+            500,
+            r#"{"type":"error","error":{"type":"api_error","message":"x"}}"#,
+        ),
+    );
+    mock.on_key(
+        B,
+        Behaviour::delayed(Duration::from_millis(800), Behaviour::Normal),
+    );
+    let kg = keygate(
+        &mock,
+        &[A, B],
+        "max_in_flight = 1",
+        "[rotation]\nrotate_on = [\"rate_limit\", \"billing\", \"unknown\"]\n",
+    )
+    .await;
+    let first = tokio::spawn({
+        let url = kg.url("/anthropic/v1/messages");
+        async move {
+            send(
+                Method::POST,
+                &url,
+                &[("x-api-key", GW), ("content-type", "application/json")],
+                Bytes::from_static(br#"{"model":"claude-sonnet-4-5","max_tokens":8}"#),
+            )
+            .await
+        }
+    });
+    assert!(
+        mock.wait_in_flight(1, Duration::from_secs(5)).await,
+        "the first request reached B"
+    );
+    let second = post_messages(&kg, GW, "claude-sonnet-4-5").await;
+    assert_eq!(second.status.as_u16(), 500, "{}", second.text());
+    assert_eq!(second.header("x-keygate-credential"), Some(ID_A));
+    let first = first.await.expect("first request");
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+}

@@ -363,6 +363,11 @@ impl Exchange<'_> {
             }
             tracing::debug!(credential = %cand.cred.id, reason = reason.as_str(), "rotating to the next credential");
             st.metrics.rotation(&self.provider.id, reason);
+            let mut outcome = outcome;
+            if let Attempt::Failed(r, _) = &mut outcome {
+                // Kept only in case nobody else answers: its credential is free again.
+                r.body_mut().release();
+            }
             last = Some(outcome);
             last_fp = cand.fp;
         }

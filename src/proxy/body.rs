@@ -185,6 +185,13 @@ impl ProxyBody {
         self
     }
 
+    /// Gives the in-flight slot and lease back now: a failed answer kept in case every
+    /// other candidate fails too is no longer a request in flight on its credential.
+    pub fn release(&mut self) {
+        self.slot = None;
+        self.lease = None;
+    }
+
     /// Holds a cluster-wide in-flight lease until this body is dropped.
     pub fn hold_lease(mut self, lease: Option<Box<Lease>>) -> Self {
         if lease.is_some() {

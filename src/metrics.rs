@@ -33,7 +33,6 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::classify::Reason;
-use crate::pool::Stuck;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -68,6 +67,8 @@ const BUCKETS: [f64; 14] = [
 ];
 /// Outcomes of an upstream attempt: `success` then every reason.
 const OUTCOMES: usize = 1 + Reason::ALL.len();
+/// `keygate_affinity_total`'s outcomes (`x-keygate-affinity`'s values).
+const AFFINITY_OUTCOMES: [&str; 3] = ["new", "kept", "moved"];
 /// The provider label of requests that matched no provider.
 const NO_PROVIDER: &str = "-";
 
@@ -358,13 +359,8 @@ impl Metrics {
         );
 
         let outcomes = Family::<AffinityLabels, Sparse>::default();
-        let affinity = [Stuck::New, Stuck::Kept, Stuck::Moved].map(|s| {
-            outcomes
-                .get_or_create_owned(&AffinityLabels {
-                    outcome: s.as_str(),
-                })
-                .0
-        });
+        let affinity = AFFINITY_OUTCOMES
+            .map(|outcome| outcomes.get_or_create_owned(&AffinityLabels { outcome }).0);
         registry.register(
             "keygate_affinity",
             "Requests with a session, by whether the session's credential answered",
@@ -415,9 +411,12 @@ impl Metrics {
         self.slot(Some(provider)).rotations[i].inc();
     }
 
-    /// A request with a session was answered (SPEC §11).
-    pub fn affinity(&self, stuck: Stuck) {
-        self.affinity[stuck as usize].inc();
+    /// A request with a session was answered (SPEC §11): `outcome` is `new`, `kept` or
+    /// `moved` (anything else is not counted).
+    pub fn affinity(&self, outcome: &str) {
+        if let Some(i) = AFFINITY_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.affinity[i].inc();
+        }
     }
 
     /// The sessions held now, for the next scrape.

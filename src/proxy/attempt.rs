@@ -134,7 +134,7 @@ impl Exchange<'_> {
             if stuck != Stuck::Kept && success {
                 map.record(s, fp, Instant::now());
             }
-            st.metrics.affinity(stuck);
+            st.metrics.affinity(stuck.as_str());
             r.headers_mut()
                 .insert(AFFINITY_HEADER, HeaderValue::from_static(stuck.as_str()));
         }
